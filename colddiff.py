@@ -1,0 +1,319 @@
+"""colddiff: cold diffusion from the shell: degrade, train, restore, evaluate, generate.
+
+The Typer app, image I/O (files, folders, stdin/stdout) and the user-facing error handling.
+The math lives in operators.py (D), unet.py (R), samplers.py; training in train.py.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Cold diffusion: degrade, restore, train and generate images with deterministic transforms.",
+)
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+STDIO = "-"
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit code 1."""
+
+
+def fail_cleanly(fn):
+    """Turn UserError (and operator errors) into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from operators import OperatorError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, OperatorError) as e:
+            typer.echo(f"colddiff: error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("colddiff: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- image I/O
+
+
+def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
+    """Expand the command line into (source, relative output name, came from a folder).
+
+    The source is a path, or the bytes read from stdin for `-`."""
+    items = []
+    for arg in inputs:
+        if arg == STDIO:
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise UserError("<stdin>: no image data on standard input")
+            items.append((data, "stdin.png", False))
+            continue
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise UserError(f"{arg}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            items += [(str(q), str(q.relative_to(p)), True) for q in found]
+        elif p.is_file():
+            items.append((arg, p.name, False))
+        else:
+            raise UserError(f"{arg}: no such file or folder")
+    if not items:
+        raise UserError("no input images given")
+    return items
+
+
+def read_image(source: str | bytes, channels: int | None = None):
+    """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    name = "<stdin>" if isinstance(source, bytes) else source
+    try:
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{name}: not a readable image ({e})") from None
+    grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    if channels is None:
+        channels = 1 if grey else 3
+    if im.mode in ("I", "I;16", "F"):
+        im = im.point(lambda v: v / 256).convert("L") if im.mode != "F" else im.convert("L")
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
+
+
+def to_model(u8):
+    """uint8 (..., C, H, W) -> float32 in [-1, 1]."""
+    return u8.float() / 127.5 - 1
+
+
+def to_uint8(x):
+    """float in [-1, 1] -> uint8, rounding to nearest."""
+    import torch
+
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def encode_image(u8, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    arr = u8.cpu().numpy()
+    im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs follow the umask
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def write_image(u8, dest: str) -> None:
+    if dest == STDIO:
+        sys.stdout.buffer.write(encode_image(u8))
+        sys.stdout.buffer.flush()
+        return
+    fmt = _FORMATS.get(Path(dest).suffix.lower(), "PNG")
+    atomic_write(Path(dest), encode_image(u8, fmt))
+
+
+def plan_outputs(items, out: str | None, force: bool) -> list[str]:
+    """Where each input's result goes; checks every destination before anything is written."""
+    single = len(items) == 1 and not items[0][2]
+    if out is None or out == STDIO:
+        if not single:
+            raise UserError("several input images: give an output folder with -o DIR")
+        if out is None and sys.stdout.isatty():
+            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
+        return [STDIO]
+    o = Path(out)
+    if single and not o.is_dir() and not out.endswith(("/", os.sep)):
+        dests = [out]
+    else:
+        if o.exists() and not o.is_dir():
+            raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
+        dests = [str(o / rel) for _, rel, _ in items]
+    clash = [d for d in dests if Path(d).exists()]
+    if clash and not force:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
+    return dests
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+
+
+def parse_params(pairs: list[str] | None) -> dict:
+    params = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UserError(f"--param takes KEY=VALUE, got {pair!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def seeded(seed: int):
+    """The CPU generator every random draw comes from: same seed, same bytes, on any device."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def strip_frames(T: int, frames: int | None) -> list[int]:
+    n = T + 1 if frames is None and T <= 20 else min(frames or 11, T + 1)
+    if n < 2:
+        raise UserError("--frames must be at least 2")
+    return sorted({round(i * T / (n - 1)) for i in range(n)})
+
+
+# ----------------------------------------------------------------------------- commands
+
+OpOpt = typer.Option("blur", "--op", help="Degradation operator (see `colddiff ops`).")
+PresetOpt = typer.Option(None, "--preset", help="Operator preset (default: the operator's first).")
+ParamOpt = typer.Option(None, "--param", help="Override an operator parameter, KEY=VALUE (repeatable).")
+SeedOpt = typer.Option(0, "--seed", help="Seed of every random draw (snow pattern, mask centre, noise).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
+
+
+@app.command()
+@fail_cleanly
+def ops():
+    """List the operators, their presets, T and parameters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import operators
+
+    table = Table(title="colddiff operators")
+    for col in ("operator", "preset", "T", "parameters"):
+        table.add_column(col)
+    for name, cls in operators.OPERATORS.items():
+        for preset in cls.PRESETS:
+            p = operators.make_operator(name, preset).params()
+            T = p.pop("T")
+            default = " (default)" if preset == cls.DEFAULT_PRESET else ""
+            table.add_row(name, preset + default, str(T), ", ".join(f"{k}={v}" for k, v in p.items()))
+    Console().print(table)
+
+
+@app.command()
+@fail_cleanly
+def degrade(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or - for stdin."),
+    op: str = OpOpt,
+    preset: Optional[str] = PresetOpt,
+    t: Optional[int] = typer.Option(None, "--t", help="Degradation step, 0..T (default T)."),
+    seed: int = SeedOpt,
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Output file or folder (default: stdout)."),
+    strip: bool = typer.Option(False, "--strip", help="Write x_0 ... x_T side by side in one PNG."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames in --strip (default all up to T=20, else 11)."),
+    param: Optional[list[str]] = ParamOpt,
+    source: Optional[str] = typer.Option(None, "--source", help="Folder of z images for animorph."),
+    device: str = DeviceOpt,
+    force: bool = ForceOpt,
+):
+    """Degrade images: x_t = D(x_0, t). Each image uses a generator seeded with --seed."""
+    import torch
+
+    import operators
+
+    operator = operators.make_operator(op, preset, **parse_params(param))
+    if t is None:
+        t = operator.T
+    if not 0 <= t <= operator.T:
+        raise UserError(f"--t must be in 0..{operator.T} for {op}, got {t}")
+    dev = pick_device(device)
+    items = find_images(inputs)
+    for src, _, _ in items:  # every input must decode before anything is written
+        read_image(src)
+    dests = plan_outputs(items, out, force)
+    if op == "animorph":
+        operator.source = load_source(source, dev)
+    for (src, _, _), dest in zip(items, dests):
+        x0 = to_model(read_image(src))[None].to(dev)
+        if strip:
+            steps = strip_frames(operator.T, frames)
+            hidden = operator.draw(x0, seeded(seed))
+            batch = x0.expand(len(steps), -1, -1, -1)
+            hidden = None if hidden is None else {k: v.expand(len(steps), *v.shape[1:]) for k, v in hidden.items()}
+            xt = operator.apply(batch, torch.tensor(steps, device=dev), hidden)
+            result = torch.cat(list(xt), dim=-1)
+        else:
+            result = operator.degrade(x0, torch.tensor([t], device=dev), seeded(seed))[0]
+        write_image(to_uint8(result), dest)
+
+
+def load_source(folder: str | None, device):
+    """The animorph z images: every image of a folder, resized to the first one's size."""
+    import torch
+    import torch.nn.functional as F
+
+    if folder is None:
+        raise UserError("animorph needs --source DIR, a folder of the images to morph into")
+    items = find_images([folder])
+    first = read_image(items[0][0])
+    imgs = [to_model(read_image(src, channels=first.shape[0])) for src, _, _ in items]
+    size = first.shape[-2:]
+    out = []
+    for im in imgs:
+        if im.shape[-2:] != size:
+            im = F.interpolate(im[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        out.append(im)
+    return torch.stack(out).to(device)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,568 @@
+"""The degradations D(x0, t) of cold diffusion (Bansal et al.), one small class each.
+
+Every operator shares one interface:
+
+    op.T, op.name, op.params()          plain data, saved in checkpoints
+    hidden = op.draw(x0, generator)     the operator's hidden randomness per image (or None)
+    x_t = op.apply(x0, t, hidden)       deterministic given `hidden`
+    x_t = op.degrade(x0, t, generator)  = op.apply(x0, t, op.draw(x0, generator))
+
+Images are (B, C, H, W) in [-1, 1]; `t` is a long tensor with one step per image. One call
+handles the whole batch: no Python loop over the batch or over diffusion steps (pixelate's
+fixed chain of at most log2(size) resizes is the one exception, see there). Arithmetic is
+float32 whatever the input dtype; the result has the input's dtype.
+Samplers call `apply` with a fixed `hidden` so that every D(., s) of one sample shares the
+same snow pattern, mask centre, noise or colour.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+Hidden = dict[str, torch.Tensor] | None
+
+
+class OperatorError(ValueError):
+    """A bad operator name, preset, parameter or step: the message is meant for the user."""
+
+
+@dataclass
+class Operator:
+    name = "operator"
+    PRESETS: ClassVar[dict[str, dict]] = {}
+    DEFAULT_PRESET = ""
+    # noise, animorph and colour interpolate towards a `z`: their samplers may re-estimate it
+    interpolates = False
+    T: int = 1
+
+    def params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> Hidden:
+        return None
+
+    def apply(self, x0: torch.Tensor, t: torch.Tensor, hidden: Hidden = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def degrade(self, x0, t, generator=None):
+        return self.apply(x0, t, self.draw(x0, generator))
+
+    def check_t(self, x0: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x0.device, dtype=torch.long)
+        if t.ndim == 0:
+            t = t.expand(x0.shape[0])
+        if t.shape != (x0.shape[0],):
+            raise OperatorError(f"t must hold one step per image, got shape {tuple(t.shape)}")
+        if bool(((t < 0) | (t > self.T)).any()):
+            raise OperatorError(f"t must be in 0..{self.T} for {self.name}, got {t.tolist()}")
+        return t
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+# ----------------------------------------------------------------------------- blur
+
+
+def gaussian_kernel1d(k: int, sigma: float) -> torch.Tensor:
+    """Normalised k-tap Gaussian (float64). The 2-D kernel of the papers is its outer product."""
+    x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def blur_sigmas(schedule: str, s: float, T: int) -> list[float]:
+    i = torch.arange(1, T + 1, dtype=torch.float64)
+    sig = {
+        "constant": lambda: torch.full_like(i, s),
+        "linear": lambda: s * i,
+        "exponential": lambda: torch.exp(s * (i - 1)),
+        "cifar": lambda: 0.35 + (i - 1) / 100,
+    }
+    if schedule not in sig:
+        raise OperatorError(f"unknown blur schedule {schedule!r}; choose from {', '.join(sig)}")
+    return sig[schedule]().tolist()
+
+
+def _period(n: int, padding: str) -> int:
+    # reflect padding (PyTorch's: edge not repeated) makes the signal whole-sample symmetric,
+    # i.e. periodic with period 2n-2: the DCT-I. Circular padding is periodic with period n.
+    return n if padding == "circular" else max(2 * n - 2, 1)
+
+
+def _kernel_response(g: torch.Tensor, period: int) -> torch.Tensor:
+    """Frequency response of a centred symmetric kernel on a circle of `period` samples.
+
+    Real because the kernel is symmetric: sum_j g_j cos(2 pi j k / P), k = 0..P//2.
+    Taps that reach further than the period wrap around, as circular padding does."""
+    r = (len(g) - 1) / 2
+    j = torch.arange(len(g), dtype=torch.float64) - r
+    k = torch.arange(period // 2 + 1, dtype=torch.float64)
+    return (g[:, None] * torch.cos(2 * math.pi * j[:, None] * k[None, :] / period)).sum(0)
+
+
+def filter_basis(n: int, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, freq): a real basis of R^n in which every symmetric filter with this padding is diagonal.
+
+    Column m of V is an eigenvector whose eigenvalue is the kernel's response at frequency
+    bin freq[m] (of `_kernel_response` with the axis's period). reflect: the DCT-I cosines
+    cos(pi j k / (n-1)); circular: the real Fourier basis, cos and sin sharing a frequency."""
+    j = torch.arange(n, dtype=torch.float64)[:, None]
+    if padding == "reflect" or n == 1:
+        k = torch.arange(n, dtype=torch.float64)
+        V = torch.cos(math.pi * j * k / max(n - 1, 1)) if n > 1 else torch.ones(1, 1, dtype=torch.float64)
+        return V, torch.arange(n)
+    cols, freq = [torch.ones(n, 1, dtype=torch.float64)], [0]
+    for k in range(1, (n - 1) // 2 + 1):
+        cols += [torch.cos(2 * math.pi * j * k / n), torch.sin(2 * math.pi * j * k / n)]
+        freq += [k, k]
+    if n % 2 == 0:
+        cols.append(torch.cos(math.pi * j))
+        freq.append(n // 2)
+    return torch.cat(cols, 1), torch.tensor(freq)
+
+
+@dataclass
+class Blur(Operator):
+    """Gaussian deblurring: D(x0, t) = G_t * ... * G_1 * x0, in one shot.
+
+    Each step is a linear shift-invariant filter with a symmetric kernel, so along each axis
+    all steps share one eigenbasis (DCT-I for reflect padding, real Fourier for circular) and t
+    steps are one product of eigenvalues. The 2-D Gaussian is separable, hence
+    x_t = V_h diag(l_h(t)) V_h^-1 x0 V_w^-T diag(l_w(t)) V_w^T: four matmuls with fixed
+    matrices and a per-image diagonal gathered from a (T+1, n) table."""
+
+    name = "blur"
+    DEFAULT_PRESET = "mnist"
+    T: int = 20
+    kernel_size: int = 11
+    schedule: str = "constant"
+    sigma: float = 7.0
+    padding: str = "circular"
+    flat_last: bool = False  # the generation preset: x_T is the per-channel mean
+
+    def __post_init__(self):
+        if self.padding not in ("circular", "reflect"):
+            raise OperatorError(f"blur padding must be circular or reflect, got {self.padding!r}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise OperatorError(f"blur kernel_size must be odd and positive, got {self.kernel_size}")
+        self.kernels = [gaussian_kernel1d(self.kernel_size, s) for s in blur_sigmas(self.schedule, self.sigma, self.T)]
+        self._axes: dict = {}
+
+    def axis(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(V, V^-1, eigenvalues (T+1, n)) of the cumulative blur along an axis of length n."""
+        key = (n, str(device))
+        if key not in self._axes:
+            V, freq = filter_basis(n, self.padding)
+            P = _period(n, self.padding)
+            steps = torch.stack([_kernel_response(g, P) for g in self.kernels])[:, freq]
+            eig = torch.cat([torch.ones(1, n, dtype=torch.float64), torch.cumprod(steps, 0)])
+            self._axes[key] = tuple(m.float().to(device) for m in (V, torch.linalg.inv(V), eig))
+        return self._axes[key]
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        x = _float(x0)
+        H, W = x.shape[-2:]
+        Vh, Vh_inv, eig_h = self.axis(H, x.device)
+        Vw, Vw_inv, eig_w = self.axis(W, x.device)
+        # flat_last: step T replaces x_{T-1} by its per-channel mean (= x0's mean with circular padding)
+        steps = t.clamp(max=self.T - 1) if self.flat_last else t
+        coeff = Vh_inv @ x @ Vw_inv.T
+        coeff = coeff * eig_h[steps][:, None, :, None] * eig_w[steps][:, None, None, :]
+        xt = Vh @ coeff @ Vw.T
+        if self.flat_last:
+            xt = torch.where(_per_image(t == self.T), xt.mean((-2, -1), keepdim=True), xt)
+        return torch.where(_per_image(t == 0), x, xt).to(x0.dtype)
+
+
+Blur.PRESETS = {
+    "mnist": dict(T=20, kernel_size=11, schedule="constant", sigma=7.0, padding="circular"),
+    "cifar10": dict(T=50, kernel_size=11, schedule="cifar", sigma=0.0, padding="reflect"),
+    "celeba": dict(T=200, kernel_size=15, schedule="exponential", sigma=0.01, padding="reflect"),
+    "generation": dict(T=300, kernel_size=27, schedule="exponential", sigma=0.01, padding="circular", flat_last=True),
+}
+
+
+# ----------------------------------------------------------------------------- mask, colour
+
+
+def _mask_table(T: int, std: float, init: float, h: int, w: int, reverse: bool) -> torch.Tensor:
+    """(T+1, h, w) cumulative masks alpha_t = m_1 ... m_t centred at (h//2, w//2), float64.
+
+    m_i = 1 - g_i / max(g_i), g_i a Gaussian bump with sigma_i = std * (i - 1 + init) pixels;
+    `reverse` applies the steps in the opposite order (widest first)."""
+    y = torch.arange(h, dtype=torch.float64) - h // 2
+    x = torch.arange(w, dtype=torch.float64) - w // 2
+    d2 = y[:, None] ** 2 + x[None, :] ** 2
+    sig = std * (torch.arange(T, dtype=torch.float64) + init)
+    if reverse:
+        sig = sig.flip(0)
+    g = torch.exp(-d2 / (2 * sig[:, None, None] ** 2))
+    m = 1 - g / g.amax((-2, -1), keepdim=True)
+    return torch.cat([torch.ones(1, h, w, dtype=torch.float64), torch.cumprod(m, 0)])
+
+
+@dataclass
+class Mask(Operator):
+    """Gaussian-mask inpainting: D(x0, t) = x0 * m_1 * ... * m_t (masked pixels go to 0, mid-grey).
+
+    The centre is the image centre or, with `random_centre`, a pixel drawn per image. Centres
+    sit on pixels, so every mask is a window of one table built on a canvas twice the size:
+    one gather per batch, exact, whatever the centres and steps."""
+
+    name = "mask"
+    DEFAULT_PRESET = "mnist"
+    T: int = 50
+    std: float = 0.1
+    init: float = 11.0
+    random_centre: bool = True
+    reverse: bool = False
+
+    def __post_init__(self):
+        self._tables: dict = {}
+
+    def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, 1, h, w) cumulative mask for steps t and centres (B, 2) (row, col)."""
+        key = (h, w, str(t.device))
+        if key not in self._tables:
+            big = _mask_table(self.T, self.std, self.init, 2 * h - 1, 2 * w - 1, self.reverse)
+            self._tables[key] = self._finish(big).float().to(t.device)
+        table = self._tables[key]
+        # canvas centre (h-1, w-1) must land on the image pixel `centre`
+        rows = (h - 1 - centre[:, 0])[:, None] + torch.arange(h, device=t.device)
+        cols = (w - 1 - centre[:, 1])[:, None] + torch.arange(w, device=t.device)
+        return table[t[:, None, None], rows[:, :, None], cols[:, None, :]][:, None]
+
+    def _finish(self, table):
+        return table
+
+    def draw(self, x0, generator=None):
+        B, _, h, w = x0.shape
+        if not self.random_centre:
+            centre = torch.tensor([h // 2, w // 2]).expand(B, 2)
+        else:
+            u = torch.rand(B, 2, generator=generator, dtype=torch.float64)
+            centre = (u * torch.tensor([h, w])).long()
+        return {"centre": centre.to(x0.device)}
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        hidden = hidden or self.draw(x0)
+        x = _float(x0)
+        return (x * self.alpha(t, hidden["centre"], *x.shape[-2:])).to(x0.dtype)
+
+
+Mask.PRESETS = {
+    "mnist": dict(T=50, std=0.1, init=11.0, random_centre=True),
+    "cifar10": dict(T=50, std=0.1, init=11.0, random_centre=True),
+    "celeba": dict(T=100, std=0.2, init=1.0, random_centre=False),
+}
+
+
+@dataclass
+class Colour(Mask):
+    """Mask filled with a random colour, for generation: D = alpha_t x0 + (1 - alpha_t) c.
+
+    c is one colour per image, uniform in [-0.5, 0.5) per channel. alpha_T is set to exactly 0,
+    so x_T is the flat colour and generation grows the image outward from the centre."""
+
+    name = "colour"
+    DEFAULT_PRESET = "generation"
+    interpolates = True
+    T: int = 750
+    std: float = 0.05
+    init: float = 1.0
+    random_centre: bool = False
+    reverse: bool = True
+
+    def _finish(self, table):
+        table[-1] = 0
+        return table
+
+    def draw(self, x0, generator=None):
+        hidden = super().draw(x0, generator)
+        c = torch.rand(x0.shape[0], x0.shape[1], 1, 1, generator=generator) - 0.5
+        return {**hidden, "z": c.to(x0.device).expand_as(x0).float()}
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        hidden = hidden or self.draw(x0)
+        a = self.alpha(t, hidden["centre"], *x0.shape[-2:])
+        return (a * _float(x0) + (1 - a) * hidden["z"]).to(x0.dtype)
+
+    def coefficients(self, t, x0, hidden):
+        """(a, b) with D = a x0 + b z, for the samplers' estimated-z update."""
+        a = self.alpha(t, hidden["centre"], *x0.shape[-2:])
+        return a, 1 - a
+
+
+Colour.PRESETS = {
+    "generation": dict(T=750, std=0.05, init=1.0, random_centre=False, reverse=True),
+}
+
+
+# ----------------------------------------------------------------------------- pixelate
+
+
+@dataclass
+class Pixelate(Operator):
+    """Super-resolution: step i downsamples to size/2^i (bicubic, no antialias) and upsamples
+    back (nearest-exact), each step from the previous one as the released code does.
+
+    That chain has no closed form, so all T <= log2(size) levels are computed for the whole
+    batch (T resizes, never a loop over images or over a per-image t) and gathered."""
+
+    name = "pixelate"
+    DEFAULT_PRESET = "mnist"
+    T: int = 3
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        x = _float(x0)
+        H, W = x.shape[-2:]
+        if H >> self.T < 1 or W >> self.T < 1:
+            raise OperatorError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {H}x{W}")
+        levels = [x]
+        for i in range(1, int(t.max()) + 1):
+            small = F.interpolate(levels[-1], size=(H >> i, W >> i), mode="bicubic", align_corners=False, antialias=False)
+            levels.append(F.interpolate(small, size=(H, W), mode="nearest-exact"))
+        levels = torch.stack(levels)  # (t_max+1, B, C, H, W)
+        return levels[t, torch.arange(x.shape[0], device=x.device)].to(x0.dtype)
+
+
+Pixelate.PRESETS = {
+    "mnist": dict(T=3),
+    "cifar10": dict(T=3),
+    "celeba": dict(T=4),
+}
+
+
+# ----------------------------------------------------------------------------- snow
+
+SNOW_LEVELS = {
+    # c0, c1, c2 (zoom), c4 (motion kernel length), threshold start -> end, motion sigma start -> end
+    1: (0.1, 0.3, 3.0, 5, (0.7, 0.3), (0.5, 5.0)),
+    2: (0.55, 0.3, 2.5, 11, (1.15, 0.7), (0.05, 12.0)),
+    3: (0.55, 0.3, 2.5, 11, (1.15, 0.7), (0.05, 16.0)),
+    4: (0.55, 0.3, 2.5, 11, (1.15, 0.55), (0.05, 20.0)),
+}
+
+
+def _ramp(start: float, end: float, t: torch.Tensor, T: int) -> torch.Tensor:
+    """Linear over steps 1..T: start at t=1, end at t=T."""
+    return start + (end - start) * (t.double() - 1).clamp(min=0) / max(T - 1, 1)
+
+
+@dataclass
+class Snow(Operator):
+    """ImageNet-C snowification, procedural and non-cumulative, built in torch on x0's device.
+
+    A base layer N(c0, c1) is zoomed by c2 (bilinear, centre crop); step t keeps the values
+    above a falling threshold, clips to [0, 1], motion-blurs with a 1-D Gaussian of length c4
+    whose sigma rises over the steps (horizontal or vertical, one direction per image), and
+    x_t = clip(x0 + s_t + rot180(s_t), 0, 1) in [0, 1] pixels. The hidden randomness (layer and
+    direction) is drawn per image from the generator: `--seed` reproduces it."""
+
+    name = "snow"
+    DEFAULT_PRESET = "cifar10"
+    T: int = 200
+    level: int = 3
+
+    def __post_init__(self):
+        if self.level not in SNOW_LEVELS:
+            raise OperatorError(f"snow level must be one of 1..4, got {self.level}")
+
+    def draw(self, x0, generator=None):
+        B, _, H, W = x0.shape
+        c0, c1, zoom = SNOW_LEVELS[self.level][:3]
+        layer = torch.randn(B, 1, H, W, generator=generator) * c1 + c0
+        ch, cw = max(math.ceil(H / zoom), 1), max(math.ceil(W / zoom), 1)
+        top, left = (H - ch) // 2, (W - cw) // 2
+        crop = layer[..., top : top + ch, left : left + cw]
+        zh, zw = max(round(ch * zoom), H), max(round(cw * zoom), W)
+        big = F.interpolate(crop, size=(zh, zw), mode="bilinear", align_corners=False)
+        top, left = (zh - H) // 2, (zw - W) // 2
+        layer = big[..., top : top + H, left : left + W]
+        vertical = torch.rand(B, generator=generator) < 0.5
+        return {"layer": layer.to(x0.device), "vertical": vertical.to(x0.device)}
+
+    def snow_layer(self, t: torch.Tensor, hidden) -> torch.Tensor:
+        """(B, 1, H, W) snow s_t; zero where t == 0."""
+        k, thr, msig = SNOW_LEVELS[self.level][3:]
+        layer = hidden["layer"]
+        B = layer.shape[0]
+        threshold = _per_image(_ramp(*thr, t, self.T).float())
+        s = torch.where(layer > threshold, layer, torch.zeros_like(layer)).clamp(0, 1)
+        # per-image 1-D Gaussian kernels, applied as one grouped convolution over the batch
+        sig = _ramp(*msig, t, self.T)[:, None]
+        j = torch.arange(k, dtype=torch.float64, device=t.device) - (k - 1) / 2
+        g = torch.exp(-(j**2) / (2 * sig**2))
+        g = (g / g.sum(1, keepdim=True)).float()  # (B, k)
+        s = s.transpose(0, 1)  # (1, B, H, W)
+        pad = k // 2
+        horiz = F.conv2d(F.pad(s, (pad, pad, 0, 0), mode="replicate"), g.view(B, 1, 1, k), groups=B)
+        vert = F.conv2d(F.pad(s, (0, 0, pad, pad), mode="replicate"), g.view(B, 1, k, 1), groups=B)
+        s = torch.where(hidden["vertical"].view(1, B, 1, 1), vert, horiz).transpose(0, 1)
+        return s * _per_image(t > 0)
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        hidden = hidden or self.draw(x0)
+        s = self.snow_layer(t, hidden)
+        x = (_float(x0) + 1) / 2
+        x = (x + s + s.flip(-2, -1)).clamp(0, 1)
+        return torch.where(_per_image(t == 0), _float(x0), x * 2 - 1).to(x0.dtype)
+
+
+Snow.PRESETS = {
+    "cifar10": dict(T=200, level=3),
+    "celeba": dict(T=200, level=4),
+}
+
+
+# ----------------------------------------------------------------------------- desaturate
+
+
+@dataclass
+class Desaturate(Operator):
+    """Colour removal: x_t = x0 + (t/T) (mean_c - x0); colour falls linearly, grey at T."""
+
+    name = "desaturate"
+    DEFAULT_PRESET = "default"
+    T: int = 20
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        x = _float(x0)
+        grey = x.mean(1, keepdim=True)
+        return (x + _per_image(t.float() / self.T) * (grey - x)).to(x0.dtype)
+
+
+Desaturate.PRESETS = {"default": dict(T=20)}
+
+
+# ----------------------------------------------------------------------------- noise, animorph
+
+
+def cosine_alpha_bar(T: int, s: float = 0.008) -> torch.Tensor:
+    """(T+1,) alpha_bar_t of the cosine schedule (Nichol & Dhariwal), alpha_bar_0 = 1."""
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (f / f[0]).clamp(0, 1)
+
+
+@dataclass
+class Noise(Operator):
+    """Deterministic noise ('hot' baseline): D = sqrt(abar_t) x0 + sqrt(1 - abar_t) z, z ~ N(0, I)
+    drawn once per image (the hidden randomness)."""
+
+    name = "noise"
+    DEFAULT_PRESET = "default"
+    interpolates = True
+    T: int = 200
+    cosine_s: float = 0.008
+
+    def coefficients(self, t, x0, hidden=None):
+        """(a, b) with D = a x0 + b z, for the samplers' estimated-z update."""
+        abar = cosine_alpha_bar(self.T, self.cosine_s).float().to(t.device)[t]
+        return _per_image(abar.sqrt()), _per_image((1 - abar).sqrt())
+
+    def draw(self, x0, generator=None):
+        z = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+        return {"z": z.to(x0.device)}
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        hidden = hidden or self.draw(x0)
+        a, b = self.coefficients(t, x0)
+        return (a * _float(x0) + b * hidden["z"]).to(x0.dtype)
+
+
+Noise.PRESETS = {"default": dict(T=200, cosine_s=0.008)}
+
+
+@dataclass
+class Animorph(Noise):
+    """Noise whose z is an image of a second set (faces into animals and back).
+
+    `source` is a (N, C, H, W) tensor of those images in [-1, 1]; `draw` picks one per image."""
+
+    name = "animorph"
+    source: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def params(self):
+        p = super().params()
+        p.pop("source")
+        return p
+
+    def draw(self, x0, generator=None):
+        if self.source is None or len(self.source) == 0:
+            raise OperatorError("animorph needs a folder of source images (--source DIR)")
+        idx = torch.randint(len(self.source), (x0.shape[0],), generator=generator)
+        z = self.source[idx].float()
+        if z.shape[1] != x0.shape[1]:  # grey <-> colour
+            z = z.mean(1, keepdim=True).expand(-1, x0.shape[1], -1, -1)
+        if z.shape[-2:] != x0.shape[-2:]:
+            z = F.interpolate(z, size=x0.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        return {"z": z.to(x0.device)}
+
+
+Animorph.PRESETS = {"default": dict(T=200, cosine_s=0.008)}
+
+
+# ----------------------------------------------------------------------------- registry
+
+OPERATORS: dict[str, type[Operator]] = {
+    cls.name: cls for cls in (Blur, Mask, Colour, Pixelate, Snow, Desaturate, Noise, Animorph)
+}
+
+
+def _coerce(cls, key: str, value):
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    if key not in fields:
+        raise OperatorError(f"{cls.name} has no parameter {key!r}; it has {', '.join(fields)}")
+    default = fields[key].default
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        return type(default)(value)
+    except ValueError:
+        raise OperatorError(f"{cls.name} parameter {key} must be a {type(default).__name__}, got {value!r}") from None
+
+
+def make_operator(name: str, preset: str | None = None, **overrides) -> Operator:
+    """Build an operator from its name, a preset (default: the operator's) and overrides."""
+    if name not in OPERATORS:
+        raise OperatorError(f"unknown operator {name!r}; choose from {', '.join(OPERATORS)}")
+    cls = OPERATORS[name]
+    preset = preset or cls.DEFAULT_PRESET
+    if preset not in cls.PRESETS:
+        raise OperatorError(f"unknown preset {preset!r} for {name}; choose from {', '.join(cls.PRESETS)}")
+    kwargs = dict(cls.PRESETS[preset])
+    kwargs.update({k: _coerce(cls, k, v) for k, v in overrides.items()})
+    if int(kwargs.get("T", 1)) < 1:
+        raise OperatorError(f"T must be at least 1, got {kwargs['T']}")
+    return cls(**kwargs)
+
+
+def operator_from_params(name: str, params: dict) -> Operator:
+    """Rebuild an operator from `name` and `op.params()` (as stored in a checkpoint)."""
+    if name not in OPERATORS:
+        raise OperatorError(f"unknown operator {name!r}; choose from {', '.join(OPERATORS)}")
+    cls = OPERATORS[name]
+    return cls(**{k: _coerce(cls, k, v) for k, v in params.items()})

@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+FMNIST = DATA / "fmnist"
+PHOTO = ROOT / "examples" / "chelsea.png"
+
+sys.path.insert(0, str(ROOT))
+
+
+def run_cli(*args, stdin: bytes | None = None, cwd=None, env=None):
+    """Run `python -m colddiff ARGS` as a user would: real pipes, real exit code."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "colddiff", *map(str, args)],
+        input=stdin if stdin is not None else b"", capture_output=True, cwd=cwd, env=e, timeout=600,
+    )
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke(*args, stdin: bytes | None = None, env=None):
+    """The same command in this process (no 2 s torch import); an exception escaping is a bug."""
+    from typer.testing import CliRunner
+
+    import colddiff
+
+    r = CliRunner().invoke(colddiff.app, [str(a) for a in args], input=stdin, env=env, catch_exceptions=False)
+    return Result(r.exit_code, r.stdout_bytes, r.stderr_bytes)
+
+
+@pytest.fixture
+def cli():
+    return invoke
+
+
+@pytest.fixture
+def cli_process():
+    return run_cli

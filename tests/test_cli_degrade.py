@@ -1,0 +1,138 @@
+"""`colddiff degrade` and `colddiff ops` as a user runs them: files, folders, pipes, bad input."""
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import operators
+from conftest import DATA, FMNIST, PHOTO
+
+
+def png_array(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+@pytest.mark.parametrize("op", list(operators.OPERATORS))
+def test_every_operator_to_stdout_same_seed_same_bytes(cli, op, tmp_path):
+    extra = ["--source", DATA / "photos"] if op == "animorph" else []
+    a = cli("degrade", PHOTO, "--op", op, "--t", "2", "--seed", "3", *extra)
+    assert a.returncode == 0, a.stderr.decode()
+    b = cli("degrade", PHOTO, "--op", op, "--t", "2", "--seed", "3", *extra)
+    assert a.stdout == b.stdout
+    img = png_array(a.stdout)
+    assert img.shape == (128, 192, 3)
+    orig = np.asarray(Image.open(PHOTO))
+    assert np.abs(img.astype(int) - orig).max() > 0  # t=2 changed something
+    zero = png_array(cli("degrade", PHOTO, "--op", op, "--t", "0", *extra).stdout)
+    assert np.array_equal(zero, orig)  # D(x, 0) = x, byte for byte
+
+
+def test_snow_seed_changes_pattern(cli):
+    a = cli("degrade", PHOTO, "--op", "snow", "--t", "20", "--seed", "1").stdout
+    b = cli("degrade", PHOTO, "--op", "snow", "--t", "20", "--seed", "2").stdout
+    assert a != b
+
+
+def test_real_pipe_between_two_processes(cli_process, tmp_path):
+    first = cli_process("degrade", PHOTO, "--op", "pixelate", "--t", "2")
+    assert first.returncode == 0 and first.stdout.startswith(b"\x89PNG")
+    second = cli_process("degrade", "-", "--op", "snow", "--t", "20", stdin=first.stdout)
+    assert second.returncode == 0 and png_array(second.stdout).shape == (128, 192, 3)
+    bad = cli_process("degrade", "-", "--op", "snow", stdin=b"garbage")
+    err = bad.stderr.decode()
+    assert bad.returncode == 1 and err.startswith("colddiff: error: <stdin>: not a readable image")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_pipe_stdin_to_file_and_grey_stays_grey(cli, tmp_path):
+    src = sorted(FMNIST.iterdir())[0]
+    r = cli("degrade", "-", "--op", "pixelate", "--t", "2", "-o", tmp_path / "p.png", stdin=src.read_bytes())
+    assert r.returncode == 0, r.stderr.decode()
+    out = np.asarray(Image.open(tmp_path / "p.png"))
+    assert out.shape == (28, 28)
+    r = cli("degrade", "-", "--op", "blur", stdin=b"")
+    assert r.returncode != 0 and b"no image data" in r.stderr
+
+
+def test_folder_to_folder_recursive_case_insensitive(cli, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    files = sorted(FMNIST.iterdir())[:3]
+    shutil.copy(files[0], src / "a.png")
+    shutil.copy(files[1], src / "sub" / "b.PNG")
+    shutil.copy(DATA / "photos" / "rocket_small.jpg", src / "sub" / "c.JPG")
+    (src / "notes.txt").write_text("not an image")
+    r = cli("degrade", src, "--op", "mask", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr.decode()
+    got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert got == ["a.png", "sub/b.PNG", "sub/c.JPG"]
+    # again without --force: refused, nothing touched
+    before = (tmp_path / "out" / "a.png").stat().st_mtime_ns
+    r = cli("degrade", src, "--op", "mask", "-o", tmp_path / "out")
+    assert r.returncode != 0 and b"--force" in r.stderr
+    assert (tmp_path / "out" / "a.png").stat().st_mtime_ns == before
+    assert cli("degrade", src, "--op", "mask", "-o", tmp_path / "out", "--force").returncode == 0
+
+
+def test_strip_shows_every_step(cli, tmp_path):
+    r = cli("degrade", PHOTO, "--op", "pixelate", "--strip", "-o", tmp_path / "s.png")
+    assert r.returncode == 0, r.stderr.decode()
+    s = np.asarray(Image.open(tmp_path / "s.png"))
+    assert s.shape == (128, 192 * 4, 3)  # x_0 .. x_3
+    assert np.array_equal(s[:, :192], np.asarray(Image.open(PHOTO)))
+    r = cli("degrade", PHOTO, "--op", "blur", "--preset", "celeba", "--strip", "-o", tmp_path / "c.png")
+    assert np.asarray(Image.open(tmp_path / "c.png")).shape[1] == 192 * 11  # T=200: 11 frames
+
+
+def test_ops_lists_everything(cli):
+    r = cli("ops", env={"COLUMNS": "200"})
+    assert r.returncode == 0
+    text = r.stdout.decode()
+    for name, cls in operators.OPERATORS.items():
+        assert name in text
+        for preset in cls.PRESETS:
+            assert preset in text
+    assert "300" in text and "750" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--op", "sharpen"], "unknown operator 'sharpen'"),
+    (["--op", "blur", "--preset", "imagenet"], "unknown preset 'imagenet'"),
+    (["--op", "blur", "--t", "21"], "--t must be in 0..20"),
+    (["--op", "blur", "--t", "-1"], "--t must be in 0..20"),
+    (["--op", "blur", "--param", "sigma=big"], "sigma must be a float"),
+    (["--op", "animorph"], "--source"),
+])
+def test_bad_options_one_line(cli, args, message, tmp_path):
+    r = cli("degrade", PHOTO, *args, "-o", tmp_path / "x.png")
+    err = r.stderr.decode()
+    assert r.returncode != 0 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_inputs_one_line_nothing_written(cli, tmp_path):
+    (tmp_path / "junk.png").write_bytes(b"definitely not a png")
+    (tmp_path / "cut.png").write_bytes(PHOTO.read_bytes()[:2000])
+    (tmp_path / "empty").mkdir()
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(PHOTO, good / "a.png")
+    (good / "z.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    cases = [
+        ([tmp_path / "junk.png"], "junk.png: not a readable image"),
+        ([tmp_path / "cut.png"], "cut.png: not a readable image"),
+        ([tmp_path / "empty"], "folder holds no images"),
+        ([tmp_path / "missing.png"], "no such file"),
+        ([good], "z.png: not a readable image"),
+    ]
+    for inputs, message in cases:
+        out = tmp_path / "out"
+        r = cli("degrade", *inputs, "-o", out)
+        err = r.stderr.decode()
+        assert r.returncode != 0 and message in err and "Traceback" not in err, err
+        assert not out.exists()  # a bad file anywhere: nothing written at all
+    r = cli("degrade", PHOTO, PHOTO)
+    assert r.returncode != 0 and b"-o DIR" in r.stderr

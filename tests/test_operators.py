@@ -1,0 +1,331 @@
+"""Every operator against a slow, obvious reference, plus its defining property."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import operators as O
+
+
+def rand_images(b=3, c=3, h=32, w=28, seed=0):
+    return torch.rand(b, c, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def make(name, preset=None, **kw):
+    op = O.make_operator(name, preset, **kw)
+    if name == "animorph":
+        op.source = rand_images(5, 3, 20, 24, seed=9)
+    return op
+
+
+ALL = [(name, preset) for name, cls in O.OPERATORS.items() for preset in cls.PRESETS]
+
+
+# ----------------------------------------------------------------------------- shared interface
+
+
+@pytest.mark.parametrize("name,preset", ALL)
+def test_t0_is_identity(name, preset):
+    op = make(name, preset)
+    for c in (1, 3):
+        x = rand_images(c=c)
+        assert torch.equal(op.degrade(x, torch.zeros(3, dtype=torch.long), gen()), x)
+
+
+@pytest.mark.parametrize("name,preset", ALL)
+def test_batch_equals_one_by_one(name, preset):
+    """One call on a batch with mixed t equals the images degraded one at a time."""
+    op = make(name, preset)
+    x = rand_images(4, 3, 24, 20)
+    t = torch.tensor([op.T, 1, op.T // 2, max(op.T - 1, 0)])
+    hidden = op.draw(x, gen(3))
+    batch = op.apply(x, t, hidden)
+    for i in range(4):
+        h_i = None if hidden is None else {k: v[i : i + 1] for k, v in hidden.items()}
+        one = op.apply(x[i : i + 1], t[i : i + 1], h_i)
+        torch.testing.assert_close(batch[i : i + 1], one, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,preset", ALL)
+def test_same_seed_same_result_and_params_round_trip(name, preset):
+    op = make(name, preset)
+    x = rand_images()
+    t = torch.full((3,), op.T)
+    a = op.degrade(x, t, gen(5))
+    again = O.operator_from_params(name, op.params())
+    if name == "animorph":
+        again.source = op.source
+    assert torch.equal(a, again.degrade(x, t, gen(5)))
+
+
+@pytest.mark.parametrize("name,preset", ALL)
+def test_grey_bf16_non_square(name, preset):
+    op = make(name, preset)
+    if name == "animorph":
+        op.source = rand_images(5, 1, 20, 24, seed=9)
+    x = rand_images(2, 1, 40, 17).bfloat16()
+    y = op.degrade(x, torch.tensor([op.T, 1]), gen())
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape and torch.isfinite(y.float()).all()
+    ref = op.degrade(x.float(), torch.tensor([op.T, 1]), gen())
+    assert (y.float() - ref).abs().max() < 0.02
+
+
+def test_bad_t_and_names():
+    op = make("blur")
+    with pytest.raises(O.OperatorError, match="0..20"):
+        op.degrade(rand_images(), torch.tensor([0, 21, 3]))
+    with pytest.raises(O.OperatorError, match="-1"):
+        op.degrade(rand_images(), torch.tensor([0, -1, 3]))
+    with pytest.raises(O.OperatorError, match="unknown operator"):
+        O.make_operator("sharpen")
+    with pytest.raises(O.OperatorError, match="unknown preset"):
+        O.make_operator("snow", "mnist")
+    with pytest.raises(O.OperatorError, match="no parameter"):
+        O.make_operator("blur", sigma_max="3")
+    with pytest.raises(O.OperatorError, match="level"):
+        O.make_operator("snow", level="7")
+
+
+# ----------------------------------------------------------------------------- blur
+
+
+def blur_sequential(op, x, t):
+    """The released code's way: t padded 2-D convolutions one after another."""
+    C = x.shape[1]
+    for g in op.kernels[:t]:
+        k2 = torch.outer(g, g).float()
+        p = len(g) // 2
+        x = F.conv2d(F.pad(x, (p, p, p, p), mode=op.padding), k2.expand(C, 1, -1, -1), groups=C)
+    if op.flat_last and t == op.T:
+        x = x.mean((-2, -1), keepdim=True).expand_as(x)
+    return x
+
+
+@pytest.mark.parametrize("preset", list(O.Blur.PRESETS))
+@pytest.mark.parametrize("padding", ["circular", "reflect"])
+def test_blur_closed_form_equals_sequential_convolutions(preset, padding):
+    op = O.make_operator("blur", preset, padding=padding)
+    x = rand_images(3, 3, 32, 28)
+    for t in sorted({1, 2, op.T // 3, op.T - 1, op.T}):
+        fast = op.apply(x, torch.full((3,), t))
+        ref = blur_sequential(op, x, t)
+        assert (fast - ref).abs().max() < 1e-4, (preset, padding, t)
+
+
+@pytest.mark.parametrize("schedule,s,expect", [
+    ("constant", 7.0, lambda i: 7.0),
+    ("linear", 0.5, lambda i: 0.5 * i),
+    ("exponential", 0.01, lambda i: math.exp(0.01 * (i - 1))),
+    ("cifar", 0.0, lambda i: 0.35 + (i - 1) / 100),
+])
+def test_blur_schedules(schedule, s, expect):
+    sig = O.blur_sigmas(schedule, s, 30)
+    assert sig == pytest.approx([expect(i) for i in range(1, 31)])
+
+
+def test_blur_generation_last_step_is_flat_mean_and_mean_preserved():
+    op = O.make_operator("blur", "generation")
+    x = rand_images()
+    y = op.apply(x, torch.tensor([op.T, op.T - 1, 100]))
+    mean = x.mean((-2, -1), keepdim=True)
+    torch.testing.assert_close(y[0], mean[0].expand_as(x[0]))
+    torch.testing.assert_close(y.mean((-2, -1)), mean[..., 0, 0], atol=1e-5, rtol=0)  # circular keeps the mean
+
+
+def test_blur_kernel_larger_than_image_wraps_like_circular_padding():
+    op = O.make_operator("blur", "generation")  # k = 27 on 20 px: taps wrap
+    x = rand_images(1, 1, 20, 20)
+    y = op.apply(x, torch.tensor([5]))
+    # circular convolution with the wrapped kernel, computed by brute force
+    ref = x
+    for g in op.kernels[:5]:
+        g2 = torch.outer(g, g).float()
+        out = torch.zeros_like(ref)
+        r = len(g) // 2
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                out += g2[dy + r, dx + r] * torch.roll(ref, (dy, dx), (-2, -1))
+        ref = out
+    assert (y - ref).abs().max() < 1e-4
+
+
+# ----------------------------------------------------------------------------- mask, colour
+
+
+def mask_reference(op, h, w, centre, t):
+    """Product of the t step masks, built one by one around `centre`."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    d2 = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2
+    steps = list(range(1, op.T + 1))
+    if op.reverse:
+        steps = steps[::-1]
+    alpha = torch.ones(h, w, dtype=torch.float64)
+    for i in steps[:t]:
+        g = torch.exp(-d2 / (2 * (op.std * (i - 1 + op.init)) ** 2))
+        alpha = alpha * (1 - g / g.max())
+    return alpha
+
+
+@pytest.mark.parametrize("preset", list(O.Mask.PRESETS))
+def test_mask_equals_reference_and_grows(preset):
+    op = O.make_operator("mask", preset)
+    x = rand_images(3, 3, 24, 30)
+    hidden = op.draw(x, gen(1))
+    fractions = []
+    for t in [0, 1, op.T // 4, op.T // 2, op.T]:
+        y = op.apply(x, torch.full((3,), t), hidden)
+        for b in range(3):
+            ref = x[b] * mask_reference(op, 24, 30, hidden["centre"][b].tolist(), t).float()
+            assert (y[b] - ref).abs().max() < 1e-5
+        fractions.append(float((y == 0).float().mean() + ((y - x).abs() > 0.5 * x.abs()).float().mean()))
+    assert fractions == sorted(fractions) and fractions[-1] > fractions[1]
+
+
+def test_mask_random_centres_differ_and_centred_is_centre():
+    x = rand_images(16, 1, 20, 20)
+    c = O.make_operator("mask", "mnist").draw(x, gen(0))["centre"]
+    assert len({tuple(v) for v in c.tolist()}) > 8 and c.min() >= 0 and c.max() < 20
+    c = O.make_operator("mask", "celeba").draw(x, gen(0))["centre"]
+    assert (c == 10).all()
+
+
+def test_colour_reaches_flat_colour_and_matches_reference():
+    op = O.make_operator("colour", T=60, std=0.3)
+    x = rand_images(2, 3, 20, 20)
+    hidden = op.draw(x, gen(2))
+    c = hidden["z"]
+    assert (c[:, :, :1, :1] >= -0.5).all() and (c < 0.5).all()
+    assert torch.equal(op.apply(x, torch.full((2,), op.T), hidden), c.expand_as(x))
+    t = 30
+    a = mask_reference(op, 20, 20, [10, 10], t).float()
+    torch.testing.assert_close(op.apply(x, torch.full((2,), t), hidden), a * x + (1 - a) * c, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- pixelate
+
+
+def pixelate_reference(x, t):
+    H, W = x.shape[-2:]
+    for i in range(1, t + 1):
+        small = F.interpolate(x, size=(H >> i, W >> i), mode="bicubic", align_corners=False)
+        x = F.interpolate(small, size=(H, W), mode="nearest-exact")
+    return x
+
+
+@pytest.mark.parametrize("preset,size", [("mnist", 32), ("celeba", 128)])
+def test_pixelate_reference_and_final_resolution(preset, size):
+    op = O.make_operator("pixelate", preset)
+    x = rand_images(2, 3, size, size)
+    for t in range(op.T + 1):
+        torch.testing.assert_close(op.apply(x, torch.full((2,), t)), pixelate_reference(x, t))
+    xT = op.apply(x, torch.full((2,), op.T))
+    final = size >> op.T  # 4 px at 32 (T=3), 8 px at 128 (T=4)
+    blocks = xT.unfold(-2, size // final, size // final).unfold(-2, size // final, size // final)
+    assert blocks.shape[2:4] == (final, final)
+    assert (blocks - blocks[..., :1, :1]).abs().max() == 0  # constant inside each block
+
+
+def test_pixelate_too_small():
+    with pytest.raises(O.OperatorError, match="at least 16"):
+        O.make_operator("pixelate", "celeba").apply(rand_images(1, 1, 8, 8), torch.tensor([1]))
+
+
+# ----------------------------------------------------------------------------- snow
+
+
+def snow_reference(op, x0, t, hidden):
+    """One image at a time, one step's kernel spelled out, loops everywhere."""
+    k, (th0, th1), (s0, s1) = O.SNOW_LEVELS[op.level][3:]
+    out = []
+    for b in range(x0.shape[0]):
+        if t == 0:
+            out.append(x0[b])
+            continue
+        frac = (t - 1) / (op.T - 1)
+        thr, sig = th0 + (th1 - th0) * frac, s0 + (s1 - s0) * frac
+        layer = hidden["layer"][b, 0].double()
+        s = torch.where(layer > thr, layer, torch.zeros_like(layer)).clamp(0, 1)
+        g = torch.tensor([math.exp(-((j - (k - 1) / 2) ** 2) / (2 * sig**2)) for j in range(k)], dtype=torch.float64)
+        g /= g.sum()
+        H, W = s.shape
+        blurred = torch.zeros_like(s)
+        for i in range(H):
+            for j in range(W):
+                for m in range(k):
+                    d = m - k // 2
+                    if hidden["vertical"][b]:
+                        blurred[i, j] += g[m] * s[min(max(i + d, 0), H - 1), j]
+                    else:
+                        blurred[i, j] += g[m] * s[i, min(max(j + d, 0), W - 1)]
+        img = (x0[b].double() + 1) / 2 + blurred + blurred.flip(0, 1)
+        out.append((img.clamp(0, 1) * 2 - 1).float())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("level", [1, 4])
+def test_snow_reference(level):
+    op = O.make_operator("snow", level=level)
+    x = rand_images(2, 3, 12, 10)
+    hidden = op.draw(x, gen(4))
+    for t in [0, 1, 77, op.T]:
+        torch.testing.assert_close(op.apply(x, torch.full((2,), t), hidden), snow_reference(op, x, t, hidden), atol=1e-5, rtol=0)
+
+
+def test_snow_deterministic_per_seed_and_brighter_with_t():
+    op = O.make_operator("snow", "celeba")
+    x = rand_images(4, 3, 48, 40) * 0.5
+    t = torch.full((4,), 120)
+    assert torch.equal(op.degrade(x, t, gen(7)), op.degrade(x, t, gen(7)))
+    assert not torch.equal(op.degrade(x, t, gen(7)), op.degrade(x, t, gen(8)))
+    hidden = op.draw(x, gen(7))
+    means = [float(op.apply(x, torch.full((4,), s), hidden).mean()) for s in range(0, 201, 20)]
+    assert all(b >= a - 1e-6 for a, b in zip(means, means[1:])) and means[-1] > means[0] + 0.1
+    dirs = op.draw(rand_images(64, 1, 8, 8), gen(0))["vertical"].float().mean()
+    assert 0.3 < dirs < 0.7
+
+
+# ----------------------------------------------------------------------------- desaturate, noise, animorph
+
+
+def test_desaturate_step_by_step():
+    op = O.make_operator("desaturate")
+    x = rand_images()
+    ref = x.clone()
+    grey = x.mean(1, keepdim=True)
+    for t in range(1, op.T + 1):
+        ref = grey + (ref - grey) * (op.T - t) / (op.T - t + 1)  # each step removes 1/(remaining) of the colour
+        torch.testing.assert_close(op.apply(x, torch.full((3,), t)), ref, atol=1e-6, rtol=0)
+    assert (ref - grey).abs().max() < 1e-6
+
+
+def test_noise_moments_and_formula():
+    op = O.make_operator("noise")
+    x = rand_images(8, 3, 32, 32)
+    z = op.draw(x, gen(3))["z"]
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    assert abs(float(((z - z.mean()) ** 3).mean())) < 0.05  # symmetric
+    abar = O.cosine_alpha_bar(200)
+    assert abar[0] == 1 and abar[-1] < 1e-6 and (abar[1:] < abar[:-1]).all()
+    f = lambda t: math.cos((t / 200 + 0.008) / 1.008 * math.pi / 2) ** 2
+    assert float(abar[50]) == pytest.approx(f(50) / f(0))
+    t = torch.tensor([0, 50, 120, 200, 1, 7, 199, 100])
+    y = op.apply(x, t, {"z": z})
+    a = abar[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(y, a.sqrt() * x + (1 - a).sqrt() * z)
+
+
+def test_animorph_reaches_a_source_image():
+    op = make("animorph")
+    x = rand_images(3, 3, 20, 24)
+    hidden = op.draw(x, gen(1))
+    y = op.apply(x, torch.full((3,), op.T), hidden)
+    for b in range(3):
+        dists = [(y[b] - s).abs().max() for s in op.source]
+        assert min(dists) < 1e-3
+    with pytest.raises(O.OperatorError, match="source"):
+        O.make_operator("animorph").draw(x)
