@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import sys
 import tempfile
@@ -36,10 +37,11 @@ def fail_cleanly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from operators import OperatorError
+        from train import CheckpointError
 
         try:
             return fn(*args, **kwargs)
-        except (UserError, OperatorError) as e:
+        except (UserError, OperatorError, CheckpointError) as e:
             typer.echo(f"colddiff: error: {e}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -112,6 +114,19 @@ def to_uint8(x):
     import torch
 
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def grid_image(x, ncol: int, pad: int = 2):
+    """(N, C, H, W) in [-1, 1] -> one (C, H', W') image, `ncol` per row, white gutters."""
+    import torch
+
+    N, C, H, W = x.shape
+    nrow = -(-N // ncol)
+    out = torch.ones(C, nrow * (H + pad) + pad, ncol * (W + pad) + pad, dtype=x.dtype, device=x.device)
+    for i in range(N):
+        r, c = divmod(i, ncol)
+        out[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]
+    return out
 
 
 def encode_image(u8, fmt: str = "PNG") -> bytes:
@@ -290,6 +305,72 @@ def degrade(
         else:
             result = operator.degrade(x0, torch.tensor([t], device=dev), seeded(seed))[0]
         write_image(to_uint8(result), dest)
+
+
+@app.command()
+@fail_cleanly
+def train(
+    data: str = typer.Argument(..., help="Folder of training images (recursive)."),
+    out: str = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
+    op: str = OpOpt,
+    preset: Optional[str] = PresetOpt,
+    param: Optional[list[str]] = ParamOpt,
+    net: str = typer.Option("paper", "--net", help="Network preset: paper (56.6 M), small, tiny."),
+    size: Optional[int] = typer.Option(None, "--size", help="Resize (short side) and centre-crop images to SIZE."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: from the data)."),
+    steps: int = typer.Option(700_000, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(32, "--batch", help="Images per step per device."),
+    accumulate: int = typer.Option(2, "--accumulate", help="Gradient accumulation (batches per step)."),
+    lr: float = typer.Option(2e-5, "--lr"),
+    ema_decay: float = typer.Option(0.995, "--ema-decay"),
+    ema_every: int = typer.Option(10, "--ema-every"),
+    ema_start: int = typer.Option(2000, "--ema-start", help="EMA copies the model until this step."),
+    save_every: int = typer.Option(5000, "--save-every"),
+    sample_every: int = typer.Option(1000, "--sample-every", help="Write a sample grid and a metrics.jsonl line."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Resize 1.12x + random crop + flip."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the network (CUDA only)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT's training state when there is one."),
+    force: bool = ForceOpt,
+    source: Optional[str] = typer.Option(None, "--source", help="Folder of z images for animorph."),
+):
+    """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
+
+    Ctrl-C or SIGTERM finishes the step, saves, and exits 130/143; --resume continues exactly."""
+    import operators
+    import train as training
+
+    if channels not in (None, 1, 3):
+        raise UserError(f"--channels must be 1 or 3, got {channels}")
+    for name, v in (("--steps", steps), ("--batch", batch), ("--accumulate", accumulate), ("--save-every", save_every), ("--sample-every", sample_every), ("--ema-every", ema_every)):
+        if v < 1:
+            raise UserError(f"{name} must be at least 1, got {v}")
+    if not out.endswith(".safetensors"):
+        raise UserError(f"{out}: model files end in .safetensors")
+    operator = operators.make_operator(op, preset, **parse_params(param))
+    has_state = training.state_path(out).exists()
+    if Path(out).exists() and not force and not (resume and has_state):
+        raise UserError(f"{out}: exists; pass --resume to continue training it or --force to start over")
+    if resume and has_state:
+        _, meta = training.read_safetensors(training.state_path(out))
+        saved = json.loads(meta.get("colddiff", "{}")).get("meta", {}).get("operator", {})
+        if saved != {"name": operator.name, "params": operator.params()}:
+            raise UserError(f"{out}: was trained for {saved.get('name')} {saved.get('params')}, not {operator.name} {operator.params()}")
+    dev = pick_device(device)
+    images = training.load_folder(data, size, channels)
+    if op == "animorph":
+        operator.source = load_source(source, dev)
+    cfg = training.TrainConfig(
+        steps=steps, batch=batch, accumulate=accumulate, lr=lr, ema_decay=ema_decay, ema_every=ema_every,
+        ema_start=ema_start, save_every=save_every, sample_every=sample_every, augment=augment, seed=seed, compile=compile,
+    )
+    try:
+        training.train(images, operator, net, out, cfg, dev, resume=resume, log=lambda m: typer.echo(m, err=True))
+    except training.Stop as stop:
+        typer.echo(f"colddiff: {stop}", err=True)
+        raise typer.Exit(stop.code) from None
+    typer.echo(f"wrote {out}", err=True)
 
 
 def load_source(folder: str | None, device):

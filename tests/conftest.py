@@ -45,3 +45,30 @@ def cli():
 @pytest.fixture
 def cli_process():
     return run_cli
+
+
+TRAIN_ARGS = ["--op", "blur", "--preset", "mnist", "--net", "tiny", "--steps", "300", "--batch", "16", "--accumulate", "1",
+              "--lr", "3e-3", "--ema-start", "1000000", "--save-every", "100", "--sample-every", "100", "--no-augment", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def fmnist_split(tmp_path_factory):
+    """The bundled Fashion-MNIST subset split 250 train / 50 held out."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("fmnist")
+    files = sorted(FMNIST.iterdir())
+    for name, part in (("train", files[:250]), ("test", files[250:])):
+        (root / name).mkdir()
+        for f in part:
+            shutil.copy(f, root / name / f.name)
+    return root / "train", root / "test"
+
+
+@pytest.fixture(scope="session")
+def blur_model(fmnist_split, tmp_path_factory):
+    """A tiny blur model trained for 300 CPU steps through the CLI (~45 s), shared by the tests."""
+    out = tmp_path_factory.mktemp("model") / "blur.safetensors"
+    r = invoke("train", fmnist_split[0], "-o", out, *TRAIN_ARGS)
+    assert r.returncode == 0, r.stderr.decode()
+    return out

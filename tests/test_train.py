@@ -1,0 +1,172 @@
+"""Training: it learns, resumes exactly, survives kills and signals, refuses foreign files, runs DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import operators
+import train as T
+import unet
+from conftest import ROOT
+
+
+def rmse(a, b):
+    return float(((a - b) / 2).pow(2).mean().sqrt())
+
+
+def test_training_learns_blur(blur_model, fmnist_split):
+    net, op, meta = T.load_model(blur_model)
+    assert meta["operator"] == {"name": "blur", "params": operators.make_operator("blur", "mnist").params()}
+    assert meta["step"] == 300 and meta["image"] == {"channels": 1, "height": 28, "width": 28}
+    lines = [json.loads(l) for l in (blur_model.parent / "blur.run" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [100, 200, 300]
+    assert (blur_model.parent / "blur.run" / "step_00000300.png").exists()
+    x0 = T.load_folder(str(fmnist_split[1]), None, None).float() / 127.5 - 1  # held out
+    for t, margin in ((op.T, 0.88), (op.T // 2, 0.8)):
+        tt = torch.full((len(x0),), t)
+        xt = op.degrade(x0, tt)
+        with torch.no_grad():
+            direct = net(xt, tt).clamp(-1, 1)
+        assert rmse(direct, x0) < margin * rmse(xt, x0), (t, rmse(direct, x0), rmse(xt, x0))
+
+
+def small_cfg(**kw):
+    base = dict(steps=8, batch=4, accumulate=2, lr=1e-3, ema_start=3, ema_every=2, save_every=100, sample_every=100, compile=False)
+    return T.TrainConfig(**{**base, **kw})
+
+
+def test_resume_is_exact(tmp_path):
+    data = T.load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:40]
+    op = operators.make_operator("snow", "cifar10")  # hidden randomness, augmentation: every RNG matters
+    straight = T.train(data, op, "tiny", str(tmp_path / "a.safetensors"), small_cfg(), torch.device("cpu"), resume=False, log=lambda m: None).losses
+    first = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), small_cfg(steps=4), torch.device("cpu"), resume=False, log=lambda m: None).losses
+    second = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), small_cfg(), torch.device("cpu"), resume=True, log=lambda m: None).losses
+    assert len(first) == 4 and len(second) == 4
+    assert first + second == pytest.approx(straight, rel=1e-5, abs=1e-6)
+    a, _, meta_a = T.load_model(tmp_path / "a.safetensors")
+    b, _, meta_b = T.load_model(tmp_path / "b.safetensors")
+    assert meta_a["step"] == meta_b["step"] == 8
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_foreign_and_corrupt_files_rejected(tmp_path, blur_model):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, tmp_path / "foreign.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello, not a model")
+    good = blur_model.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    cases = {"foreign": "not a colddiff model", "text": "not a safetensors file", "cut": "not a safetensors file",
+             "empty": "not a safetensors file"}
+    for name, msg in cases.items():
+        with pytest.raises(T.CheckpointError, match=msg):
+            T.load_model(tmp_path / f"{name}.safetensors")
+    with pytest.raises(T.CheckpointError, match="no such model"):
+        T.load_model(tmp_path / "missing.safetensors")
+
+
+def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tmp_path):
+    r = cli("train", fmnist_split[0], "-o", blur_model, "--net", "tiny", "--steps", "1")
+    assert r.returncode == 1 and b"--resume" in r.stderr
+    r = cli("train", fmnist_split[0], "-o", blur_model, "--op", "mask", "--net", "tiny", "--steps", "400", "--resume")
+    assert r.returncode == 1 and b"was trained for blur" in r.stderr
+    r = cli("train", tmp_path, "-o", tmp_path / "m.safetensors", "--net", "tiny")
+    assert r.returncode == 1 and b"folder holds no images" in r.stderr
+
+
+def train_process(tmp_path, *extra):
+    cmd = [sys.executable, "-m", "colddiff", "train", str(ROOT / "tests" / "data" / "fmnist"), "-o", str(tmp_path / "m.safetensors"),
+           "--net", "tiny", "--batch", "2", "--accumulate", "1", "--steps", "100000", "--ema-start", "1", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def wait_for(path, timeout=120):
+    end = time.time() + timeout
+    while not path.exists():
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_exits(tmp_path, sig, code):
+    p = train_process(tmp_path, "--save-every", "1000", "--sample-every", "1")
+    wait_for(tmp_path / "m.run" / "metrics.jsonl")  # training is under way
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err.decode()
+    last = err.decode().strip().splitlines()[-1]
+    assert "interrupted at step" in last and "--resume" in last and "Traceback" not in err.decode()
+    _, _, meta = T.load_model(tmp_path / "m.safetensors")
+    assert meta["step"] >= 1
+
+
+def test_kill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    """SIGKILL at arbitrary moments while a checkpoint is written every step."""
+    for delay in (0.3, 0.7, 1.1):
+        p = train_process(tmp_path, "--save-every", "1", "--force")
+        wait_for(tmp_path / "m.state.safetensors")
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        _, _, meta = T.load_model(tmp_path / "m.safetensors")
+        assert meta["step"] >= 1
+        T.read_safetensors(T.state_path(tmp_path / "m.safetensors"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    data = T.load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:20]
+    op = operators.make_operator("blur")
+    out = tmp_path / "m.safetensors"
+    T.train(data, op, "tiny", str(out), small_cfg(steps=2, save_every=1), torch.device("cpu"), resume=False, log=lambda m: None)
+    before = out.read_bytes()
+    real = T.l1_x0_loss
+    calls = {"n": 0}
+
+    def poisoned(*a):
+        calls["n"] += 1
+        return real(*a) * (float("nan") if calls["n"] > 2 else 1)
+
+    monkeypatch.setattr(T, "l1_x0_loss", poisoned)
+    with pytest.raises(T.Stop, match="loss became nan at step 4"):
+        T.train(data, op, "tiny", str(out), small_cfg(steps=10, save_every=1), torch.device("cpu"), resume=True, log=lambda m: None)
+    _, _, meta = T.load_model(out)
+    assert meta["step"] == 3  # the step before the bad one, saved; nothing after it
+
+
+DDP_WORKER = r"""
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+import train as T, operators
+data = T.load_folder(os.path.join(sys.argv[1], "tests", "data", "fmnist"), 16, None)[:32]
+cfg = T.TrainConfig(steps=4, batch=4, accumulate=1, lr=1e-3, ema_start=2, ema_every=1, save_every=100, sample_every=100, compile=False)
+run = T.train(data, operators.make_operator("blur"), "tiny", sys.argv[2], cfg, torch.device("cpu"), resume=False, log=lambda m: None)
+from safetensors.torch import save_file
+save_file({k: v.contiguous() for k, v in run.net.state_dict().items()}, sys.argv[2] + f".rank{os.environ['RANK']}")
+"""
+
+
+def test_ddp_two_processes_gloo_identical_weights(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    out = tmp_path / "m.safetensors"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                        str(script), str(ROOT), str(out)], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    from safetensors.torch import load_file
+
+    w0, w1 = load_file(f"{out}.rank0"), load_file(f"{out}.rank1")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    # the ranks saw different data, and the model moved from its initialisation
+    _, _, meta = T.load_model(out)
+    assert meta["train"]["world_size"] == 2 and meta["step"] == 4
+    fresh = unet.build(1, "tiny")
+    assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)
