@@ -248,6 +248,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     if cuda and cfg.compile:
         model = torch.compile(model)
+    train_step = make_step(model, opt, op, cfg, device)
     run_dir = Path(out).with_suffix("").with_name(Path(out).stem + ".run")
     stop = {"signal": None}
 
@@ -288,23 +289,9 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         with progress_bar(rank == 0) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, loss=float("nan"), rate=0.0)
             while step < cfg.steps:
-                opt.zero_grad(set_to_none=True)
-                total = 0.0
-                for _ in range(cfg.accumulate):
-                    idx = torch.randint(N, (cfg.batch,), generator=rng)
-                    x0 = data[idx.to(data.device)].to(device, non_blocking=True).float() / 127.5 - 1
-                    if cfg.augment:
-                        x0 = augment(x0, rng)
-                    if cuda:
-                        x0 = x0.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                        loss = l1_x0_loss(model, op, x0, rng) / cfg.accumulate
-                    loss.backward()
-                    total += loss.detach()
-                total = float(total)
+                total = train_step(data, rng)
                 if not math.isfinite(total):
                     raise Stop(1, f"loss became {total} at step {step + 1}; stopped, the last good checkpoint is kept")
-                opt.step()
                 step += 1
                 losses.append(total)
                 update_ema(ema, net, step, cfg)
@@ -325,6 +312,33 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         for s, h in old.items():
             signal.signal(s, h)
     return Trained(net, ema, losses)
+
+
+def make_step(model, opt, op, cfg: TrainConfig, device):
+    """One optimizer step on `cfg.accumulate` batches drawn from uint8 `data`; returns the loss,
+    and skips the update when it is not finite."""
+    cuda = device.type == "cuda"
+
+    def step(data, rng) -> float:
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.accumulate):
+            idx = torch.randint(len(data), (cfg.batch,), generator=rng)
+            x0 = data[idx.to(data.device)].to(device, non_blocking=True).float() / 127.5 - 1
+            if cfg.augment:
+                x0 = augment(x0, rng)
+            if cuda:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+                loss = l1_x0_loss(model, op, x0, rng) / cfg.accumulate
+            loss.backward()
+            total += loss.detach()
+        total = float(total)
+        if math.isfinite(total):
+            opt.step()
+        return total
+
+    return step
 
 
 @torch.no_grad()

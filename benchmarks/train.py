@@ -1,0 +1,89 @@
+"""Training throughput of the restoration network: images/s, model FLOP utilisation, peak memory.
+
+    python benchmarks/train.py                         # on CUDA: paper net, 128 px celeba + 32 px mnist blur
+    python benchmarks/train.py --device cpu --net tiny --batch 16 --cases mnist
+
+Times the same step `colddiff train` runs (train.make_step: degrade, augment, bf16 autocast,
+channels_last, fused Adam, torch.compile on CUDA). FLOPs of one forward+backward are counted with
+torch.utils.flop_counter; MFU divides the achieved rate by --peak-tflops (H100 SXM dense bf16: 989).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import operators  # noqa: E402
+import train as T  # noqa: E402
+import unet  # noqa: E402
+
+CASES = {"celeba": ("celeba", 128, 3), "mnist": ("mnist", 32, 1)}
+
+
+def flops_per_image(net, op, size, channels, device):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(2, channels, size, size, device=device) * 2 - 1
+    t = torch.randint(1, op.T + 1, (2,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        net(op.degrade(x, t), t).abs().mean().backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def bench(case, args, device):
+    preset, size, channels = CASES[case]
+    cuda = device.type == "cuda"
+    op = operators.make_operator("blur", preset)
+    net = unet.build(channels, args.net).to(device)
+    flops = flops_per_image(net, op, size, channels, device)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-5, **({"fused": True} if cuda else {}))
+    model = torch.compile(net) if cuda and not args.no_compile else net
+    cfg = T.TrainConfig(batch=args.batch, accumulate=1, augment=True)
+    step = T.make_step(model, opt, op, cfg, device)
+    data = torch.randint(0, 256, (4096, channels, size, size), dtype=torch.uint8, device=device)
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(args.warmup):
+        step(data, rng)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step(data, rng)  # float(loss) inside synchronises every step, as training does
+    elapsed = time.perf_counter() - start
+    rate = args.steps * args.batch / elapsed
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    mfu = rate * flops / (args.peak_tflops * 1e12) if cuda else float("nan")
+    return dict(case=f"{case} blur T={op.T}", size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
+                gflop=flops / 1e9)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--net", default="paper")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--cases", default="celeba,mnist")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    rows = [bench(c, a, device) for c in a.cases.split(",")]
+    print(f"\ntraining step, net={a.net}, {name}, torch {torch.__version__}, compile={device.type == 'cuda' and not a.no_compile}")
+    print("| case | px | batch | img/s | GFLOP/img (fwd+bwd) | TFLOP/s | MFU | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu, peak = ("n/a", "n/a") if r["mfu"] != r["mfu"] else (f"{r['mfu']:.1%}", f"{r['peak']:.1f}")
+        print(f"| {r['case']} | {r['size']} | {r['batch']} | {r['rate']:,.1f} | {r['gflop']:.2f} | {r['tflops']:.3f} | {mfu} | {peak} |")
+
+
+if __name__ == "__main__":
+    main()
