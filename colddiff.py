@@ -373,6 +373,180 @@ def train(
     typer.echo(f"wrote {out}", err=True)
 
 
+ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
+SamplerOpt = typer.Option("tacos", "--sampler", help="direct, naive (Algorithm 1) or tacos (Algorithm 2).")
+StepsOpt = typer.Option(None, "--steps", help="Sampling steps K <= t (Algorithm 2 jumps s -> s'); default t.")
+ZOpt = typer.Option("fixed", "--z", help="noise/animorph/colour: fixed z, or estimated z (the DDIM choice).")
+BatchOpt = typer.Option(16, "--batch", help="Images per network call.")
+CompileOpt = typer.Option(True, "--compile/--no-compile", help="torch.compile + CUDA graphs (CUDA only).")
+
+
+def open_model(path: str, device):
+    import train as training
+
+    net, op, meta = training.load_model(path, device)
+    return net, op, meta
+
+
+def draw_hidden(op, x0, seed: int):
+    """One image's hidden randomness, from a generator seeded exactly as `degrade --seed` seeds it."""
+    return op.draw(x0, seeded(seed))
+
+
+def run_sampler(name, restorer, op, x_t, t, hidden, steps, z):
+    import samplers
+
+    try:
+        return samplers.sample(name, restorer, op, x_t, t, hidden, steps, z)
+    except samplers.SamplerError as e:
+        raise UserError(str(e)) from None
+
+
+@app.command()
+@fail_cleanly
+def restore(
+    inputs: list[str] = typer.Argument(..., help="Degraded image files, folders (recursive) or - for stdin."),
+    model: str = ModelOpt,
+    sampler: str = SamplerOpt,
+    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: the model's T)."),
+    steps: Optional[int] = StepsOpt,
+    z: str = ZOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed of the operator's hidden randomness: pass the --seed that `degrade` used."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Output file or folder (default: stdout)."),
+    batch: int = BatchOpt,
+    device: str = DeviceOpt,
+    compile: bool = CompileOpt,
+    force: bool = ForceOpt,
+):
+    """Restore degraded images with a trained model, at their own size.
+
+    Operators with hidden randomness (snow's pattern, mask's random centre, noise's z) redraw it
+    from --seed inside naive/tacos sampling: give the --seed that `colddiff degrade` used to
+    reproduce the exact degradation. direct needs no seed."""
+    import torch
+
+    import operators
+    import samplers
+
+    dev = pick_device(device)
+    net, op, meta = open_model(model, dev)
+    t = op.T if t is None else t
+    if sampler not in samplers.SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    C = meta["image"]["channels"]
+    items = find_images(inputs)
+    for src, _, _ in items:  # every input must decode and fit before anything is written
+        check_input(read_image(src), C, op, src, model)
+    dests = plan_outputs(items, out, force)
+    restorer = samplers.make_restorer(net, dev, compile and dev.type == "cuda")
+    pending: list = []
+
+    def flush():
+        x_t = torch.cat([x for x, _ in pending])
+        hidden = operators.cat_hidden([draw_hidden(op, x, seed) for x, _ in pending])
+        x0_hat = run_sampler(sampler, restorer, op, x_t, t, hidden, steps, z)
+        for img, (_, dest) in zip(x0_hat, pending):
+            write_image(to_uint8(img), dest)
+        pending.clear()
+
+    for (src, _, _), dest in zip(items, dests):
+        x = to_model(read_image(src, C))[None].to(dev)
+        if pending and (pending[0][0].shape != x.shape or len(pending) == batch):
+            flush()
+        pending.append((x, dest))
+    flush()
+
+
+def check_input(u8, channels: int, op, src, model):
+    name = "<stdin>" if isinstance(src, bytes) else src
+    if u8.shape[0] != channels:
+        kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
+        raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
+    if min(u8.shape[-2:]) < 8:
+        raise UserError(f"{name}: {u8.shape[-1]}x{u8.shape[-2]} is too small (at least 8x8)")
+    if op.name == "pixelate" and min(u8.shape[-2:]) < 2**op.T:
+        raise UserError(f"{name}: pixelate with T={op.T} needs at least {2**op.T}x{2**op.T} px")
+
+
+@app.command("eval")
+@fail_cleanly
+def evaluate(
+    data: str = typer.Argument(..., help="Folder of held-out clean images."),
+    model: str = ModelOpt,
+    n: int = typer.Option(1000, "--n", help="How many images to evaluate (the first N, sorted by name)."),
+    sampler: str = SamplerOpt,
+    steps: Optional[int] = StepsOpt,
+    z: str = ZOpt,
+    seed: int = typer.Option(0, "--seed", help="Image i's hidden randomness is seeded with seed + i."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Folder for eval.json and grid.png."),
+    batch: int = typer.Option(64, "--batch"),
+    fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05 weights file for FID."),
+    device: str = DeviceOpt,
+    compile: bool = CompileOpt,
+    force: bool = ForceOpt,
+):
+    """Degrade held-out images to T, restore them (direct and --sampler), print the papers' table.
+
+    Columns: degraded / sampled / direct, each FID / SSIM / RMSE against the originals
+    (SSIM: Gaussian window 11, sigma 1.5, data range 1; RMSE on [0, 1])."""
+    import torch
+
+    import metrics
+    import operators
+    import samplers
+    import train as training
+
+    dev = pick_device(device)
+    net, op, meta = open_model(model, dev)
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    if sampler not in samplers.SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
+    if out is not None:
+        clash = [p for p in (Path(out) / "eval.json", Path(out) / "grid.png") if p.exists()]
+        if clash and not force:
+            raise UserError(f"{clash[0]}: output exists; pass --force to overwrite")
+    H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]
+    images = training.load_folder(data, H if H == W else None, C)[:n]
+    if images.shape[-2:] != (H, W):
+        raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
+    restorer = samplers.make_restorer(net, dev, compile and dev.type == "cuda")
+    x0 = to_model(images)
+    xt, direct, sampled = [], [], []
+    for i in range(0, len(x0), batch):
+        x = x0[i : i + batch].to(dev)
+        hidden = operators.cat_hidden([draw_hidden(op, x[j : j + 1], seed + i + j) for j in range(len(x))])
+        x_t = op.apply(x, torch.full((len(x),), op.T, device=dev), hidden)
+        xt.append(x_t.cpu())
+        direct.append(run_sampler("direct", restorer, op, x_t, op.T, hidden, None, z).cpu())
+        sampled.append(run_sampler(sampler, restorer, op, x_t, op.T, hidden, steps, z).cpu())
+    unit = lambda xs: (torch.cat(xs).clamp(-1, 1) + 1) / 2  # noqa: E731
+    ref = (x0 + 1) / 2
+    columns = {"degraded": unit(xt), "sampled": unit(sampled), "direct": unit(direct)}
+    fid_ok, why = metrics.fid_available(fid_weights)
+    if fid_ok:
+        weights = metrics.fid_weights_path(fid_weights)
+        ref_feats = metrics.inception_features(ref, weights, dev)
+    table = {"model": str(model), "operator": meta["operator"], "sampler": sampler, "steps": steps, "z": z, "n": len(x0), "T": op.T}
+    for name, imgs in columns.items():
+        fid = metrics.frechet_distance(metrics.inception_features(imgs, weights, dev), ref_feats) if fid_ok else None
+        table[name] = {"fid": fid, "ssim": float(metrics.ssim(imgs, ref).mean()), "rmse": float(metrics.rmse(imgs, ref).mean())}
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    typer.echo(f"{op.name} (T={op.T}), {len(x0)} images, sampler {sampler}" + (f", {steps} steps" if steps else ""))
+    typer.echo("|        | degraded FID | SSIM  | RMSE  | sampled FID | SSIM  | RMSE  | direct FID | SSIM  | RMSE  |")
+    typer.echo("|--------|---|---|---|---|---|---|---|---|---|")
+    typer.echo("| " + Path(data).name + " | " + " | ".join(fmt(table[c][k]) for c in columns for k in ("fid", "ssim", "rmse")) + " |")
+    if not fid_ok:
+        typer.echo(f"colddiff: FID n/a: {why}", err=True)
+    if out is not None:
+        k = min(8, len(x0))
+        rows = torch.stack([columns["degraded"][:k], columns["direct"][:k], columns["sampled"][:k], ref[:k]], 1).flatten(0, 1)
+        atomic_write(Path(out) / "grid.png", encode_image(to_uint8(grid_image(rows * 2 - 1, ncol=4))))
+        atomic_write(Path(out) / "eval.json", (json.dumps(table, indent=2) + "\n").encode())
+
+
 def load_source(folder: str | None, device):
     """The animorph z images: every image of a folder, resized to the first one's size."""
     import torch

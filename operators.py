@@ -545,6 +545,13 @@ def _coerce(cls, key: str, value):
         raise OperatorError(f"{cls.name} parameter {key} must be a {type(default).__name__}, got {value!r}") from None
 
 
+def cat_hidden(hiddens: list[Hidden]) -> Hidden:
+    """Concatenate the hidden randomness of several batches (None stays None)."""
+    if hiddens[0] is None:
+        return None
+    return {k: torch.cat([h[k] for h in hiddens]) for k in hiddens[0]}
+
+
 def make_operator(name: str, preset: str | None = None, **overrides) -> Operator:
     """Build an operator from its name, a preset (default: the operator's) and overrides."""
     if name not in OPERATORS:

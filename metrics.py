@@ -1,0 +1,107 @@
+"""The papers' quality figures: SSIM (Gaussian window 11, sigma 1.5, data range 1), RMSE, FID.
+
+Images are (N, C, H, W) in [0, 1]. SSIM follows Wang et al. (K1 = 0.01, K2 = 0.03) with a
+separable Gaussian window over 'valid' positions, averaged per image over channels and pixels.
+FID uses the pytorch-fid Inception-v3 (`pip install colddiff[fid]`) only when its weights are on
+disk: never a download.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def _window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM, shape (N,)."""
+    x, y = x.double(), y.double()
+    C = x.shape[1]
+    g = _window(size, sigma, x.device)
+    if min(x.shape[-2:]) < size:
+        raise ValueError(f"SSIM needs images of at least {size} px, got {tuple(x.shape[-2:])}")
+
+    def blur(z):
+        z = F.conv2d(z, g.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+        return F.conv2d(z, g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean((1, 2, 3)).float()
+
+
+def rmse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image root mean squared error, shape (N,)."""
+    return (x.double() - y.double()).pow(2).mean((1, 2, 3)).sqrt().float()
+
+
+def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) of two feature sets (N, D), in float64."""
+    f1, f2 = f1.double(), f2.double()
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = torch.cov(f1.T), torch.cov(f2.T)
+    # Tr (S1 S2)^1/2 = sum of sqrt of the eigenvalues of S1^1/2 S2 S1^1/2 (symmetric, PSD)
+    e1, v1 = torch.linalg.eigh(s1)
+    r1 = (v1 * e1.clamp(min=0).sqrt()) @ v1.T
+    tr_sqrt = torch.linalg.eigvalsh(r1 @ s2 @ r1).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * tr_sqrt)
+
+
+def fid_weights_path(explicit: str | None = None) -> Path | None:
+    """The Inception weights file: --fid-weights, else the torch hub cache, else None."""
+    if explicit:
+        return Path(explicit) if Path(explicit).is_file() else None
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / FID_WEIGHTS
+    return hub if hub.is_file() else None
+
+
+def inception_features(images: torch.Tensor, weights: Path, device, batch: int = 100) -> torch.Tensor:
+    """pool3 features (N, 2048) of images in [0, 1], through pytorch-fid's FID Inception."""
+    from pytorch_fid.inception import InceptionV3  # optional extra
+
+    # pytorch-fid loads its weights through the torch hub cache: point that cache at `weights`
+    with tempfile.TemporaryDirectory() as home:
+        ckpt = Path(home) / "hub" / "checkpoints"
+        ckpt.mkdir(parents=True)
+        (ckpt / FID_WEIGHTS).symlink_to(Path(weights).resolve())
+        old = os.environ.get("TORCH_HOME")
+        os.environ["TORCH_HOME"] = home
+        try:
+            net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+        finally:
+            if old is None:
+                os.environ.pop("TORCH_HOME")
+            else:
+                os.environ["TORCH_HOME"] = old
+    feats = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(device).float()
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            feats.append(net(x)[0].flatten(1).cpu())
+    return torch.cat(feats)
+
+
+def fid_available(explicit: str | None = None) -> tuple[bool, str]:
+    """(usable, why not) without touching the network."""
+    try:
+        import pytorch_fid  # noqa: F401
+    except ImportError:
+        return False, "FID needs the optional extra: pip install 'colddiff[fid]'"
+    if fid_weights_path(explicit) is None:
+        where = f"{explicit} not found" if explicit else f"no {FID_WEIGHTS} in the torch hub cache"
+        return False, f"FID needs Inception weights offline ({where}); pass --fid-weights PATH"
+    return True, ""

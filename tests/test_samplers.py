@@ -1,0 +1,74 @@
+"""Samplers: an oracle restorer inverts every operator exactly; Algorithm 2 stays stable on blur."""
+import pytest
+import torch
+
+import operators as O
+import samplers as S
+from test_operators import ALL, make, rand_images
+
+
+def oracle(x0):
+    return lambda x, s: x0
+
+
+@pytest.mark.parametrize("name,preset", ALL)
+@pytest.mark.parametrize("sampler", ["naive", "tacos"])
+def test_oracle_restorer_reproduces_x0(name, preset, sampler):
+    op = make(name, preset)
+    x0 = rand_images(3, 3, 32, 24)
+    hidden = op.draw(x0, torch.Generator().manual_seed(2))
+    for t, steps in ((op.T, None), (op.T, max(op.T // 7, 1)), (max(op.T // 2, 1), None)):
+        x_t = op.apply(x0, torch.full((3,), t), hidden)
+        modes = S.Z_MODES if op.interpolates else ("fixed",)
+        for z in modes:
+            out = S.sample(sampler, oracle(x0), op, x_t, t, hidden, steps, z)
+            assert (out - x0).abs().max() < 1e-4, (t, steps, z)
+
+
+def test_oracle_visits_every_intermediate_state():
+    """Algorithm 2 with the true x0 walks exactly through x_s = D(x0, s)."""
+    op = O.make_operator("blur", "celeba")
+    x0 = rand_images(2, 3, 20, 20)
+    seen = []
+
+    def restore(x, s):
+        seen.append((s, (x - op.apply(x0, torch.full((2,), s))).abs().max()))
+        return x0
+
+    S.tacos(restore, op, op.apply(x0, torch.full((2,), 50)), 50, steps=10)
+    assert [s for s, _ in seen] == [50, 45, 40, 35, 30, 25, 20, 15, 10, 5]
+    assert max(err for _, err in seen) < 1e-5
+
+
+@pytest.mark.parametrize("preset", ["mnist", "celeba", "generation"])
+def test_tacos_error_stays_bounded_with_a_wrong_restorer(preset):
+    """R = x0 + eps * fresh noise at every call: the trajectory never drifts from D(x0, s)."""
+    op = O.make_operator("blur", preset)
+    x0 = rand_images(4, 3, 32, 32)
+    eps, g = 0.05, torch.Generator().manual_seed(1)
+    drift = []
+
+    def wrong(x, s):
+        drift.append(float((x - op.apply(x0, torch.full((4,), s))).pow(2).mean().sqrt()))
+        return x0 + eps * torch.randn(x0.shape, generator=g)
+
+    out = S.tacos(wrong, op, op.apply(x0, torch.full((4,), op.T)), op.T)
+    final = float((out - x0).pow(2).mean().sqrt())
+    # errors that simply accumulated would reach eps * sqrt(T) = 0.22 .. 0.87
+    assert max(drift) < eps / 2, max(drift)
+    assert final < 1.2 * eps, final
+
+
+def test_schedule_and_errors():
+    assert S.schedule(10, None) == list(range(10, -1, -1))
+    assert S.schedule(200, 4) == [200, 150, 100, 50, 0]
+    assert S.schedule(7, 3) == [7, 5, 2, 0]
+    with pytest.raises(S.SamplerError, match="1..20"):
+        S.schedule(20, 21)
+    op = O.make_operator("blur")
+    x = rand_images()
+    with pytest.raises(S.SamplerError, match="interpolation"):
+        S.sample("tacos", oracle(x), op, x, 5, None, None, "estimated")
+    with pytest.raises(S.SamplerError, match="unknown sampler"):
+        S.sample("ddpm", oracle(x), op, x, 5)
+    assert torch.equal(S.sample("tacos", oracle(x * 0), op, x, 0), x)  # t = 0: nothing to undo
