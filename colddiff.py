@@ -219,6 +219,8 @@ def seeded(seed: int):
     """The CPU generator every random draw comes from: same seed, same bytes, on any device."""
     import torch
 
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be in 0..{2**32 - 1}, got {seed}")  # mt19937 keeps 32 bits
     return torch.Generator().manual_seed(seed)
 
 
@@ -334,6 +336,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's training state when there is one."),
     force: bool = ForceOpt,
     source: Optional[str] = typer.Option(None, "--source", help="Folder of z images for animorph."),
+    gmm_components: int = typer.Option(1, "--gmm-components", help="Components of the generation prior (blur, pixelate)."),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 
@@ -343,7 +346,7 @@ def train(
 
     if channels not in (None, 1, 3):
         raise UserError(f"--channels must be 1 or 3, got {channels}")
-    for name, v in (("--steps", steps), ("--batch", batch), ("--accumulate", accumulate), ("--save-every", save_every), ("--sample-every", sample_every), ("--ema-every", ema_every)):
+    for name, v in (("--gmm-components", gmm_components), ("--steps", steps), ("--batch", batch), ("--accumulate", accumulate), ("--save-every", save_every), ("--sample-every", sample_every), ("--ema-every", ema_every)):
         if v < 1:
             raise UserError(f"{name} must be at least 1, got {v}")
     if not out.endswith(".safetensors"):
@@ -364,6 +367,7 @@ def train(
     cfg = training.TrainConfig(
         steps=steps, batch=batch, accumulate=accumulate, lr=lr, ema_decay=ema_decay, ema_every=ema_every,
         ema_start=ema_start, save_every=save_every, sample_every=sample_every, augment=augment, seed=seed, compile=compile,
+        gmm_components=gmm_components,
     )
     try:
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=lambda m: typer.echo(m, err=True))
@@ -494,7 +498,6 @@ def evaluate(
     import torch
 
     import metrics
-    import operators
     import samplers
     import train as training
 
@@ -513,38 +516,157 @@ def evaluate(
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
     restorer = samplers.make_restorer(net, dev, compile and dev.type == "cuda")
-    x0 = to_model(images)
-    xt, direct, sampled = [], [], []
-    for i in range(0, len(x0), batch):
-        x = x0[i : i + batch].to(dev)
-        hidden = operators.cat_hidden([draw_hidden(op, x[j : j + 1], seed + i + j) for j in range(len(x))])
-        x_t = op.apply(x, torch.full((len(x),), op.T, device=dev), hidden)
-        xt.append(x_t.cpu())
-        direct.append(run_sampler("direct", restorer, op, x_t, op.T, hidden, None, z).cpu())
-        sampled.append(run_sampler(sampler, restorer, op, x_t, op.T, hidden, steps, z).cpu())
-    unit = lambda xs: (torch.cat(xs).clamp(-1, 1) + 1) / 2  # noqa: E731
-    ref = (x0 + 1) / 2
-    columns = {"degraded": unit(xt), "sampled": unit(sampled), "direct": unit(direct)}
-    fid_ok, why = metrics.fid_available(fid_weights)
-    if fid_ok:
-        weights = metrics.fid_weights_path(fid_weights)
-        ref_feats = metrics.inception_features(ref, weights, dev)
-    table = {"model": str(model), "operator": meta["operator"], "sampler": sampler, "steps": steps, "z": z, "n": len(x0), "T": op.T}
-    for name, imgs in columns.items():
-        fid = metrics.frechet_distance(metrics.inception_features(imgs, weights, dev), ref_feats) if fid_ok else None
-        table[name] = {"fid": fid, "ssim": float(metrics.ssim(imgs, ref).mean()), "rmse": float(metrics.rmse(imgs, ref).mean())}
+    draw = lambda x, i: draw_hidden(op, x, seed + i)  # noqa: E731
+    try:
+        table, columns = metrics.evaluate(restorer, op, to_model(images), sampler, steps, z, draw, batch, dev, fid_weights)
+    except samplers.SamplerError as e:
+        raise UserError(str(e)) from None
+    table = {"model": str(model), "operator": meta["operator"], **table}
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    typer.echo(f"{op.name} (T={op.T}), {len(x0)} images, sampler {sampler}" + (f", {steps} steps" if steps else ""))
+    typer.echo(f"{op.name} (T={op.T}), {len(images)} images, sampler {sampler}" + (f", {steps} steps" if steps else ""))
     typer.echo("|        | degraded FID | SSIM  | RMSE  | sampled FID | SSIM  | RMSE  | direct FID | SSIM  | RMSE  |")
     typer.echo("|--------|---|---|---|---|---|---|---|---|---|")
-    typer.echo("| " + Path(data).name + " | " + " | ".join(fmt(table[c][k]) for c in columns for k in ("fid", "ssim", "rmse")) + " |")
-    if not fid_ok:
-        typer.echo(f"colddiff: FID n/a: {why}", err=True)
+    typer.echo("| " + Path(data).name + " | " + " | ".join(fmt(table[c][k]) for c in ("degraded", "sampled", "direct") for k in ("fid", "ssim", "rmse")) + " |")
+    if not table["fid_available"]:
+        typer.echo(f"colddiff: FID n/a: {table['fid_note']}", err=True)
     if out is not None:
-        k = min(8, len(x0))
-        rows = torch.stack([columns["degraded"][:k], columns["direct"][:k], columns["sampled"][:k], ref[:k]], 1).flatten(0, 1)
+        k = min(8, len(images))
+        rows = torch.stack([columns[c][:k] for c in ("degraded", "direct", "sampled", "original")], 1).flatten(0, 1)
         atomic_write(Path(out) / "grid.png", encode_image(to_uint8(grid_image(rows * 2 - 1, ncol=4))))
         atomic_write(Path(out) / "eval.json", (json.dumps(table, indent=2) + "\n").encode())
+
+
+BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "fmnist-blur-gen.safetensors"
+
+
+def _mix32(h: int) -> int:
+    """The murmur3 finaliser: a bijection of 32-bit integers that scatters neighbours."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def image_seed(seed: int, i: int) -> int:
+    """Image i's own 32-bit seed (torch's CPU generator keeps 32 bits): the same image whatever
+    --n or the batch size, and distinct for every i < 2^32 under one seed."""
+    return _mix32((_mix32(seed) + i) & 0xFFFFFFFF)
+
+
+@app.command()
+@fail_cleanly
+def generate(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file (default: the bundled Fashion-MNIST blur model)."),
+    n: int = typer.Option(64, "--n", help="How many images."),
+    symmetry: str = typer.Option("broken", "--symmetry", help="blur: broken (noise added once to x_T) or perfect."),
+    break_noise: float = typer.Option(0.002, "--break-noise", help="Std of the symmetry-breaking noise."),
+    sampler: str = SamplerOpt,
+    steps: Optional[int] = StepsOpt,
+    z: Optional[str] = typer.Option(None, "--z", help="noise/animorph/colour: estimated (default for noise, animorph) or fixed."),
+    seed: int = typer.Option(0, "--seed", help="Image i is drawn from its own generator, seeded from (seed, i)."),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="A grid PNG, or DIR/ for one PNG per image (default: grid to stdout)."),
+    ncol: Optional[int] = typer.Option(None, "--ncol", help="Grid columns (default: square-ish)."),
+    batch: int = typer.Option(64, "--batch", help="Images per network call."),
+    source: Optional[str] = typer.Option(None, "--source", help="animorph: folder of start images."),
+    device: str = DeviceOpt,
+    compile: bool = CompileOpt,
+    force: bool = ForceOpt,
+):
+    """Generate images from nothing but a model: x_T from the model's prior, then --sampler.
+
+    blur (generation preset): a colour from the stored Gaussian mixture, plus N(0, break_noise^2)
+    once (broken symmetry); pixelate: a low-res image from its mixture; colour: a random colour;
+    noise: z ~ N(0, I); animorph: an image of --source."""
+    import math as _math
+
+    import torch
+
+    import samplers
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    if symmetry not in ("broken", "perfect"):
+        raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    if sampler not in samplers.SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
+    if model is None:
+        if not BUNDLED_MODEL.is_file():
+            raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
+        model = str(BUNDLED_MODEL)
+    dev = pick_device(device)
+    net, op, meta = open_model(model, dev)
+    if z is None:
+        z = "estimated" if op.name in ("noise", "animorph") else "fixed"
+    if op.name == "animorph":
+        op.source = load_source(source, torch.device("cpu"))
+    folder = out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir())
+    names = [f"{seed}_{i:06d}.png" for i in range(n)]
+    if folder:
+        clash = [Path(out) / f for f in names if (Path(out) / f).exists()]
+        if clash and not force:
+            raise UserError(f"{clash[0]}: output exists; pass --force to overwrite")
+    elif out is None or out == STDIO:
+        if out is None and sys.stdout.isatty():
+            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
+    elif Path(out).exists() and not force:
+        raise UserError(f"{out}: output exists; pass --force to overwrite")
+    shape = (1, meta["image"]["channels"], meta["image"]["height"], meta["image"]["width"])
+    restorer = samplers.make_restorer(net, dev, compile and dev.type == "cuda")
+    from rich.console import Console
+    from rich.progress import Progress
+
+    results = []
+    starts = lambda i: samplers.generation_start(op, meta.get("prior"), shape, seeded(image_seed(seed, i)), symmetry, break_noise)  # noqa: E731
+    try:
+        with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("generating", total=n)
+            for lo, images in samplers.generate(restorer, op, starts, n, batch, sampler, steps, z, dev):
+                images = to_uint8(images).cpu()
+                if folder:
+                    for i, img in enumerate(images, start=lo):
+                        write_image(img, str(Path(out) / names[i]))
+                else:
+                    results.append(images)
+                bar.update(task, advance=len(images))
+    except samplers.SamplerError as e:
+        raise UserError(str(e)) from None
+    if not folder:
+        allimgs = torch.cat(results).float() / 127.5 - 1
+        cols = ncol or _math.ceil(_math.sqrt(n))
+        write_image(to_uint8(grid_image(allimgs, ncol=cols)), out or STDIO)
+
+
+@app.command("fit-prior")
+@fail_cleanly
+def fit_prior(
+    data: str = typer.Argument(..., help="Folder of the training images."),
+    model: str = ModelOpt,
+    gmm_components: int = typer.Option(1, "--gmm-components"),
+    seed: int = SeedOpt,
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="Where to write the updated model (default: MODEL, needs --force)."),
+    device: str = DeviceOpt,
+    force: bool = ForceOpt,
+):
+    """Fit (again) the generation prior of a model on a folder of images and store it in the model."""
+    import train as training
+
+    if gmm_components < 1:
+        raise UserError(f"--gmm-components must be at least 1, got {gmm_components}")
+    dev = pick_device(device)
+    net, op, meta = open_model(model, "cpu")
+    dest = out or model
+    if Path(dest).exists() and not force:
+        raise UserError(f"{dest}: exists; pass --force to overwrite it with the new prior")
+    H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]
+    images = training.load_folder(data, H if H == W else None, C)
+    prior = training.fit_prior(op, images, gmm_components, seed, dev)
+    if prior is None:
+        raise UserError(f"{op.name} (this preset) has no fitted generation prior")
+    training.save_model(dest, net, meta | {"prior": prior})
+    typer.echo(f"wrote {dest}: {gmm_components}-component prior over {len(images)} images", err=True)
 
 
 def load_source(folder: str | None, device):

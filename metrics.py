@@ -105,3 +105,34 @@ def fid_available(explicit: str | None = None) -> tuple[bool, str]:
         where = f"{explicit} not found" if explicit else f"no {FID_WEIGHTS} in the torch hub cache"
         return False, f"FID needs Inception weights offline ({where}); pass --fid-weights PATH"
     return True, ""
+
+
+def evaluate(restore, op, x0, sampler, steps, z, draw_hidden, batch, device, fid_weights=None):
+    """The papers' restoration table for clean images x0 (N, C, H, W) in [-1, 1].
+
+    Degrades each image to T with its own hidden randomness (`draw_hidden(x, i)`), restores it
+    with `direct` and `sampler`, and scores degraded / sampled / direct against the originals.
+    Returns (table, columns); columns hold the images in [0, 1], originals included."""
+    import operators
+    import samplers
+
+    xt, direct, sampled = [], [], []
+    for i in range(0, len(x0), batch):
+        x = x0[i : i + batch].to(device)
+        hidden = operators.cat_hidden([draw_hidden(x[j : j + 1], i + j) for j in range(len(x))])
+        x_t = op.apply(x, torch.full((len(x),), op.T, device=device), hidden)
+        xt.append(x_t.cpu())
+        direct.append(samplers.sample("direct", restore, op, x_t, op.T, hidden, None, z).cpu())
+        sampled.append(samplers.sample(sampler, restore, op, x_t, op.T, hidden, steps, z).cpu())
+    unit = lambda xs: (torch.cat(xs).float().clamp(-1, 1) + 1) / 2  # noqa: E731
+    columns = {"degraded": unit(xt), "sampled": unit(sampled), "direct": unit(direct), "original": unit([x0])}
+    fid_ok, why = fid_available(fid_weights)
+    if fid_ok:
+        weights = fid_weights_path(fid_weights)
+        ref_feats = inception_features(columns["original"], weights, device)
+    table = {"sampler": sampler, "steps": steps, "z": z, "n": len(x0), "T": op.T, "fid_available": fid_ok, "fid_note": why}
+    for name in ("degraded", "sampled", "direct"):
+        imgs = columns[name]
+        fid = frechet_distance(inception_features(imgs, weights, device), ref_feats) if fid_ok else None
+        table[name] = {"fid": fid, "ssim": float(ssim(imgs, columns["original"]).mean()), "rmse": float(rmse(imgs, columns["original"]).mean())}
+    return table, columns

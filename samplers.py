@@ -14,7 +14,10 @@ z_hat = (x_s - a_s x0_hat) / b_s (the DDIM choice); `z="fixed"` reuses the z in 
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 SAMPLERS = ("direct", "naive", "tacos")
 Z_MODES = ("fixed", "estimated")
@@ -107,3 +110,100 @@ def make_restorer(net, device, compile: bool = False):
         return out.float()
 
     return restore
+
+
+# ----------------------------------------------------------------------------- generation priors
+
+
+def fit_gmm(x: torch.Tensor, k: int = 1, seed: int = 0, iters: int = 200, reg: float = 1e-6) -> dict:
+    """Gaussian mixture with full covariances fitted by EM on (N, D) features, in float64.
+
+    Deterministic for a seed (initial means are k distinct data points). Runs where x lives."""
+    x = x.double()
+    N, D = x.shape
+    if N < k:
+        raise ValueError(f"a {k}-component mixture needs at least {k} images, got {N}")
+    eye = torch.eye(D, dtype=x.dtype, device=x.device)
+    g = torch.Generator().manual_seed(seed)
+    means = x[torch.randperm(N, generator=g)[:k].to(x.device)].clone()
+    covs = (torch.cov(x.T).reshape(D, D) + reg * eye).expand(k, D, D).clone()
+    weights = torch.full((k,), 1 / k, dtype=x.dtype, device=x.device)
+    last = -math.inf
+    for _ in range(iters):
+        # E step: responsibilities from log N(x | mu_k, S_k) + log w_k
+        logp = torch.distributions.MultivariateNormal(means, covs).log_prob(x[:, None, :]) + weights.log()
+        ll = torch.logsumexp(logp, 1)
+        resp = (logp - ll[:, None]).exp()
+        # M step
+        nk = resp.sum(0) + 1e-12
+        weights = nk / N
+        means = resp.T @ x / nk[:, None]
+        d = x[:, None, :] - means[None]
+        covs = torch.einsum("nk,nkd,nke->kde", resp, d, d) / nk[:, None, None] + reg * eye
+        if float(ll.mean()) - last < 1e-9:
+            break
+        last = float(ll.mean())
+    return {"weights": weights.tolist(), "means": means.tolist(), "covs": covs.tolist()}
+
+
+def sample_gmm(gmm: dict, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, D) float32 draws from a mixture stored as `fit_gmm` returns it."""
+    w = torch.tensor(gmm["weights"], dtype=torch.float64)
+    means = torch.tensor(gmm["means"], dtype=torch.float64)
+    chol = torch.linalg.cholesky(torch.tensor(gmm["covs"], dtype=torch.float64))
+    comp = torch.multinomial(w, n, replacement=True, generator=generator)
+    z = torch.randn(n, means.shape[1], generator=generator, dtype=torch.float64)
+    return (means[comp] + (chol[comp] @ z[..., None])[..., 0]).float()
+
+
+def prior_features(op, x0: torch.Tensor) -> torch.Tensor | None:
+    """What the generation prior is fitted to, (N, D): blur (flat last step) the per-channel
+    means, i.e. x_T itself; pixelate the fully downsampled images; None where x_T needs no fit."""
+    if op.name == "blur" and op.flat_last:
+        return x0.float().mean((-2, -1))
+    if op.name == "pixelate":
+        H, W = x0.shape[-2:]
+        x_T = op.apply(x0.float(), torch.full((len(x0),), op.T, device=x0.device))
+        return x_T[..., :: 2**op.T, :: 2**op.T][..., : H >> op.T, : W >> op.T].flatten(1)
+    return None
+
+
+GENERATIVE = {"blur": "GMM over the per-channel means (generation preset)", "pixelate": "GMM over the downsampled images",
+              "colour": "a random colour", "noise": "z ~ N(0, I)", "animorph": "an image of --source"}
+
+
+def generation_start(op, prior: dict | None, shape, generator, symmetry: str = "broken", break_noise: float = 0.002):
+    """(x_T, hidden) for one image of `shape` (1, C, H, W), every draw from `generator`."""
+    C, H, W = shape[1:]
+    T = torch.full((1,), op.T)
+    if op.name == "blur":
+        if not op.flat_last or prior is None:
+            raise SamplerError("blur generation needs a model trained with --preset generation (its x_T is a flat colour)")
+        colour = sample_gmm(prior, 1, generator).view(1, C, 1, 1)
+        x_T = colour.expand(1, C, H, W).clone()
+        if symmetry == "broken":
+            x_T = x_T + break_noise * torch.randn(x_T.shape, generator=generator)  # added once, to x_T only
+        return x_T, None
+    if op.name == "pixelate":
+        if prior is None:
+            raise SamplerError("this pixelate model holds no generation prior; fit one with `colddiff fit-prior`")
+        h, w = H >> op.T, W >> op.T
+        small = sample_gmm(prior, 1, generator).view(1, C, h, w)
+        return F.interpolate(small, size=(h * 2**op.T, w * 2**op.T), mode="nearest")[..., :H, :W].contiguous(), None
+    if op.name in ("colour", "noise", "animorph"):
+        hidden = op.draw(torch.zeros(shape), generator)
+        return op.apply(torch.zeros(shape), T, hidden), hidden
+    raise SamplerError(f"{op.name} does not generate: its x_T keeps information about x0 (generative: {', '.join(GENERATIVE)})")
+
+
+def generate(restore, op, start, n: int, batch: int, sampler: str, steps, z: str, device):
+    """Yield (index of the first image, images) batch by batch; `start(i)` gives image i's
+    (x_T, hidden), so image i never depends on n or the batch size."""
+    import operators
+
+    for lo in range(0, n, batch):
+        starts = [start(i) for i in range(lo, min(lo + batch, n))]
+        x_T = torch.cat([x for x, _ in starts]).to(device)
+        hidden = operators.cat_hidden([h for _, h in starts])
+        hidden = None if hidden is None else {k: v.to(device) for k, v in hidden.items()}
+        yield lo, sample(sampler, restore, op, x_T, op.T, hidden, steps, z)

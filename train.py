@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -181,6 +182,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     compile: bool = True
+    gmm_components: int = 1
 
 
 @dataclasses.dataclass
@@ -235,6 +237,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         "network_preset": net_preset,
         "image": {"channels": C, "height": H, "width": W},
         "train": dataclasses.asdict(cfg) | {"images": N, "world_size": world},
+        "prior": fit_prior(op, data, cfg.gmm_components, cfg.seed, device),
     }
     step = 0
     if resume and state_path(out).exists():
@@ -279,6 +282,8 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         rows = torch.stack([probe_xt, direct, probe_x0], 1).flatten(0, 1)
         atomic_write(run_dir / f"step_{step:08d}.png", encode_image(to_uint8(grid_image(rows, ncol=3))))
         line = {"step": step, "loss": loss_value, "img_per_s": rate, "rmse_degraded": rmse_degraded, "rmse_direct": rmse_direct, "time": time.time()}
+        if not sys.stderr.isatty():  # the progress bar only draws on a terminal: keep logs readable
+            log(f"step {step}/{cfg.steps} loss {loss_value:.4f} {rate:,.0f} img/s rmse degraded {rmse_degraded:.4f} direct {rmse_direct:.4f}")
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
@@ -312,6 +317,18 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         for s, h in old.items():
             signal.signal(s, h)
     return Trained(net, ema, losses)
+
+
+def fit_prior(op, data: torch.Tensor, components: int, seed: int, device) -> dict | None:
+    """The generation prior of SPEC section 4, fitted on the training images (None if the
+    operator needs none): a Gaussian mixture stored in the model's metadata."""
+    import samplers
+
+    feats = [samplers.prior_features(op, data[i : i + 4096].to(device).float() / 127.5 - 1) for i in range(0, len(data), 4096)]
+    if feats[0] is None:
+        return None
+    gmm = samplers.fit_gmm(torch.cat(feats), components, seed)
+    return {"kind": "gmm", "components": components, "features": "channel_means" if op.name == "blur" else "downsampled", **gmm}
 
 
 def make_step(model, opt, op, cfg: TrainConfig, device):

@@ -72,3 +72,14 @@ def blur_model(fmnist_split, tmp_path_factory):
     r = invoke("train", fmnist_split[0], "-o", out, *TRAIN_ARGS)
     assert r.returncode == 0, r.stderr.decode()
     return out
+
+
+@pytest.fixture(scope="session")
+def gen_model(fmnist_split, tmp_path_factory):
+    """A tiny blur-generation model (generation preset shortened to T=30), 100 CPU steps."""
+    out = tmp_path_factory.mktemp("gen") / "gen.safetensors"
+    r = invoke("train", fmnist_split[0], "-o", out, "--op", "blur", "--preset", "generation", "--param", "T=30",
+               "--net", "tiny", "--steps", "100", "--batch", "16", "--accumulate", "1", "--lr", "3e-3", "--ema-start", "1000000",
+               "--save-every", "100", "--sample-every", "100", "--no-augment", "--gmm-components", "2")
+    assert r.returncode == 0, r.stderr.decode()
+    return out
