@@ -378,7 +378,7 @@ def train(
 
 
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
-SamplerOpt = typer.Option("tacos", "--sampler", help="direct, naive (Algorithm 1) or tacos (Algorithm 2).")
+SamplerOpt = typer.Option(None, "--sampler", help="direct, naive (Algorithm 1), tacos (Algorithm 2; the default), reverse (blurdiff's default).")
 StepsOpt = typer.Option(None, "--steps", help="Sampling steps K <= t (Algorithm 2 jumps s -> s'); default t.")
 ZOpt = typer.Option("fixed", "--z", help="noise/animorph/colour: fixed z, or estimated z (the DDIM choice).")
 BatchOpt = typer.Option(16, "--batch", help="Images per network call.")
@@ -390,6 +390,15 @@ def open_model(path: str, device):
 
     net, op, meta = training.load_model(path, device)
     return net, op, meta
+
+
+def pick_sampler(sampler: str | None, op) -> str:
+    import samplers
+
+    sampler = sampler or op.default_sampler
+    if sampler not in samplers.SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
+    return sampler
 
 
 def draw_hidden(op, x0, seed: int):
@@ -411,7 +420,7 @@ def run_sampler(name, restorer, op, x_t, t, hidden, steps, z):
 def restore(
     inputs: list[str] = typer.Argument(..., help="Degraded image files, folders (recursive) or - for stdin."),
     model: str = ModelOpt,
-    sampler: str = SamplerOpt,
+    sampler: Optional[str] = SamplerOpt,
     t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: the model's T)."),
     steps: Optional[int] = StepsOpt,
     z: str = ZOpt,
@@ -434,9 +443,8 @@ def restore(
 
     dev = pick_device(device)
     net, op, meta = open_model(model, dev)
+    sampler = pick_sampler(sampler, op)
     t = op.T if t is None else t
-    if sampler not in samplers.SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
     C = meta["image"]["channels"]
@@ -480,7 +488,7 @@ def evaluate(
     data: str = typer.Argument(..., help="Folder of held-out clean images."),
     model: str = ModelOpt,
     n: int = typer.Option(1000, "--n", help="How many images to evaluate (the first N, sorted by name)."),
-    sampler: str = SamplerOpt,
+    sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: str = ZOpt,
     seed: int = typer.Option(0, "--seed", help="Image i's hidden randomness is seeded with seed + i."),
@@ -503,10 +511,9 @@ def evaluate(
 
     dev = pick_device(device)
     net, op, meta = open_model(model, dev)
+    sampler = pick_sampler(sampler, op)
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
-    if sampler not in samplers.SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
     if out is not None:
         clash = [p for p in (Path(out) / "eval.json", Path(out) / "grid.png") if p.exists()]
         if clash and not force:
@@ -561,7 +568,7 @@ def generate(
     n: int = typer.Option(64, "--n", help="How many images."),
     symmetry: str = typer.Option("broken", "--symmetry", help="blur: broken (noise added once to x_T) or perfect."),
     break_noise: float = typer.Option(0.002, "--break-noise", help="Std of the symmetry-breaking noise."),
-    sampler: str = SamplerOpt,
+    sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = typer.Option(None, "--z", help="noise/animorph/colour: estimated (default for noise, animorph) or fixed."),
     seed: int = typer.Option(0, "--seed", help="Image i is drawn from its own generator, seeded from (seed, i)."),
@@ -590,14 +597,13 @@ def generate(
         raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
-    if sampler not in samplers.SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(samplers.SAMPLERS)}")
     if model is None:
         if not BUNDLED_MODEL.is_file():
             raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
         model = str(BUNDLED_MODEL)
     dev = pick_device(device)
     net, op, meta = open_model(model, dev)
+    sampler = pick_sampler(sampler, op)
     if z is None:
         z = "estimated" if op.name in ("noise", "animorph") else "fixed"
     if op.name == "animorph":

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-SAMPLERS = ("direct", "naive", "tacos")
+SAMPLERS = ("direct", "naive", "tacos", "reverse")
 Z_MODES = ("fixed", "estimated")
 
 
@@ -75,7 +75,33 @@ def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
     return x
 
 
-SAMPLER_FUNCTIONS = {"direct": direct, "naive": naive, "tacos": tacos}
+def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
+    """Blur diffusion's reverse process (Lee et al.; SPEC section 5), in the DCT basis U:
+
+    x_{i-1} = x_i + H(x_i) - U(B_i (1 - Abar_i)^-1/2 U^T eps_hat) + U(B_i^1/2 U^T z),
+    H(x) = x - U(A_i^1/2 U^T x), B_i = 1 - A_i, no noise on the last step. `restore` predicts eps.
+    Each image's noise comes from its own generator (hidden["seed"]): image i never depends on
+    the batch it is sampled in."""
+    if steps not in (None, t):
+        raise SamplerError("the blurdiff reverse sampler runs every step: leave --steps out")
+    H, W = x_t.shape[-2:]
+    gens = [torch.Generator().manual_seed(int(s)) for s in hidden["seed"].tolist()]
+    x = x_t.float()
+    for i in range(t, 0, -1):
+        eps_hat = restore(x, i)
+        A = op.log_a_step(i, H, W, x.device).exp()
+        B = 1 - A
+        one_minus_abar = 1 - op.log_abar(_step_tensor(x, i), H, W).exp()
+        c = op.to_dct(x)
+        c = (2 - A.sqrt()) * c - B / one_minus_abar.sqrt() * op.to_dct(eps_hat)
+        if i > 1:
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device)
+            c = c + B.sqrt() * noise  # N(0, I) in the DCT basis: U^T z for z ~ N(0, I)
+        x = op.from_dct(c)
+    return x
+
+
+SAMPLER_FUNCTIONS = {"direct": direct, "naive": naive, "tacos": tacos, "reverse": reverse}
 
 
 def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str = "fixed"):
@@ -88,6 +114,8 @@ def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str 
         raise SamplerError(f"--z estimated applies to the interpolation operators (noise, animorph, colour), not {op.name}")
     if not 0 <= t <= op.T:
         raise SamplerError(f"--t must be in 0..{op.T} for this model, got {t}")
+    if (name == "reverse") != (op.objective == "eps_mse"):
+        raise SamplerError(f"{op.name} samples with --sampler {op.default_sampler}, not {name}")
     if t == 0:
         return x_t
     return SAMPLER_FUNCTIONS[name](restore, op, x_t, t, hidden, steps, z)
@@ -169,7 +197,7 @@ def prior_features(op, x0: torch.Tensor) -> torch.Tensor | None:
 
 
 GENERATIVE = {"blur": "GMM over the per-channel means (generation preset)", "pixelate": "GMM over the downsampled images",
-              "colour": "a random colour", "noise": "z ~ N(0, I)", "animorph": "an image of --source"}
+              "colour": "a random colour", "noise": "z ~ N(0, I)", "animorph": "an image of --source", "blurdiff": "N(0, I)"}
 
 
 def generation_start(op, prior: dict | None, shape, generator, symmetry: str = "broken", break_noise: float = 0.002):
@@ -190,7 +218,7 @@ def generation_start(op, prior: dict | None, shape, generator, symmetry: str = "
         h, w = H >> op.T, W >> op.T
         small = sample_gmm(prior, 1, generator).view(1, C, h, w)
         return F.interpolate(small, size=(h * 2**op.T, w * 2**op.T), mode="nearest")[..., :H, :W].contiguous(), None
-    if op.name in ("colour", "noise", "animorph"):
+    if op.name in ("colour", "noise", "animorph", "blurdiff"):  # x_T = z (blurdiff: ~N(0, I), Abar_T ~ 0)
         hidden = op.draw(torch.zeros(shape), generator)
         return op.apply(torch.zeros(shape), T, hidden), hidden
     raise SamplerError(f"{op.name} does not generate: its x_T keeps information about x0 (generative: {', '.join(GENERATIVE)})")

@@ -208,10 +208,14 @@ def _dist():
     return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def l1_x0_loss(net, op, x0, rng):
-    """The papers' objective: |R(D(x0, t), t) - x0|, t uniform in 1..T."""
+def loss_fn(net, op, x0, rng):
+    """Cold diffusion: |R(D(x0, t), t) - x0| (L1 on x0). Blur diffusion: |R(x_t, t) - eps|^2
+    (the plain MSE of Lee et al.'s eq. 18). t uniform in 1..T."""
     t = torch.randint(1, op.T + 1, (x0.shape[0],), generator=rng).to(x0.device)
-    xt = op.degrade(x0, t, rng)
+    hidden = op.draw(x0, rng)
+    xt = op.apply(x0, t, hidden)
+    if op.objective == "eps_mse":
+        return (net(xt, t).float() - hidden["z"]).pow(2).mean()
     return (net(xt, t) - x0).abs().mean()
 
 
@@ -277,6 +281,8 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
 
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
             direct = ema(probe_xt, probe_t).float()
+        if op.objective == "eps_mse":  # show x0_hat from the predicted eps (noisy at t = T: a sanity view)
+            direct = x0_from_eps(op, probe_xt, probe_t, direct)
         rmse_direct = float(((direct.clamp(-1, 1) - probe_x0) / 2).pow(2).mean().sqrt())
         rmse_degraded = float(((probe_xt - probe_x0) / 2).pow(2).mean().sqrt())
         rows = torch.stack([probe_xt, direct, probe_x0], 1).flatten(0, 1)
@@ -331,6 +337,13 @@ def fit_prior(op, data: torch.Tensor, components: int, seed: int, device) -> dic
     return {"kind": "gmm", "components": components, "features": "channel_means" if op.name == "blur" else "downsampled", **gmm}
 
 
+def x0_from_eps(op, xt, t, eps):
+    """x0_hat = U(Abar^-1/2 (U^T x_t - (1 - Abar)^1/2 U^T eps)), clipped to [-1, 1]."""
+    abar = op.log_abar(t, *xt.shape[-2:]).exp()
+    c = (op.to_dct(xt) - (1 - abar).sqrt() * op.to_dct(eps)) / abar.sqrt().clamp(min=1e-3)
+    return op.from_dct(c).clamp(-1, 1)
+
+
 def make_step(model, opt, op, cfg: TrainConfig, device):
     """One optimizer step on `cfg.accumulate` batches drawn from uint8 `data`; returns the loss,
     and skips the update when it is not finite."""
@@ -347,7 +360,7 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
             if cuda:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                loss = l1_x0_loss(model, op, x0, rng) / cfg.accumulate
+                loss = loss_fn(model, op, x0, rng) / cfg.accumulate
             loss.backward()
             total += loss.detach()
         total = float(total)

@@ -126,14 +126,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "m.safetensors"
     T.train(data, op, "tiny", str(out), small_cfg(steps=2, save_every=1), torch.device("cpu"), resume=False, log=lambda m: None)
     before = out.read_bytes()
-    real = T.l1_x0_loss
+    real = T.loss_fn
     calls = {"n": 0}
 
     def poisoned(*a):
         calls["n"] += 1
         return real(*a) * (float("nan") if calls["n"] > 2 else 1)
 
-    monkeypatch.setattr(T, "l1_x0_loss", poisoned)
+    monkeypatch.setattr(T, "loss_fn", poisoned)
     with pytest.raises(T.Stop, match="loss became nan at step 4"):
         T.train(data, op, "tiny", str(out), small_cfg(steps=10, save_every=1), torch.device("cpu"), resume=True, log=lambda m: None)
     _, _, meta = T.load_model(out)

@@ -1,0 +1,130 @@
+"""Blur diffusion (Lee et al.): DCT, one-shot forward vs the Markov chain, DDPM as f = 0,
+per-channel blur, and the reverse sampler."""
+import math
+
+import pytest
+import torch
+
+import operators as O
+import samplers as S
+
+
+def test_dct_is_orthonormal_and_inverts_exactly():
+    for n in (1, 5, 8, 28):
+        C = O.dct_matrix(n)
+        assert torch.allclose(C @ C.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+    op = O.make_operator("blurdiff")
+    x = torch.rand(2, 3, 12, 9, dtype=torch.float32)
+    assert torch.allclose(op.from_dct(op.to_dct(x)), x, atol=1e-6)
+    assert torch.allclose(op.to_dct(x).pow(2).sum(), x.pow(2).sum(), rtol=1e-5)  # Parseval
+
+
+def test_eigenvalues_are_the_sampled_kernel_response():
+    op = O.make_operator("blurdiff")
+    g = O.gaussian_kernel1d(3, 0.4)
+    assert g.tolist() == pytest.approx([0.0404, 0.9192, 0.0404], abs=1e-4)
+    d = op.log_d(16, 16, "cpu").exp()
+    assert float(d.max()) == pytest.approx(1.0) and 0.69 < float(d.min()) < 0.72
+    # one step of the blur matrix, built by convolving with symmetric (edge-repeating) padding, is diagonal in the DCT
+    n = 10
+    W = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j, w in zip((-1, 0, 1), g.tolist()):
+            W[i, min(max(i + j, 0), n - 1)] += w
+    C = O.dct_matrix(n)
+    D = C @ W @ C.T
+    lam = op.axis(n, "cpu")[1].double().exp()
+    assert torch.allclose(D, torch.diag(lam), atol=1e-6)
+
+
+def test_one_shot_matches_the_markov_chain_per_frequency():
+    """Run x_i = U(A_i^1/2 U^T x_{i-1} + B_i^1/2 U^T eps_i) step by step; compare mean and variance."""
+    op = O.make_operator("blurdiff", T=100, f_max=2.0)  # strong blur so the frequencies separate
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 1, 6, 6, generator=g) * 2 - 1
+    n, t = 20000, 60
+    x = x0.expand(n, -1, -1, -1).clone()
+    for i in range(1, t + 1):
+        A = op.log_a_step(i, 6, 6, "cpu").exp()
+        c = A.sqrt() * op.to_dct(x) + (1 - A).sqrt() * op.to_dct(torch.randn(x.shape, generator=g))
+        x = op.from_dct(c)
+    chain = op.to_dct(x)
+    abar = op.log_abar(torch.tensor([t]), 6, 6).exp()[0]
+    assert torch.allclose(chain.mean(0), abar.sqrt() * op.to_dct(x0)[0], atol=0.03)
+    assert torch.allclose(chain.var(0), 1 - abar, atol=0.03)
+    shot = op.to_dct(op.degrade(x0.expand(n, -1, -1, -1), torch.full((n,), t), g))
+    assert torch.allclose(shot.mean(0), chain.mean(0), atol=0.04) and torch.allclose(shot.var(0), chain.var(0), atol=0.04)
+    assert float((abar.max() / abar.min())) > 2  # the blur really made frequencies decay at different rates
+
+
+def test_f_zero_is_ddpm():
+    op = O.make_operator("blurdiff", "ddpm")
+    x0 = torch.rand(3, 3, 10, 7) * 2 - 1
+    eps = torch.randn(x0.shape)
+    t = torch.tensor([1, 400, 1000])
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)[t - 1].float().view(-1, 1, 1, 1)
+    ddpm = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    assert torch.allclose(op.apply(x0, t, {"z": eps, "seed": torch.zeros(3)}), ddpm, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(9, 9), (12, 12)])
+def test_rgb_impulse_is_the_same_isotropic_blur_in_every_channel(size):
+    """The released code lays eigenvalues out channel-major under a channel-interleaved transform:
+    a bright pixel in one channel then blurs differently per channel. Here it must not."""
+    op = O.make_operator("blurdiff", "quartic")
+    H, W = size
+    t = torch.tensor([1000])
+    responses = []
+    for ch in range(3):
+        x0 = torch.zeros(1, 3, H, W)
+        x0[0, ch, H // 2, W // 2] = 1
+        mean = op.apply(x0, t, {"z": torch.zeros_like(x0), "seed": torch.zeros(1)})  # E[x_t] = U(Abar^1/2 U^T x0)
+        others = [c for c in range(3) if c != ch]
+        assert mean[0, others].abs().max() < 1e-6  # no leak into other channels
+        responses.append(mean[0, ch])
+    for r in responses[1:]:
+        assert torch.allclose(r, responses[0], atol=1e-6)
+    r = responses[0]
+    if H % 2:  # centred impulse on an odd grid: isotropic means symmetric under transpose and flips
+        assert torch.allclose(r, r.T, atol=1e-6) and torch.allclose(r, r.flip(0), atol=1e-6)
+    assert float(r.max()) == float(r[H // 2, W // 2]) and float(r[H // 2, W // 2]) < 0.99
+
+
+@pytest.mark.parametrize("preset", ["ddpm", "quartic"])
+def test_reverse_sampler_with_the_exact_score_returns_the_data_point(preset):
+    """Data = one image x0: the exact eps is (x_i - U(Abar^1/2 U^T x0)) / (1 - Abar)^1/2 per frequency."""
+    op = O.make_operator("blurdiff", preset)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(1, 1, 8, 8, generator=g) * 2 - 1
+
+    def exact_eps(x, i):
+        abar = op.log_abar(torch.full((len(x),), i), 8, 8).exp()
+        return op.from_dct((op.to_dct(x) - abar.sqrt() * op.to_dct(x0)) / (1 - abar).sqrt())
+
+    x_T, hidden = S.generation_start(op, None, (1, 1, 8, 8), g)
+    x_T2, hidden2 = torch.cat([x_T, x_T]), {"z": torch.cat([hidden["z"]] * 2), "seed": torch.tensor([3, 4])}
+    out = S.sample("reverse", exact_eps, op, x_T2, op.T, hidden2)
+    assert float((out - x0).pow(2).mean().sqrt()) < 0.03
+    with pytest.raises(S.SamplerError, match="reverse"):
+        S.sample("tacos", exact_eps, op, x_T2, op.T, hidden2)
+    with pytest.raises(S.SamplerError, match="reverse"):
+        S.sample("reverse", exact_eps, O.make_operator("blur"), x_T2, 5, None)
+
+
+def test_train_and_generate_blurdiff_end_to_end(cli, fmnist_split, tmp_path):
+    out = tmp_path / "bd.safetensors"
+    r = cli("train", fmnist_split[0], "-o", out, "--op", "blurdiff", "--param", "T=50", "--net", "tiny", "--steps", "20",
+            "--batch", "8", "--accumulate", "1", "--lr", "3e-3", "--sample-every", "10", "--save-every", "20", "--size", "16")
+    assert r.returncode == 0, r.stderr.decode()
+    import json
+
+    lines = [json.loads(line) for line in (tmp_path / "bd.run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.1 < lines[0]["loss"] < 3  # an MSE on unit-variance eps
+    a = cli("generate", "--model", out, "--n", "3", "--batch", "2", "-o", f"{tmp_path}/g/")
+    assert a.returncode == 0, a.stderr.decode()
+    b = cli("generate", "--model", out, "--n", "3", "--batch", "3", "-o", f"{tmp_path}/h/")
+    for i in range(3):  # per-image noise streams: the batch does not matter
+        assert (tmp_path / "g" / f"0_{i:06d}.png").read_bytes() == (tmp_path / "h" / f"0_{i:06d}.png").read_bytes()
+    r = cli("generate", "--model", out, "--n", "2", "--sampler", "tacos", "-o", tmp_path / "x.png")
+    assert r.returncode == 1 and b"reverse" in r.stderr
