@@ -295,6 +295,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
             f.write(json.dumps(line) + "\n")
 
     losses = []
+    start_step = step
     t_last, n_last = time.perf_counter(), step
     try:
         with progress_bar(rank == 0) as bar:
@@ -307,9 +308,9 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
                 losses.append(total)
                 update_ema(ema, net, step, cfg)
                 now = time.perf_counter()
-                rate = (step - n_last) * cfg.batch * cfg.accumulate * world / max(now - t_last, 1e-9)
-                if now - t_last > 2:
+                if step - start_step == 1:  # leave the first (compiling) step out of the rate
                     t_last, n_last = now, step
+                rate = (step - n_last) * cfg.batch * cfg.accumulate * world / max(now - t_last, 1e-9)
                 bar.update(task, completed=step, loss=total, rate=rate)
                 if step % cfg.sample_every == 0 or step == cfg.steps:
                     sample_and_log(total, rate)
