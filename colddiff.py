@@ -6,11 +6,9 @@ The math lives in operators.py (D), unet.py (R), samplers.py; training in train.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -23,13 +21,10 @@ app = typer.Typer(
     help="Cold diffusion: degrade, restore, train and generate images with deterministic transforms.",
 )
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-STDIO = "-"
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 1."""
-
+from image_io import (  # noqa: F401  (re-exported: the commands' building blocks)
+    STDIO, UserError, atomic_write, encode_image, find_images, grid_image, plan_outputs, read_image, to_model,
+    to_uint8, write_image,
+)
 
 def fail_cleanly(fn):
     """Turn UserError (and operator errors) into one line on stderr and a non-zero exit."""
@@ -49,147 +44,6 @@ def fail_cleanly(fn):
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-# ----------------------------------------------------------------------------- image I/O
-
-
-def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
-    """Expand the command line into (source, relative output name, came from a folder).
-
-    The source is a path, or the bytes read from stdin for `-`."""
-    items = []
-    for arg in inputs:
-        if arg == STDIO:
-            data = sys.stdin.buffer.read()
-            if not data:
-                raise UserError("<stdin>: no image data on standard input")
-            items.append((data, "stdin.png", False))
-            continue
-        p = Path(arg)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
-            if not found:
-                raise UserError(f"{arg}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-            items += [(str(q), str(q.relative_to(p)), True) for q in found]
-        elif p.is_file():
-            items.append((arg, p.name, False))
-        else:
-            raise UserError(f"{arg}: no such file or folder")
-    if not items:
-        raise UserError("no input images given")
-    return items
-
-
-def read_image(source: str | bytes, channels: int | None = None):
-    """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    name = "<stdin>" if isinstance(source, bytes) else source
-    try:
-        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{name}: not a readable image ({e})") from None
-    grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-    if channels is None:
-        channels = 1 if grey else 3
-    if im.mode in ("I", "I;16", "F"):
-        im = im.point(lambda v: v / 256).convert("L") if im.mode != "F" else im.convert("L")
-    im = im.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy())
-
-
-def to_model(u8):
-    """uint8 (..., C, H, W) -> float32 in [-1, 1]."""
-    return u8.float() / 127.5 - 1
-
-
-def to_uint8(x):
-    """float in [-1, 1] -> uint8, rounding to nearest."""
-    import torch
-
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def grid_image(x, ncol: int, pad: int = 2):
-    """(N, C, H, W) in [-1, 1] -> one (C, H', W') image, `ncol` per row, white gutters."""
-    import torch
-
-    N, C, H, W = x.shape
-    nrow = -(-N // ncol)
-    out = torch.ones(C, nrow * (H + pad) + pad, ncol * (W + pad) + pad, dtype=x.dtype, device=x.device)
-    for i in range(N):
-        r, c = divmod(i, ncol)
-        out[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]
-    return out
-
-
-def encode_image(u8, fmt: str = "PNG") -> bytes:
-    from PIL import Image
-
-    arr = u8.cpu().numpy()
-    im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs follow the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
-
-
-def write_image(u8, dest: str) -> None:
-    if dest == STDIO:
-        sys.stdout.buffer.write(encode_image(u8))
-        sys.stdout.buffer.flush()
-        return
-    fmt = _FORMATS.get(Path(dest).suffix.lower(), "PNG")
-    atomic_write(Path(dest), encode_image(u8, fmt))
-
-
-def plan_outputs(items, out: str | None, force: bool) -> list[str]:
-    """Where each input's result goes; checks every destination before anything is written."""
-    single = len(items) == 1 and not items[0][2]
-    if out is None or out == STDIO:
-        if not single:
-            raise UserError("several input images: give an output folder with -o DIR")
-        if out is None and sys.stdout.isatty():
-            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
-        return [STDIO]
-    o = Path(out)
-    if single and not o.is_dir() and not out.endswith(("/", os.sep)):
-        dests = [out]
-    else:
-        if o.exists() and not o.is_dir():
-            raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
-        dests = [str(o / rel) for _, rel, _ in items]
-    clash = [d for d in dests if Path(d).exists()]
-    if clash and not force:
-        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
-        raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
-    return dests
 
 
 def pick_device(device: str):
@@ -239,6 +93,7 @@ ParamOpt = typer.Option(None, "--param", help="Override an operator parameter, K
 SeedOpt = typer.Option(0, "--seed", help="Seed of every random draw (snow pattern, mask centre, noise).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
+SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 
 
 @app.command()
@@ -274,7 +129,7 @@ def degrade(
     strip: bool = typer.Option(False, "--strip", help="Write x_0 ... x_T side by side in one PNG."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames in --strip (default all up to T=20, else 11)."),
     param: Optional[list[str]] = ParamOpt,
-    source: Optional[str] = typer.Option(None, "--source", help="Folder of z images for animorph."),
+    source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     force: bool = ForceOpt,
 ):
@@ -335,8 +190,9 @@ def train(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the network (CUDA only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's training state when there is one."),
     force: bool = ForceOpt,
-    source: Optional[str] = typer.Option(None, "--source", help="Folder of z images for animorph."),
+    source: Optional[str] = SourceOpt,
     gmm_components: int = typer.Option(1, "--gmm-components", help="Components of the generation prior (blur, pixelate)."),
+    sampling_steps: Optional[int] = typer.Option(None, "--sampling-steps", help="Default --steps of restore/eval/generate for this model (default: T)."),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 
@@ -352,6 +208,8 @@ def train(
     if not out.endswith(".safetensors"):
         raise UserError(f"{out}: model files end in .safetensors")
     operator = operators.make_operator(op, preset, **parse_params(param))
+    if sampling_steps is not None and not 1 <= sampling_steps <= operator.T:
+        raise UserError(f"--sampling-steps must be in 1..{operator.T}, got {sampling_steps}")
     has_state = training.state_path(out).exists()
     if Path(out).exists() and not force and not (resume and has_state):
         raise UserError(f"{out}: exists; pass --resume to continue training it or --force to start over")
@@ -367,7 +225,7 @@ def train(
     cfg = training.TrainConfig(
         steps=steps, batch=batch, accumulate=accumulate, lr=lr, ema_decay=ema_decay, ema_every=ema_every,
         ema_start=ema_start, save_every=save_every, sample_every=sample_every, augment=augment, seed=seed, compile=compile,
-        gmm_components=gmm_components,
+        gmm_components=gmm_components, sampling_steps=sampling_steps,
     )
     try:
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=lambda m: typer.echo(m, err=True))
@@ -390,6 +248,14 @@ def open_model(path: str, device):
 
     net, op, meta = training.load_model(path, device)
     return net, op, meta
+
+
+def default_steps(steps: int | None, meta: dict, t: int) -> int | None:
+    """--steps, else the model's recommended sampling steps (at most t), else None (all t)."""
+    if steps is not None:
+        return steps
+    k = meta.get("train", {}).get("sampling_steps")
+    return None if k is None else min(k, t)
 
 
 def pick_sampler(sampler: str | None, op) -> str:
@@ -427,6 +293,7 @@ def restore(
     seed: int = typer.Option(0, "--seed", help="Seed of the operator's hidden randomness: pass the --seed that `degrade` used."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Output file or folder (default: stdout)."),
     batch: int = BatchOpt,
+    source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
@@ -445,6 +312,9 @@ def restore(
     net, op, meta = open_model(model, dev)
     sampler = pick_sampler(sampler, op)
     t = op.T if t is None else t
+    steps = default_steps(steps, meta, t)
+    if op.name == "animorph":
+        op.source = load_source(source, dev)
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
     C = meta["image"]["channels"]
@@ -495,6 +365,7 @@ def evaluate(
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Folder for eval.json and grid.png."),
     batch: int = typer.Option(64, "--batch"),
     fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05 weights file for FID."),
+    source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
@@ -512,6 +383,9 @@ def evaluate(
     dev = pick_device(device)
     net, op, meta = open_model(model, dev)
     sampler = pick_sampler(sampler, op)
+    steps = default_steps(steps, meta, op.T)
+    if op.name == "animorph":
+        op.source = load_source(source, dev)
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     if out is not None:
@@ -575,7 +449,7 @@ def generate(
     out: Optional[str] = typer.Option(None, "-o", "--out", help="A grid PNG, or DIR/ for one PNG per image (default: grid to stdout)."),
     ncol: Optional[int] = typer.Option(None, "--ncol", help="Grid columns (default: square-ish)."),
     batch: int = typer.Option(64, "--batch", help="Images per network call."),
-    source: Optional[str] = typer.Option(None, "--source", help="animorph: folder of start images."),
+    source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
@@ -604,6 +478,7 @@ def generate(
     dev = pick_device(device)
     net, op, meta = open_model(model, dev)
     sampler = pick_sampler(sampler, op)
+    steps = default_steps(steps, meta, op.T)
     if z is None:
         z = "estimated" if op.name in ("noise", "animorph") else "fixed"
     if op.name == "animorph":

@@ -97,9 +97,9 @@ def inception_features(images: torch.Tensor, weights: Path, device, batch: int =
 
 def fid_available(explicit: str | None = None) -> tuple[bool, str]:
     """(usable, why not) without touching the network."""
-    try:
-        import pytorch_fid  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("pytorch_fid") is None:
         return False, "FID needs the optional extra: pip install 'colddiff[fid]'"
     if fid_weights_path(explicit) is None:
         where = f"{explicit} not found" if explicit else f"no {FID_WEIGHTS} in the torch hub cache"

@@ -35,7 +35,7 @@ class CheckpointError(ValueError):
 
 
 def _atomic_bytes(path: Path, data: bytes):
-    from colddiff import atomic_write
+    from image_io import atomic_write
 
     atomic_write(path, data)
 
@@ -125,7 +125,7 @@ def load_training_state(path, net, ema, opt, rng: torch.Generator) -> int:
 
 def load_folder(folder: str, size: int | None, channels: int | None) -> torch.Tensor:
     """Every image of a folder as one uint8 tensor (N, C, S, S) (or the images' own size)."""
-    from colddiff import UserError, find_images, read_image
+    from image_io import UserError, find_images, read_image
 
     items = find_images([folder])
     first = read_image(items[0][0], channels)
@@ -183,6 +183,7 @@ class TrainConfig:
     seed: int = 0
     compile: bool = True
     gmm_components: int = 1
+    sampling_steps: int | None = None  # the model's default sampling steps (None: all T)
 
 
 @dataclasses.dataclass
@@ -277,7 +278,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     def sample_and_log(loss_value, rate):
         if rank != 0:
             return
-        from colddiff import atomic_write, encode_image, grid_image, to_uint8
+        from image_io import atomic_write, encode_image, grid_image, to_uint8
 
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=cuda):
             direct = ema(probe_xt, probe_t).float()

@@ -69,8 +69,8 @@ def main():
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
             rows.append((name, preset, op.T, op.kernel_size, a.batch / fast, nseq / seq, (a.batch / fast) / (nseq / seq), err))
     print(f"\nblur D(x0, T), {a.size}x{a.size} RGB, batch {a.batch} one-shot; torch {torch.__version__}")
-    print(f"| device | preset | T | k | one-shot img/s | sequential img/s | speed-up | max abs diff |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| device | preset | T | k | one-shot img/s | sequential img/s | speed-up | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, preset, T, k, f, s, sp, err in rows:
         print(f"| {name} | {preset} | {T} | {k} | {f:,.0f} | {s:,.1f} | {sp:,.0f}x | {err:.1e} |")
 

@@ -80,6 +80,7 @@ def gen_model(fmnist_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "gen.safetensors"
     r = invoke("train", fmnist_split[0], "-o", out, "--op", "blur", "--preset", "generation", "--param", "T=30",
                "--net", "tiny", "--steps", "100", "--batch", "16", "--accumulate", "1", "--lr", "3e-3", "--ema-start", "1000000",
-               "--save-every", "100", "--sample-every", "100", "--no-augment", "--gmm-components", "2")
+               "--save-every", "100", "--sample-every", "100", "--no-augment", "--gmm-components", "2",
+               "--sampling-steps", "10")
     assert r.returncode == 0, r.stderr.decode()
     return out

@@ -1,6 +1,5 @@
 """Blur diffusion (Lee et al.): DCT, one-shot forward vs the Markov chain, DDPM as f = 0,
 per-channel blur, and the reverse sampler."""
-import math
 
 import pytest
 import torch
@@ -124,6 +123,7 @@ def test_train_and_generate_blurdiff_end_to_end(cli, fmnist_split, tmp_path):
     a = cli("generate", "--model", out, "--n", "3", "--batch", "2", "-o", f"{tmp_path}/g/")
     assert a.returncode == 0, a.stderr.decode()
     b = cli("generate", "--model", out, "--n", "3", "--batch", "3", "-o", f"{tmp_path}/h/")
+    assert b.returncode == 0, b.stderr.decode()
     for i in range(3):  # per-image noise streams: the batch does not matter
         assert (tmp_path / "g" / f"0_{i:06d}.png").read_bytes() == (tmp_path / "h" / f"0_{i:06d}.png").read_bytes()
     r = cli("generate", "--model", out, "--n", "2", "--sampler", "tacos", "-o", tmp_path / "x.png")

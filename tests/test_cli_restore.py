@@ -1,6 +1,5 @@
 """`colddiff restore` and `colddiff eval` end to end on a briefly trained model."""
 import json
-import shutil
 
 import numpy as np
 import pytest

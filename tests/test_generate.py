@@ -31,6 +31,14 @@ def test_gmm_recovers_a_known_mixture():
     assert torch.allclose(draws.mean(0), x.mean(0), atol=0.01)
 
 
+def test_model_default_sampling_steps(cli, gen_model):
+    _, _, meta = T.load_model(gen_model)
+    assert meta["train"]["sampling_steps"] == 10
+    default = cli("generate", "--model", gen_model, "--n", "2").stdout
+    assert default == cli("generate", "--model", gen_model, "--n", "2", "--steps", "10").stdout
+    assert default != cli("generate", "--model", gen_model, "--n", "2", "--steps", "30").stdout
+
+
 def test_prior_is_stored_and_reloaded(gen_model):
     _, op, meta = T.load_model(gen_model)
     prior = meta["prior"]

@@ -125,7 +125,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     op = operators.make_operator("blur")
     out = tmp_path / "m.safetensors"
     T.train(data, op, "tiny", str(out), small_cfg(steps=2, save_every=1), torch.device("cpu"), resume=False, log=lambda m: None)
-    before = out.read_bytes()
     real = T.loss_fn
     calls = {"n": 0}
 

@@ -1,0 +1,157 @@
+"""Image files for colddiff: find them, read them, write them atomically, never overwrite silently.
+
+Images come in as uint8 (C, H, W) tensors, 1 channel for grey and 3 for colour, and go into the
+model as float in [-1, 1]. Errors are UserError: one line for the user, never a traceback.
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+STDIO = "-"
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit code 1."""
+
+
+def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
+    """Expand the command line into (source, relative output name, came from a folder).
+
+    The source is a path, or the bytes read from stdin for `-`."""
+    items = []
+    for arg in inputs:
+        if arg == STDIO:
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise UserError("<stdin>: no image data on standard input")
+            items.append((data, "stdin.png", False))
+            continue
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise UserError(f"{arg}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            items += [(str(q), str(q.relative_to(p)), True) for q in found]
+        elif p.is_file():
+            items.append((arg, p.name, False))
+        else:
+            raise UserError(f"{arg}: no such file or folder")
+    if not items:
+        raise UserError("no input images given")
+    return items
+
+
+def read_image(source: str | bytes, channels: int | None = None):
+    """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    name = "<stdin>" if isinstance(source, bytes) else source
+    try:
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{name}: not a readable image ({e})") from None
+    grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    if channels is None:
+        channels = 1 if grey else 3
+    if im.mode in ("I", "I;16", "F"):
+        im = im.point(lambda v: v / 256).convert("L") if im.mode != "F" else im.convert("L")
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
+
+
+def to_model(u8):
+    """uint8 (..., C, H, W) -> float32 in [-1, 1]."""
+    return u8.float() / 127.5 - 1
+
+
+def to_uint8(x):
+    """float in [-1, 1] -> uint8, rounding to nearest."""
+    import torch
+
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def grid_image(x, ncol: int, pad: int = 2):
+    """(N, C, H, W) in [-1, 1] -> one (C, H', W') image, `ncol` per row, white gutters."""
+    import torch
+
+    N, C, H, W = x.shape
+    nrow = -(-N // ncol)
+    out = torch.ones(C, nrow * (H + pad) + pad, ncol * (W + pad) + pad, dtype=x.dtype, device=x.device)
+    for i in range(N):
+        r, c = divmod(i, ncol)
+        out[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]
+    return out
+
+
+def encode_image(u8, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    arr = u8.cpu().numpy()
+    im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs follow the umask
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def write_image(u8, dest: str) -> None:
+    if dest == STDIO:
+        sys.stdout.buffer.write(encode_image(u8))
+        sys.stdout.buffer.flush()
+        return
+    fmt = _FORMATS.get(Path(dest).suffix.lower(), "PNG")
+    atomic_write(Path(dest), encode_image(u8, fmt))
+
+
+def plan_outputs(items, out: str | None, force: bool) -> list[str]:
+    """Where each input's result goes; checks every destination before anything is written."""
+    single = len(items) == 1 and not items[0][2]
+    if out is None or out == STDIO:
+        if not single:
+            raise UserError("several input images: give an output folder with -o DIR")
+        if out is None and sys.stdout.isatty():
+            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
+        return [STDIO]
+    o = Path(out)
+    if single and not o.is_dir() and not out.endswith(("/", os.sep)):
+        dests = [out]
+    else:
+        if o.exists() and not o.is_dir():
+            raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
+        dests = [str(o / rel) for _, rel, _ in items]
+    clash = [d for d in dests if Path(d).exists()]
+    if clash and not force:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
+    return dests
