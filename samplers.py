@@ -135,7 +135,8 @@ def make_restorer(net, device, compile: bool = False):
     def restore(x, s: int):
         with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
             out = model(x, _step_tensor(x, s))
-        return out.float()
+        # a copy: CUDA-graph replays overwrite their output buffer on the next call
+        return out.to(torch.float32, copy=True)
 
     return restore
 
