@@ -74,3 +74,18 @@ def test_schedule_and_errors():
     with pytest.raises(S.SamplerError, match="unknown sampler"):
         S.sample("ddpm", oracle(x), op, x, 5)
     assert torch.equal(S.sample("tacos", oracle(x * 0), op, x, 0), x)  # t = 0: nothing to undo
+
+
+def test_restore_seed_redraws_the_degrade_seeds_snow():
+    """`restore --seed S` must redraw exactly the snow that `degrade --seed S` made."""
+    from colddiff import seeded
+    from conftest import PHOTO
+    from image_io import read_image, to_model
+
+    x0 = to_model(read_image(str(PHOTO)))[None]
+    op = O.make_operator("snow")
+    x_t = op.degrade(x0, torch.tensor([150]), seeded(7))  # as `colddiff degrade --seed 7 --t 150`
+    same = S.tacos(oracle(x0), op, x_t, 150, op.draw(x_t, seeded(7)), steps=10)
+    other = S.tacos(oracle(x0), op, x_t, 150, op.draw(x_t, seeded(8)), steps=10)
+    assert (same - x0).abs().max() < 1e-5
+    assert (other - x0).abs().max() > 0.5
