@@ -200,8 +200,16 @@ def train(
     import operators
     import train as training
 
+    import unet
+
     if channels not in (None, 1, 3):
         raise UserError(f"--channels must be 1 or 3, got {channels}")
+    if net not in unet.PRESETS:
+        raise UserError(f"unknown network preset {net!r}; choose from {', '.join(unet.PRESETS)}")
+    if size is not None and size < 8:
+        raise UserError(f"--size must be at least 8, got {size}")
+    if not lr > 0:
+        raise UserError(f"--lr must be positive, got {lr}")
     for name, v in (("--gmm-components", gmm_components), ("--steps", steps), ("--batch", batch), ("--accumulate", accumulate), ("--save-every", save_every), ("--sample-every", sample_every), ("--ema-every", ema_every)):
         if v < 1:
             raise UserError(f"{name} must be at least 1, got {v}")
@@ -388,6 +396,8 @@ def evaluate(
         op.source = load_source(source, dev)
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
     if out is not None:
         clash = [p for p in (Path(out) / "eval.json", Path(out) / "grid.png") if p.exists()]
         if clash and not force:
@@ -471,6 +481,9 @@ def generate(
         raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
+    if ncol is not None and ncol < 1:
+        raise UserError(f"--ncol must be at least 1, got {ncol}")
+    seeded(seed)  # checks the range: image seeds are derived from it
     if model is None:
         if not BUNDLED_MODEL.is_file():
             raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")

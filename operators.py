@@ -159,7 +159,10 @@ class Blur(Operator):
             raise OperatorError(f"blur padding must be circular or reflect, got {self.padding!r}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise OperatorError(f"blur kernel_size must be odd and positive, got {self.kernel_size}")
-        self.kernels = [gaussian_kernel1d(self.kernel_size, s) for s in blur_sigmas(self.schedule, self.sigma, self.T)]
+        sigmas = blur_sigmas(self.schedule, self.sigma, self.T)
+        if min(sigmas) <= 0:
+            raise OperatorError(f"blur sigmas must be positive; {self.schedule} with sigma={self.sigma} gives {min(sigmas)}")
+        self.kernels = [gaussian_kernel1d(self.kernel_size, s) for s in sigmas]
         self._axes: dict = {}
 
     def axis(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,6 +236,8 @@ class Mask(Operator):
     reverse: bool = False
 
     def __post_init__(self):
+        if self.std <= 0 or self.init <= 0:  # sigma_i = std (i - 1 + init) must be positive
+            raise OperatorError(f"{self.name} needs std > 0 and init > 0, got std={self.std}, init={self.init}")
         self._tables: dict = {}
 
     def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -104,6 +104,8 @@ def test_ops_lists_everything(cli):
     (["--op", "blur", "--t", "-1"], "--t must be in 0..20"),
     (["--op", "blur", "--param", "sigma=big"], "sigma must be a float"),
     (["--op", "animorph"], "--source"),
+    (["--op", "mask", "--param", "std=0"], "std > 0"),
+    (["--op", "blur", "--param", "sigma=0"], "sigmas must be positive"),
 ])
 def test_bad_options_one_line(cli, args, message, tmp_path):
     r = cli("degrade", PHOTO, *args, "-o", tmp_path / "x.png")

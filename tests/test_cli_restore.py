@@ -21,6 +21,8 @@ def test_eval_table_direct_and_tacos_beat_degraded(cli, blur_model, fmnist_split
     assert grid.size == (4 * 30 + 2, 8 * 30 + 2)  # degraded | direct | sampled | original, 8 rows
     r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "5", "-o", tmp_path / "ev")
     assert r.returncode == 1 and b"--force" in r.stderr
+    r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "5", "--batch", "0")
+    assert r.returncode == 1 and b"--batch must be at least 1" in r.stderr
 
 
 def test_restore_folder_pipe_and_same_seed(cli, cli_process, blur_model, fmnist_split, tmp_path):

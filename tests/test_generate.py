@@ -106,6 +106,8 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     (["--n", "-3"], "--n must be at least 1"),
     (["--symmetry", "partial"], "broken or perfect"),
     (["--sampler", "ddim"], "unknown sampler"),
+    (["--ncol", "0"], "--ncol must be at least 1"),
+    (["--seed", "-3"], "--seed must be in 0.."),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")

@@ -81,6 +81,19 @@ def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tm
     assert r.returncode == 1 and b"folder holds no images" in r.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--net", "huge"], "unknown network preset"),
+    (["--size", "0"], "--size must be at least 8"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--channels", "2"], "--channels must be 1 or 3"),
+])
+def test_train_bad_options(cli, tmp_path, args, message):
+    r = cli("train", ROOT / "tests" / "data" / "fmnist", "-o", tmp_path / "m.safetensors", *args)
+    assert r.returncode == 1 and message in r.stderr.decode(), r.stderr.decode()
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def train_process(tmp_path, *extra):
     cmd = [sys.executable, "-m", "colddiff", "train", str(ROOT / "tests" / "data" / "fmnist"), "-o", str(tmp_path / "m.safetensors"),
            "--net", "tiny", "--batch", "2", "--accumulate", "1", "--steps", "100000", "--ema-start", "1", *extra]
