@@ -28,12 +28,12 @@ from colddiff import image_seed, seeded  # noqa: E402
 
 
 class Classifier(nn.Module):
-    def __init__(self):
+    def __init__(self, size=28):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(),
         )
         self.head = nn.Linear(128, 10)
 
@@ -41,16 +41,17 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def load_labelled(folder, n=None):
+def load_labelled(folder, n=None, size=None):
+    """Images in [0, 1] (resized to size x size if given) and labels from NNNNN_LABEL.png names."""
     files = sorted(Path(folder).glob("*.png"))[:n]
-    images = T.load_folder(str(folder), None, 1)[: len(files)].float() / 255  # sorted like `files`
+    images = T.load_folder(str(folder), size, 1)[: len(files)].float() / 255  # sorted like `files`
     labels = torch.tensor([int(f.stem.split("_")[-1]) for f in files])
     return images, labels
 
 
 def train_classifier(images, labels, epochs, seed=0):
     torch.manual_seed(seed)
-    net = Classifier()
+    net = Classifier(images.shape[-1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -101,8 +102,10 @@ def main():
     a = ap.parse_args()
     device = torch.device(a.device)
     t0 = time.time()
-    tr_x, tr_y = load_labelled(a.train, a.train_images)
-    te_x, te_y = load_labelled(a.test)
+    # Score at the models' size (they must share one): the classifier sees real images resized to it.
+    size = T.load_model(a.model[0].split(":")[0])[2]["image"]["height"] if a.model else None
+    tr_x, tr_y = load_labelled(a.train, a.train_images, size)
+    te_x, te_y = load_labelled(a.test, None, size)
     clf = train_classifier(tr_x, tr_y, a.epochs)
     with torch.no_grad():
         acc = float((clf(te_x).argmax(1) == te_y).float().mean())

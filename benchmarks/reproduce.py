@@ -1,0 +1,282 @@
+"""Reproduce the papers' experiments on Fashion-MNIST and write the tables into RESULTS.md.
+
+    python benchmarks/reproduce.py                     # the stated GPU budget: paper network
+    python benchmarks/reproduce.py --net tiny --steps 1000 --batch 32 --lr 1e-3 \\
+        --n 500 --gen-n 500 --blurdiff-n 200 --gen-steps 50    # what fits a 2-core CPU
+
+1. data: the full train/test splits, written by shared/tools/fashion_mnist.py (or --data DIR
+   holding train/ and test/ folders of NNNNN_LABEL.png);
+2. train: one model per experiment through `colddiff train`, all at the same budget, resized to
+   32 px as the papers did for MNIST: restoration with blur (mnist preset), mask (random centre),
+   pixelate and snow; generation with blur (generation preset), noise, colour, blurdiff (quartic)
+   and DDPM (blurdiff's f = 0 preset);
+3. eval: `colddiff eval` on the first --n test images (degraded / Algorithm 2 / direct);
+4. generation: --gen-n images per variant, scored by the classifier-feature Frechet distance
+   (FCD) of benchmarks/generation.py against the test split, plus diversity;
+5. RESULTS.md: the generated section between its markers is replaced, the prose around it kept;
+   the grids go to results/.
+
+Every stage skips what already exists under --out, so an interrupted run continues where it
+stopped (a model trained for fewer steps is resumed up to --steps).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+import generation as G  # noqa: E402
+import metrics  # noqa: E402
+import train as T  # noqa: E402
+import unet  # noqa: E402
+from image_io import encode_image, grid_image, to_uint8  # noqa: E402
+
+# The report seed's App. C, MNIST rows (degraded / sampled / direct x FID, SSIM, RMSE). The report
+# has no MNIST snow row; its CIFAR-10 snow table is garbled past the degraded columns.
+PAPER_RESTORATION = {
+    "blur": [438.59, 0.287, 0.287, 4.69, 0.718, 0.154, 5.10, 0.757, 0.142],
+    "mask": [108.48, 0.490, 0.262, 1.61, 0.941, 0.068, 2.24, 0.948, 0.060],
+    "pixelate": [368.56, 0.178, 0.231, 4.33, 0.820, 0.115, 4.05, 0.823, 0.114],
+    "snow": None,
+}
+RESTORATION = {"blur": ("blur", "mnist"), "mask": ("mask", "mnist"), "pixelate": ("pixelate", "mnist"), "snow": ("snow", "cifar10")}
+GENERATION = {"blur-gen": ("blur", "generation"), "noise": ("noise", "default"), "colour": ("colour", "generation"),
+              "blurdiff": ("blurdiff", "quartic"), "ddpm": ("blurdiff", "ddpm")}
+# (variant, model, generation option, the papers' FID for the same method: SPEC sections 4 and 5)
+VARIANTS = [
+    ("blur, broken symmetry", "blur-gen", "", "49.45 / 54.68 (CelebA / AFHQ)"),
+    ("blur, perfect symmetry", "blur-gen", "perfect", "97.00 / 93.05"),
+    ("noise, estimated z", "noise", "estimated", "23.11 / 20.59"),
+    ("noise, fixed z", "noise", "fixed", "59.91 / 25.62"),
+    ("colour", "colour", "", "(figures only)"),
+    ("blurdiff quartic f_N=0.14", "blurdiff", "", "7.86 (LSUN bedroom 64 px, FID-10K)"),
+    ("DDPM (blurdiff, f = 0)", "ddpm", "", "9.24"),
+]
+
+
+def markers(section=""):
+    """The lines around a generated section of RESULTS.md; each --section has its own pair."""
+    name = f"reproduce.py{' ' + section if section else ''}"
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+def colddiff(*args):
+    """Run the CLI exactly as a user would; returns (command line as shown, seconds)."""
+    args = [str(a) for a in args]
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "colddiff", *args], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return "colddiff " + " ".join(args), time.time() - t0
+
+
+def prepare_data(a, out):
+    if a.data:
+        return Path(a.data) / "train", Path(a.data) / "test"
+    data = out / "data"
+    for split in ("train", "test"):
+        if not (data / split).is_dir():
+            tmp = data / f".{split}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run([sys.executable, str(a.fashion_mnist_tool), "--split", split, "--out", str(tmp)], check=True)
+            tmp.rename(data / split)
+    return data / "train", data / "test"
+
+
+def train_args(a):
+    return ["--net", a.net, "--size", a.size, "--steps", a.steps, "--batch", a.batch, "--accumulate", a.accumulate,
+            "--lr", a.lr, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps]
+
+
+def train_all(a, out, train_dir, log):
+    """Every experiment's model, at one budget; wall time is summed over resumed runs."""
+    for name, (op, preset) in {**RESTORATION, **GENERATION}.items():
+        if name not in a.only:
+            continue
+        model = out / "models" / f"{name}.safetensors"
+        done = log["train"].get(name, {"seconds": 0.0})
+        if model.exists() and T.load_model(str(model), "cpu")[2]["step"] >= a.steps:
+            continue
+        model.parent.mkdir(parents=True, exist_ok=True)
+        resume = ["--resume"] if model.exists() else []
+        cmd, secs = colddiff("train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model, *resume)
+        cmd = cmd.replace(str(model), f"{name}.safetensors").replace(str(train_dir), "fmnist-train")
+        log["train"][name] = {"command": cmd, "seconds": done["seconds"] + secs}
+        save_log(out, log)
+
+
+def eval_all(a, out, test_dir, log):
+    for name in RESTORATION:
+        if name not in a.only or name in log["eval"]:
+            continue
+        folder = out / "eval" / name
+        cmd, secs = colddiff("eval", test_dir, "--model", out / "models" / f"{name}.safetensors", "--n", a.n, "-o", folder, "--force")
+        table = json.loads((folder / "eval.json").read_text())
+        log["eval"][name] = {"table": table, "seconds": secs, "command": cmd}
+        shutil.copy(folder / "grid.png", a.results / f"restore_{name}.png")
+        save_log(out, log)
+
+
+def generation_all(a, out, train_dir, test_dir, log):
+    todo = [v for v in VARIANTS if v[1] in a.only and v[0] not in log["generation"]]
+    if not todo:  # the floor is written before any variant
+        return
+    device = torch.device(a.device)
+    t0 = time.time()
+    tr_x, tr_y = G.load_labelled(train_dir, None, a.size)
+    te_x, te_y = G.load_labelled(test_dir, None, a.size)
+    clf = G.train_classifier(tr_x, tr_y, a.classifier_epochs)
+    with torch.no_grad():
+        acc = float((clf(te_x).argmax(1) == te_y).float().mean())
+    ref = G.features(clf, te_x[: a.gen_n])
+    log["generation"]["floor"] = {
+        "fcd": metrics.frechet_distance(G.features(clf, tr_x[: a.gen_n]), ref), "diversity": float(te_x[: a.gen_n].std(0).mean()),
+        "classifier": f"{a.classifier_epochs} epochs on {len(tr_x)} train images, test accuracy {acc:.3f}", "seconds": time.time() - t0}
+    for variant, name, option, _ in todo:
+        n = a.blurdiff_n if GENERATION[name][0] == "blurdiff" else a.gen_n
+        spec = ":".join([str(out / "models" / f"{name}.safetensors")] + ([option] if option else [])
+                        + ([f"steps={a.gen_steps}"] if a.gen_steps and GENERATION[name][0] != "blurdiff" else []))
+        t1 = time.time()
+        images, _ = G.generate(spec, n, device)
+        fcd = metrics.frechet_distance(G.features(clf, images.float()), ref[:n])
+        grid = a.results / f"generate_{name}{'_' + option if option else ''}.png"
+        grid.write_bytes(encode_image(to_uint8(grid_image(images[:64] * 2 - 1, ncol=8))))
+        log["generation"][variant] = {"fcd": fcd, "diversity": float(images.std(0).mean()), "n": n, "seconds": time.time() - t1,
+                                      "steps": a.gen_steps if GENERATION[name][0] != "blurdiff" else 1000, "grid": grid.name}
+        save_log(out, log)
+
+
+def save_log(out, log):
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(log, indent=2) + "\n")
+    tmp.replace(out / "results.json")
+
+
+def device_name(device):
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+
+
+def report(a, log):
+    """The generated section of RESULTS.md: every number below comes from results.json."""
+    f3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    grids = Path(os.path.relpath(a.results, a.results_md.parent)).as_posix()
+    lines = [f"Run: `python benchmarks/reproduce.py {' '.join(log['argv'])}`  ",
+             f"Device: {log['device']}; torch {log['torch']}; {log['date']}.  ",
+             f"Budget per model: {a.steps} steps × batch {a.batch} × {a.accumulate} accumulation, `{a.net}` network "
+             f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr}, {a.size}×{a.size} px.",
+             "", "### Restoration (Fashion-MNIST test split; the papers: MNIST, App. C of the report)", "",
+             "| operator | n | source | degraded FID | SSIM | RMSE | Algorithm 2 FID | SSIM | RMSE | direct FID | SSIM | RMSE | direct/degraded SSIM | train s | eval s | grid |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in RESTORATION:
+        if name not in log["eval"]:
+            continue
+        e, t = log["eval"][name], log["eval"][name]["table"]
+        vals = [t[c][k] for c in ("degraded", "sampled", "direct") for k in ("fid", "ssim", "rmse")]
+        op = f"{name} ({RESTORATION[name][1]}, T={t['T']})"
+        lines.append(f"| {op} | {t['n']} | colddiff | " + " | ".join(f3(v) for v in vals)
+                     + f" | {t['direct']['ssim'] / t['degraded']['ssim']:.2f}× | {log['train'].get(name, {}).get('seconds', 0):.0f} | {e['seconds']:.0f} | "
+                     f"[degraded, direct, Alg. 2, original]({grids}/restore_{name}.png) |")
+        p = PAPER_RESTORATION[name]
+        if p:
+            lines.append(f"| | | paper (MNIST) | " + " | ".join(f"{v:.2f}" if v > 1 else f"{v:.3f}" for v in p) + f" | {p[7] / p[1]:.2f}× | | | |")
+    lines += ["", "Findings, computed from the table above:", ""]
+    for name in RESTORATION:
+        if name in log["eval"]:
+            t = log["eval"][name]["table"]
+            d = t["sampled"]["ssim"] - t["direct"]["ssim"]
+            verdict = "beats" if d > 0 else "trails"
+            lines.append(f"- {name}: Algorithm 2 {verdict} direct restoration by {abs(d):.3f} SSIM "
+                         f"(RMSE {t['sampled']['rmse']:.3f} vs {t['direct']['rmse']:.3f}); both beat the degraded input: "
+                         f"{'yes' if min(t['sampled']['ssim'], t['direct']['ssim']) > t['degraded']['ssim'] else 'no'}.")
+    if "floor" in log["generation"]:
+        fl = log["generation"]["floor"]
+        lines += ["", "### Generation (Fashion-MNIST, same budget per model)", "",
+                  f"Quality: FCD, the Frechet distance in the 128-d features of a small CNN ({fl['classifier']}) between "
+                  "generated images and the test split; lower is better. Diversity: mean per-pixel std across the images.", "",
+                  "| images | n | sampling steps | FCD | diversity | seconds | paper FID (their data) | grid |", "|---|---|---|---|---|---|---|---|",
+                  f"| train split vs test split (floor) | {a.gen_n} | | {fl['fcd']:.2f} | {fl['diversity']:.3f} | | | |"]
+        for variant, name, _, paper in VARIANTS:
+            g = log["generation"].get(variant)
+            if g:
+                lines.append(f"| {variant} | {g['n']} | {g['steps'] or 'T'} | {g['fcd']:.2f} | {g['diversity']:.3f} | {g['seconds']:.0f} | {paper} | "
+                             f"[grid]({grids}/{g['grid']}) |")
+        pairs = [("blur, broken symmetry", "blur, perfect symmetry", "breaking symmetry"), ("noise, estimated z", "noise, fixed z", "estimated z"),
+                 ("blurdiff quartic f_N=0.14", "DDPM (blurdiff, f = 0)", "blur diffusion"), ("blur, broken symmetry", "noise, estimated z", "cold (blur) generation")]
+        lines += ["", "Findings, computed from the table above:", ""]
+        for x, y, what in pairs:
+            gx, gy = log["generation"].get(x), log["generation"].get(y)
+            if gx and gy:
+                better = gx["fcd"] < gy["fcd"]
+                lines.append(f"- {what}: FCD {gx['fcd']:.2f} ({x}) vs {gy['fcd']:.2f} ({y}): {'helps' if better else 'does not help'} here; "
+                             f"diversity {gx['diversity']:.3f} vs {gy['diversity']:.3f}.")
+    lines += ["", "Training commands (data = the train split at 32 px):", "", "```sh"]
+    lines += [log["train"][k]["command"] for k in log["train"]] + ["```"]
+    return "\n".join(lines)
+
+
+def write_results(path, body, section=""):
+    BEGIN, END = markers(section)
+    text = path.read_text() if path.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1])
+    tmp.replace(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce", help="models, eval outputs, results.json")
+    ap.add_argument("--results", type=Path, default=ROOT / "results", help="folder for the committed grids")
+    ap.add_argument("--results-md", type=Path, default=ROOT / "RESULTS.md")
+    ap.add_argument("--section", default="", help="write this named section of RESULTS.md (for a second budget)")
+    ap.add_argument("--data", help="a folder with train/ and test/ instead of writing them")
+    ap.add_argument("--fashion-mnist-tool", type=Path, default=ROOT.parent / "shared" / "tools" / "fashion_mnist.py")
+    ap.add_argument("--only", default=",".join([*RESTORATION, *GENERATION]), help="comma-separated experiments")
+    ap.add_argument("--net", default="paper")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20000, help="training steps per model (the budget)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--accumulate", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--n", type=int, default=10000, help="test images for the restoration table")
+    ap.add_argument("--gen-n", type=int, default=10000, help="generated images per variant")
+    ap.add_argument("--blurdiff-n", type=int, default=10000, help="generated images for blurdiff/DDPM (1000 steps each)")
+    ap.add_argument("--gen-steps", type=int, default=None, help="Algorithm-2 jumps for cold generation (default: T)")
+    ap.add_argument("--classifier-epochs", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    a.only = set(a.only.split(","))
+    unknown = a.only - {*RESTORATION, *GENERATION}
+    if unknown:
+        ap.error(f"unknown experiments: {', '.join(sorted(unknown))}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    a.results.mkdir(parents=True, exist_ok=True)
+    log_path = a.out / "results.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {"train": {}, "eval": {}, "generation": {}}
+    log.update(argv=sys.argv[1:] if argv is None else list(argv), device=device_name(a.device), torch=torch.__version__,
+               date=time.strftime("%Y-%m-%d"))
+    train_dir, test_dir = prepare_data(a, a.out)
+    train_all(a, a.out, train_dir, log)
+    eval_all(a, a.out, test_dir, log)
+    generation_all(a, a.out, train_dir, test_dir, log)
+    save_log(a.out, log)
+    write_results(a.results_md, report(a, log), a.section)
+    print(f"wrote {a.results_md} and {a.results}/")
+
+
+if __name__ == "__main__":
+    main()

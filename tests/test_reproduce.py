@@ -1,0 +1,46 @@
+import json
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import reproduce  # noqa: E402
+
+
+def test_write_results_replaces_only_the_generated_section(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    (b, e), (b2, e2) = reproduce.markers(), reproduce.markers("long")
+    md.write_text(f"# Results\n\nprose before\n\n{b}\nold table\n{e}\n\nprose after\n\n{b2}\nlong run\n{e2}\n")
+    reproduce.write_results(md, "new table")
+    text = md.read_text()
+    assert "old table" not in text and "new table" in text and "long run" in text
+    assert text.index("prose before") < text.index("new table") < text.index("prose after") < text.index("long run")
+    reproduce.write_results(md, "longer run", "long")
+    assert "long run" not in md.read_text() and "new table" in md.read_text()
+    fresh = tmp_path / "NEW.md"
+    reproduce.write_results(fresh, "first")
+    assert b + "\nfirst\n" + e in fresh.read_text()
+
+
+def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
+    """A tiny budget through every stage: the report's numbers are those eval and generation wrote."""
+    data = fmnist_split[0].parent
+    out, md = tmp_path / "out", tmp_path / "RESULTS.md"
+    args = ["--data", data, "--out", out, "--results", tmp_path / "grids", "--results-md", md, "--only", "blur,blur-gen",
+            "--net", "tiny", "--steps", "2", "--batch", "4", "--n", "6", "--gen-n", "8", "--gen-steps", "3", "--classifier-epochs", "1"]
+    reproduce.main([str(a) for a in args])
+    log = json.loads((out / "results.json").read_text())
+    table = json.loads((out / "eval" / "blur" / "eval.json").read_text())
+    text = md.read_text()
+    assert table["n"] == 6 and f"| {table['degraded']['ssim']:.3f} | {table['degraded']['rmse']:.3f} |" in text
+    assert set(log["generation"]) == {"floor", "blur, broken symmetry", "blur, perfect symmetry"}
+    for variant in ("blur, broken symmetry", "blur, perfect symmetry"):
+        g = log["generation"][variant]
+        assert g["n"] == 8 and f"| {variant} | 8 | 3 | {g['fcd']:.2f} | {g['diversity']:.3f} |" in text
+        assert (tmp_path / "grids" / g["grid"]).stat().st_size > 100
+    assert (tmp_path / "grids" / "restore_blur.png").exists()
+    # A second run finds everything done: nothing retrained, the same numbers.
+    before = (out / "models" / "blur.safetensors").stat().st_mtime_ns
+    reproduce.main([str(a) for a in args])
+    assert (out / "models" / "blur.safetensors").stat().st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text())["eval"] == log["eval"]
