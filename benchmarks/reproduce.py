@@ -141,16 +141,17 @@ def generation_all(a, out, train_dir, test_dir, log):
         "fcd": metrics.frechet_distance(G.features(clf, tr_x[: a.gen_n]), ref), "diversity": float(te_x[: a.gen_n].std(0).mean()),
         "classifier": f"{a.classifier_epochs} epochs on {len(tr_x)} train images, test accuracy {acc:.3f}", "seconds": time.time() - t0}
     for variant, name, option, _ in todo:
-        n = a.blurdiff_n if GENERATION[name][0] == "blurdiff" else a.gen_n
+        reverse = GENERATION[name][0] == "blurdiff"  # Lee et al.'s sampler: all 1000 steps
+        n, steps = (a.blurdiff_n, 1000) if reverse else (a.gen_n, a.gen_steps)
         spec = ":".join([str(out / "models" / f"{name}.safetensors")] + ([option] if option else [])
-                        + ([f"steps={a.gen_steps}"] if a.gen_steps and GENERATION[name][0] != "blurdiff" else []))
+                        + ([f"steps={steps}"] if steps and not reverse else []))
         t1 = time.time()
         images, _ = G.generate(spec, n, device)
         fcd = metrics.frechet_distance(G.features(clf, images.float()), ref[:n])
         grid = a.results / f"generate_{name}{'_' + option if option else ''}.png"
         grid.write_bytes(encode_image(to_uint8(grid_image(images[:64] * 2 - 1, ncol=8))))
         log["generation"][variant] = {"fcd": fcd, "diversity": float(images.std(0).mean()), "n": n, "seconds": time.time() - t1,
-                                      "steps": a.gen_steps if GENERATION[name][0] != "blurdiff" else 1000, "grid": grid.name}
+                                      "steps": steps, "grid": grid.name}
         save_log(out, log)
 
 
