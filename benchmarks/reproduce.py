@@ -80,6 +80,9 @@ def colddiff(*args):
 
 def prepare_data(a, out):
     if a.data:
+        missing = [d for d in (Path(a.data) / "train", Path(a.data) / "test") if not d.is_dir()]
+        if missing:
+            sys.exit(f"reproduce.py: error: {missing[0]}: no such folder (--data needs train/ and test/)")
         return Path(a.data) / "train", Path(a.data) / "test"
     data = out / "data"
     for split in ("train", "test"):
@@ -271,8 +274,11 @@ def main(argv=None):
     log.update(argv=sys.argv[1:] if argv is None else list(argv), device=device_name(a.device), torch=torch.__version__,
                date=time.strftime("%Y-%m-%d"))
     train_dir, test_dir = prepare_data(a, a.out)
-    train_all(a, a.out, train_dir, log)
-    eval_all(a, a.out, test_dir, log)
+    try:
+        train_all(a, a.out, train_dir, log)
+        eval_all(a, a.out, test_dir, log)
+    except subprocess.CalledProcessError as e:  # colddiff has printed its one-line error
+        sys.exit(f"reproduce.py: error: `colddiff {e.cmd[3]}` failed (exit {e.returncode}); finished stages are kept in {a.out}")
     generation_all(a, a.out, train_dir, test_dir, log)
     save_log(a.out, log)
     write_results(a.results_md, report(a, log), a.section)
