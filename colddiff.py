@@ -179,6 +179,7 @@ def train(
     batch: int = typer.Option(32, "--batch", help="Images per step per device."),
     accumulate: int = typer.Option(2, "--accumulate", help="Gradient accumulation (batches per step)."),
     lr: float = typer.Option(2e-5, "--lr"),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant (the papers) or cosine (decays to 0 at --steps)."),
     ema_decay: float = typer.Option(0.995, "--ema-decay"),
     ema_every: int = typer.Option(10, "--ema-every"),
     ema_start: int = typer.Option(2000, "--ema-start", help="EMA copies the model until this step."),
@@ -210,6 +211,8 @@ def train(
         raise UserError(f"--size must be at least 8, got {size}")
     if not lr > 0:
         raise UserError(f"--lr must be positive, got {lr}")
+    if lr_schedule not in training.LR_SCHEDULES:
+        raise UserError(f"unknown --lr-schedule {lr_schedule!r}; choose from {', '.join(training.LR_SCHEDULES)}")
     for name, v in (("--gmm-components", gmm_components), ("--steps", steps), ("--batch", batch), ("--accumulate", accumulate), ("--save-every", save_every), ("--sample-every", sample_every), ("--ema-every", ema_every)):
         if v < 1:
             raise UserError(f"{name} must be at least 1, got {v}")
@@ -231,7 +234,7 @@ def train(
     if op == "animorph":
         operator.source = load_source(source, dev)
     cfg = training.TrainConfig(
-        steps=steps, batch=batch, accumulate=accumulate, lr=lr, ema_decay=ema_decay, ema_every=ema_every,
+        steps=steps, batch=batch, accumulate=accumulate, lr=lr, lr_schedule=lr_schedule, ema_decay=ema_decay, ema_every=ema_every,
         ema_start=ema_start, save_every=save_every, sample_every=sample_every, augment=augment, seed=seed, compile=compile,
         gmm_components=gmm_components, sampling_steps=sampling_steps,
     )

@@ -174,6 +174,7 @@ class TrainConfig:
     batch: int = 32
     accumulate: int = 2
     lr: float = 2e-5
+    lr_schedule: str = "constant"  # the papers'; "cosine" decays to 0 at `steps` (for short budgets)
     ema_decay: float = 0.995
     ema_every: int = 10
     ema_start: int = 2000
@@ -302,6 +303,8 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         with progress_bar(rank == 0) as bar:
             task = bar.add_task("training", total=cfg.steps, completed=step, loss=float("nan"), rate=0.0)
             while step < cfg.steps:
+                for group in opt.param_groups:  # set every step, so a resumed run follows the schedule
+                    group["lr"] = learning_rate(step + 1, cfg)
                 total = train_step(data, rng)
                 if not math.isfinite(total):
                     raise Stop(1, f"loss became {total} at step {step + 1}; stopped, the last good checkpoint is kept")
@@ -344,6 +347,16 @@ def x0_from_eps(op, xt, t, eps):
     abar = op.log_abar(t, *xt.shape[-2:]).exp()
     c = (op.to_dct(xt) - (1 - abar).sqrt() * op.to_dct(eps)) / abar.sqrt().clamp(min=1e-3)
     return op.from_dct(c).clamp(-1, 1)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """The lr of optimizer step `step` (1-based): constant, or a half cosine from lr to 0 at cfg.steps."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step - 1, cfg.steps) / cfg.steps))
+    return cfg.lr
 
 
 def make_step(model, opt, op, cfg: TrainConfig, device):

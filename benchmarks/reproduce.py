@@ -23,12 +23,14 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -96,7 +98,7 @@ def prepare_data(a, out):
 
 def train_args(a):
     return ["--net", a.net, "--size", a.size, "--steps", a.steps, "--batch", a.batch, "--accumulate", a.accumulate,
-            "--lr", a.lr, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps]
+            "--lr", a.lr, "--lr-schedule", a.lr_schedule, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps]
 
 
 def train_all(a, out, train_dir, log):
@@ -109,11 +111,18 @@ def train_all(a, out, train_dir, log):
         if model.exists() and T.load_model(str(model), "cpu")[2]["step"] >= a.steps:
             continue
         model.parent.mkdir(parents=True, exist_ok=True)
-        resume = ["--resume"] if model.exists() else []
-        cmd, secs = colddiff("train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model, *resume)
-        cmd = cmd.replace(str(model), f"{name}.safetensors").replace(str(train_dir), "fmnist-train")
-        log["train"][name] = {"command": cmd, "seconds": done["seconds"] + secs}
-        save_log(out, log)
+        args = ["train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model]
+        shown = " ".join(["colddiff", *map(str, args)]).replace(str(model), f"{name}.safetensors").replace(str(train_dir), "fmnist-train")
+        t0 = time.time()
+        try:
+            colddiff(*args, *(["--resume"] if model.exists() else []))
+        finally:  # an interrupted run's time counts too: the next call resumes it
+            log["train"][name] = {"command": shown, "seconds": done["seconds"] + time.time() - t0}
+            log["eval"].pop(name, None)  # the model changed: its results are stale
+            for variant, model_name, *_ in VARIANTS:
+                if model_name == name:
+                    log["generation"].pop(variant, None)
+            save_log(out, log)
 
 
 def eval_all(a, out, test_dir, log):
@@ -136,13 +145,24 @@ def generation_all(a, out, train_dir, test_dir, log):
     t0 = time.time()
     tr_x, tr_y = G.load_labelled(train_dir, None, a.size)
     te_x, te_y = G.load_labelled(test_dir, None, a.size)
-    clf = G.train_classifier(tr_x, tr_y, a.classifier_epochs)
-    with torch.no_grad():
-        acc = float((clf(te_x).argmax(1) == te_y).float().mean())
+    # every variant, resumed or not, is scored by the one classifier that scored the floor
+    clf_path = out / "classifier.safetensors"
+    if clf_path.exists() and "floor" in log["generation"]:
+        clf = G.Classifier(a.size)
+        clf.load_state_dict(safetensors.torch.load_file(str(clf_path)))
+        clf.eval()
+    else:
+        clf = G.train_classifier(tr_x, tr_y, a.classifier_epochs)
+        with torch.no_grad():
+            acc = float((clf(te_x).argmax(1) == te_y).float().mean())
+        log["generation"] = {"floor": {
+            "fcd": metrics.frechet_distance(G.features(clf, tr_x[: a.gen_n]), G.features(clf, te_x[: a.gen_n])),
+            "diversity": float(te_x[: a.gen_n].std(0).mean()),
+            "classifier": f"{a.classifier_epochs} epochs on {len(tr_x)} train images, test accuracy {acc:.3f}", "seconds": time.time() - t0}}
+        safetensors.torch.save_file(clf.state_dict(), str(clf_path))
+        save_log(out, log)
+        todo = [v for v in VARIANTS if v[1] in a.only]
     ref = G.features(clf, te_x[: a.gen_n])
-    log["generation"]["floor"] = {
-        "fcd": metrics.frechet_distance(G.features(clf, tr_x[: a.gen_n]), ref), "diversity": float(te_x[: a.gen_n].std(0).mean()),
-        "classifier": f"{a.classifier_epochs} epochs on {len(tr_x)} train images, test accuracy {acc:.3f}", "seconds": time.time() - t0}
     for variant, name, option, _ in todo:
         reverse = GENERATION[name][0] == "blurdiff"  # Lee et al.'s sampler: all 1000 steps
         n, steps = (a.blurdiff_n, 1000) if reverse else (a.gen_n, a.gen_steps)
@@ -176,10 +196,10 @@ def report(a, log):
     """The generated section of RESULTS.md: every number below comes from results.json."""
     f3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     grids = Path(os.path.relpath(a.results, a.results_md.parent)).as_posix()
-    lines = [f"Run: `python benchmarks/reproduce.py {' '.join(log['argv'])}`  ",
+    lines = [f"Run: `python benchmarks/reproduce.py {shlex.join(log['argv'])}`  ",
              f"Device: {log['device']}; torch {log['torch']}; {log['date']}.  ",
              f"Budget per model: {a.steps} steps × batch {a.batch} × {a.accumulate} accumulation, `{a.net}` network "
-             f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr}, {a.size}×{a.size} px.",
+             f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr} ({a.lr_schedule}), {a.size}×{a.size} px.",
              "", "### Restoration (Fashion-MNIST test split; the papers: MNIST, App. C of the report)", "",
              "| operator | n | source | degraded FID | SSIM | RMSE | Algorithm 2 FID | SSIM | RMSE | direct FID | SSIM | RMSE | direct/degraded SSIM | train s | eval s | grid |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -256,6 +276,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr-schedule", default="constant", help="constant (the papers) or cosine (decays to 0 at --steps)")
     ap.add_argument("--n", type=int, default=10000, help="test images for the restoration table")
     ap.add_argument("--gen-n", type=int, default=10000, help="generated images per variant")
     ap.add_argument("--blurdiff-n", type=int, default=10000, help="generated images for blurdiff/DDPM (1000 steps each)")
@@ -279,6 +300,9 @@ def main(argv=None):
         eval_all(a, a.out, test_dir, log)
     except subprocess.CalledProcessError as e:  # colddiff has printed its one-line error
         sys.exit(f"reproduce.py: error: `colddiff {e.cmd[3]}` failed (exit {e.returncode}); finished stages are kept in {a.out}")
+    except KeyboardInterrupt:
+        print(f"reproduce.py: interrupted; finished stages are kept in {a.out}, rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
     generation_all(a, a.out, train_dir, test_dir, log)
     save_log(a.out, log)
     write_results(a.results_md, report(a, log), a.section)

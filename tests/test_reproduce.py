@@ -44,3 +44,19 @@ def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
     reproduce.main([str(a) for a in args])
     assert (out / "models" / "blur.safetensors").stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text())["eval"] == log["eval"]
+    # A longer budget and one more experiment: the retrained models are scored again, by the same
+    # classifier (same floor), and the new model's variants join the table.
+    clf = (out / "classifier.safetensors").stat().st_mtime_ns
+    evaluated = (out / "eval" / "blur" / "eval.json").stat().st_mtime_ns
+    args[args.index("--steps") + 1] = "3"
+    args[args.index("--only") + 1] = "blur,blur-gen,noise"
+    reproduce.main([str(a) for a in args])
+    longer = json.loads((out / "results.json").read_text())
+    assert (out / "classifier.safetensors").stat().st_mtime_ns == clf
+    assert longer["generation"]["floor"] == log["generation"]["floor"]
+    assert {"noise, estimated z", "noise, fixed z", "blur, broken symmetry"} <= set(longer["generation"])
+    assert longer["train"]["blur"]["seconds"] > log["train"]["blur"]["seconds"]
+    assert "--resume" not in longer["train"]["blur"]["command"] and "--steps 3" in longer["train"]["blur"]["command"]
+    assert (out / "eval" / "blur" / "eval.json").stat().st_mtime_ns != evaluated
+    table = json.loads((out / "eval" / "blur" / "eval.json").read_text())
+    assert longer["eval"]["blur"]["table"] == table and f"| {table['sampled']['ssim']:.3f} |" in md.read_text()

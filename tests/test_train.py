@@ -55,6 +55,29 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_cosine_schedule_survives_an_interrupt_exactly(tmp_path):
+    cfg = small_cfg(lr_schedule="cosine", sample_every=4)
+    lrs = [T.learning_rate(s, cfg) for s in range(1, cfg.steps + 1)]
+    assert lrs[0] == cfg.lr and all(a > b for a, b in zip(lrs, lrs[1:])) and 0 < lrs[-1] < 0.05 * cfg.lr
+    assert T.learning_rate(cfg.steps // 2 + 1, cfg) == pytest.approx(cfg.lr / 2)
+    assert {T.learning_rate(s, small_cfg()) for s in (1, 5, 8)} == {small_cfg().lr}  # the papers': constant
+    data = T.load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:40]
+    op = operators.make_operator("blur", "mnist")
+    straight = T.train(data, op, "tiny", str(tmp_path / "a.safetensors"), cfg, torch.device("cpu"), resume=False, log=lambda m: None)
+
+    def ctrl_c_at_step_4(message):
+        if message.startswith("step 4/"):
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(T.Stop) as stopped:
+        T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), cfg, torch.device("cpu"), resume=False, log=ctrl_c_at_step_4)
+    assert stopped.value.code == 128 + signal.SIGINT
+    resumed = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), cfg, torch.device("cpu"), resume=True, log=lambda m: None)
+    assert resumed.losses == pytest.approx(straight.losses[4:], rel=1e-5, abs=1e-6)
+    for (k, va), vb in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_foreign_and_corrupt_files_rejected(tmp_path, blur_model):
     from safetensors.torch import save_file
 
@@ -85,6 +108,7 @@ def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tm
     (["--net", "huge"], "unknown network preset"),
     (["--size", "0"], "--size must be at least 8"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--lr-schedule", "linear"], "unknown --lr-schedule"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--channels", "2"], "--channels must be 1 or 3"),
 ])
