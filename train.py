@@ -355,7 +355,7 @@ LR_SCHEDULES = ("constant", "cosine")
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """The lr of optimizer step `step` (1-based): constant, or a half cosine from lr to 0 at cfg.steps."""
     if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step - 1, cfg.steps) / cfg.steps))
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / cfg.steps))
     return cfg.lr
 
 
