@@ -15,8 +15,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 STDIO = "-"
 
 
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 1."""
+from common import UserError
 
 
 def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
@@ -155,3 +154,56 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
         more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
         raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
     return dests
+
+
+def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple[bool, list[str]]:
+    """generate's outputs: (True, one path per image) for `-o DIR/` or an existing folder, else
+    (False, [the grid's path or - for stdout]); checked before anything is written."""
+    if out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()):
+        dests = [str(Path(out) / name) for name in names]
+        clash = [d for d in dests if Path(d).exists()]
+        if clash and not force:
+            raise UserError(f"{clash[0]}: output exists; pass --force to overwrite")
+        return True, dests
+    if out is None or out == STDIO:
+        if out is None and sys.stdout.isatty():
+            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
+        return False, [STDIO]
+    if Path(out).exists() and not force:
+        raise UserError(f"{out}: output exists; pass --force to overwrite")
+    return False, [out]
+
+
+def load_folder(folder: str, size: int | None, channels: int | None):
+    """Every image of a folder as one uint8 tensor (N, C, S, S) (or the images' own size)."""
+    import torch
+
+    if channels not in (None, 1, 3):
+        raise UserError(f"--channels must be 1 or 3, got {channels}")
+    if size is not None and size < 8:
+        raise UserError(f"--size must be at least 8, got {size}")
+    items = find_images([folder])
+    first = read_image(items[0][0], channels)
+    C = channels or first.shape[0]
+    imgs = []
+    for src, _, _ in items:
+        im = read_image(src, C)
+        if size is not None and im.shape[-2:] != (size, size):
+            im = resize_square(im, size)
+        elif size is None and im.shape != first.shape:
+            raise UserError(f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}; pass --size to resize all")
+        imgs.append(im)
+    return torch.stack(imgs)
+
+
+def resize_square(im, size: int):
+    """Resize the short side to `size` and centre-crop (uint8 in, uint8 out)."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = im.shape[-2:]
+    s = size / min(H, W)
+    h, w = max(size, round(H * s)), max(size, round(W * s))
+    x = F.interpolate(im[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)

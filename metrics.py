@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import ImageRNG, UserError
+
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
 
@@ -29,7 +31,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, size: int = 
     C = x.shape[1]
     g = _window(size, sigma, x.device)
     if min(x.shape[-2:]) < size:
-        raise ValueError(f"SSIM needs images of at least {size} px, got {tuple(x.shape[-2:])}")
+        raise UserError(f"SSIM needs images of at least {size} px, got {tuple(x.shape[-2:])}")
 
     def blur(z):
         z = F.conv2d(z, g.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
@@ -107,30 +109,30 @@ def fid_available(explicit: str | None = None) -> tuple[bool, str]:
     return True, ""
 
 
-def evaluate(restore, op, x0, sampler, steps, z, draw_hidden, batch, device, fid_weights=None):
+def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None):
     """The papers' restoration table for clean images x0 (N, C, H, W) in [-1, 1].
 
-    Degrades each image to T with its own hidden randomness (`draw_hidden(x, i)`), restores it
-    with `direct` and `sampler`, and scores degraded / sampled / direct against the originals.
-    Returns (table, columns); columns hold the images in [0, 1], originals included."""
-    import operators
+    Degrades image i to T with its own hidden randomness (ImageRNG.numbered(seed, i)), restores
+    it with `direct` and `sampling` (samplers.Sampling), and scores degraded / sampled / direct
+    against the originals. Returns (table, columns); columns hold the images in [0, 1]."""
     import samplers
 
+    op = sampling.op
     xt, direct, sampled = [], [], []
     for i in range(0, len(x0), batch):
         x = x0[i : i + batch].to(device)
-        hidden = operators.cat_hidden([draw_hidden(x[j : j + 1], i + j) for j in range(len(x))])
+        hidden = ImageRNG.numbered(seed, i, len(x)).draw(op, x)
         x_t = op.apply(x, torch.full((len(x),), op.T, device=device), hidden)
         xt.append(x_t.cpu())
-        direct.append(samplers.sample("direct", restore, op, x_t, op.T, hidden, None, z).cpu())
-        sampled.append(samplers.sample(sampler, restore, op, x_t, op.T, hidden, steps, z).cpu())
+        direct.append(samplers.sample("direct", sampling.restore, op, x_t, op.T, hidden).cpu())
+        sampled.append(sampling(x_t, op.T, hidden).cpu())
     unit = lambda xs: (torch.cat(xs).float().clamp(-1, 1) + 1) / 2  # noqa: E731
     columns = {"degraded": unit(xt), "sampled": unit(sampled), "direct": unit(direct), "original": unit([x0])}
     fid_ok, why = fid_available(fid_weights)
     if fid_ok:
         weights = fid_weights_path(fid_weights)
         ref_feats = inception_features(columns["original"], weights, device)
-    table = {"sampler": sampler, "steps": steps, "z": z, "n": len(x0), "T": op.T, "fid_available": fid_ok, "fid_note": why}
+    table = {"sampler": sampling.sampler, "steps": sampling.steps, "z": sampling.z, "n": len(x0), "T": op.T, "fid_available": fid_ok, "fid_note": why}
     for name in ("degraded", "sampled", "direct"):
         imgs = columns[name]
         fid = frechet_distance(inception_features(imgs, weights, device), ref_feats) if fid_ok else None

@@ -1,11 +1,28 @@
 """The degradations D(x0, t) of cold diffusion (Bansal et al.), one small class each.
 
-Every operator shares one interface:
+An operator is the unit of a method: it says how images degrade, what the network R predicts
+and how R is trained, which samplers apply, and, for generative operators, how x_T is drawn.
+samplers.py, train.py, generation.py and colddiff.py hold no operator names; adding an operator
+is one class here plus one entry in OPERATORS.
 
     op.T, op.name, op.params()          plain data, saved in checkpoints
     hidden = op.draw(x0, generator)     the operator's hidden randomness per image (or None)
-    x_t = op.apply(x0, t, hidden)       deterministic given `hidden`
+    x_t = op.apply(x0, t, hidden)       deterministic given `hidden`; a random operator
+                                        refuses to run without it (no silent global draws)
     x_t = op.degrade(x0, t, generator)  = op.apply(x0, t, op.draw(x0, generator))
+
+    op.predicts, op.loss(pred, x0, hidden), op.x0_hat(x_t, t, pred)
+                                        what R predicts ("x0", or "eps" for blurdiff), the
+                                        training loss, and x0 recovered from R's output
+    op.default_sampler, op.z_modes      the sampler used when none is named (the samplers whose
+                                        `predicts` matches apply), and the z modes it accepts
+                                        (the first is the default)
+    op.min_size()                       the smallest image side it accepts
+    op.needs_source                     animorph: z images come from a folder (--source)
+    op.generation, op.prior             generative operators: how x_T is drawn (for help
+                                        texts) and what the fitted GMM prior is over (or None)
+    op.prior_features(x0), op.start(shape, generator, features, break_noise)
+                                        the prior's training features, and (x_T, hidden)
 
 Images are (B, C, H, W) in [-1, 1]; `t` is a long tensor with one step per image. One call
 handles the whole batch: no Python loop over the batch or over diffusion steps (pixelate's
@@ -24,11 +41,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from common import UserError
+
 Hidden = dict[str, torch.Tensor] | None
-
-
-class OperatorError(ValueError):
-    """A bad operator name, preset, parameter or step: the message is meant for the user."""
 
 
 @dataclass
@@ -36,11 +51,12 @@ class Operator:
     name = "operator"
     PRESETS: ClassVar[dict[str, dict]] = {}
     DEFAULT_PRESET = ""
-    # noise, animorph and colour interpolate towards a `z`: their samplers may re-estimate it
-    interpolates = False
-    # what R predicts and how it is trained: x0 with L1 (cold diffusion) or eps with MSE (blurdiff)
-    objective = "x0_l1"
+    predicts = "x0"
     default_sampler = "tacos"
+    z_modes: ClassVar[tuple[str, ...]] = ("fixed",)  # interpolation operators add "estimated"
+    needs_source = False
+    generation: ClassVar[str | None] = None
+    prior: ClassVar[str | None] = None
     T: int = 1
 
     def params(self) -> dict:
@@ -55,15 +71,54 @@ class Operator:
     def degrade(self, x0, t, generator=None):
         return self.apply(x0, t, self.draw(x0, generator))
 
+    def needs(self, hidden: Hidden) -> dict:
+        """`hidden`, or a TypeError: a forgotten draw must not fall back to the global RNG."""
+        if hidden is None:
+            raise TypeError(f"{self.name}.apply needs its hidden randomness: pass hidden=op.draw(x0, generator)")
+        return hidden
+
     def check_t(self, x0: torch.Tensor, t) -> torch.Tensor:
         t = torch.as_tensor(t, device=x0.device, dtype=torch.long)
         if t.ndim == 0:
             t = t.expand(x0.shape[0])
         if t.shape != (x0.shape[0],):
-            raise OperatorError(f"t must hold one step per image, got shape {tuple(t.shape)}")
+            raise UserError(f"t must hold one step per image, got shape {tuple(t.shape)}")
         if bool(((t < 0) | (t > self.T)).any()):
-            raise OperatorError(f"t must be in 0..{self.T} for {self.name}, got {t.tolist()}")
+            raise UserError(f"t must be in 0..{self.T} for {self.name}, got {t.tolist()}")
         return t
+
+    def min_size(self) -> int:
+        return 8
+
+    def loss(self, pred: torch.Tensor, x0: torch.Tensor, hidden: Hidden) -> torch.Tensor:
+        """Cold diffusion's training loss: |R(D(x0, t), t) - x0|, L1 on x0."""
+        return (pred - x0).abs().mean()
+
+    def x0_hat(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return pred
+
+    def prior_features(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """(N, D) features the generation prior is fitted to, or None when x_T needs no fit."""
+        return None
+
+    def start(self, shape, generator: torch.Generator, features=None, break_noise: float = 0.0):
+        """(x_T, hidden) for one generated image of `shape` (1, C, H, W), every draw from
+        `generator`. The default suits operators whose x_T = D(0, T) forgets x0 entirely."""
+        if self.generation is None:
+            names = ", ".join(n for n, c in OPERATORS.items() if c.generation)
+            raise UserError(f"{self.name} does not generate: its x_T keeps information about x0 (generative: {names})")
+        zeros = torch.zeros(shape)
+        hidden = self.draw(zeros, generator)
+        return self.apply(zeros, torch.full((1,), self.T), hidden), hidden
+
+
+OPERATORS: dict[str, type[Operator]] = {}
+
+
+def register(cls):
+    """The registry entry of an operator class: `--op NAME` finds it, checkpoints rebuild it."""
+    OPERATORS[cls.name] = cls
+    return cls
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +148,7 @@ def blur_sigmas(schedule: str, s: float, T: int) -> list[float]:
         "cifar": lambda: 0.35 + (i - 1) / 100,
     }
     if schedule not in sig:
-        raise OperatorError(f"unknown blur schedule {schedule!r}; choose from {', '.join(sig)}")
+        raise UserError(f"unknown blur schedule {schedule!r}; choose from {', '.join(sig)}")
     return sig[schedule]().tolist()
 
 
@@ -135,6 +190,7 @@ def filter_basis(n: int, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(cols, 1), torch.tensor(freq)
 
 
+@register
 @dataclass
 class Blur(Operator):
     """Gaussian deblurring: D(x0, t) = G_t * ... * G_1 * x0, in one shot.
@@ -156,12 +212,12 @@ class Blur(Operator):
 
     def __post_init__(self):
         if self.padding not in ("circular", "reflect"):
-            raise OperatorError(f"blur padding must be circular or reflect, got {self.padding!r}")
+            raise UserError(f"blur padding must be circular or reflect, got {self.padding!r}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise OperatorError(f"blur kernel_size must be odd and positive, got {self.kernel_size}")
+            raise UserError(f"blur kernel_size must be odd and positive, got {self.kernel_size}")
         sigmas = blur_sigmas(self.schedule, self.sigma, self.T)
         if min(sigmas) <= 0:
-            raise OperatorError(f"blur sigmas must be positive; {self.schedule} with sigma={self.sigma} gives {min(sigmas)}")
+            raise UserError(f"blur sigmas must be positive; {self.schedule} with sigma={self.sigma} gives {min(sigmas)}")
         self.kernels = [gaussian_kernel1d(self.kernel_size, s) for s in sigmas]
         self._axes: dict = {}
 
@@ -191,6 +247,24 @@ class Blur(Operator):
             xt = torch.where(_per_image(t == self.T), xt.mean((-2, -1), keepdim=True), xt)
         return torch.where(_per_image(t == 0), x, xt).to(x0.dtype)
 
+    generation = "a colour from a Gaussian mixture over the per-channel means (generation preset)"
+
+    @property
+    def prior(self):
+        return "channel_means" if self.flat_last else None
+
+    def prior_features(self, x0):
+        # x_T of the generation preset is the per-channel mean: the prior is fitted to x_T itself
+        return x0.float().mean((-2, -1)) if self.flat_last else None
+
+    def start(self, shape, generator, features=None, break_noise=0.0):
+        if not self.flat_last:
+            raise UserError("blur generation needs a model trained with --preset generation (its x_T is a flat colour)")
+        x_T = features.view(1, shape[1], 1, 1).expand(shape).clone()
+        if break_noise > 0:
+            x_T = x_T + break_noise * torch.randn(x_T.shape, generator=generator)  # added once, to x_T only
+        return x_T, None
+
 
 Blur.PRESETS = {
     "mnist": dict(T=20, kernel_size=11, schedule="constant", sigma=7.0, padding="circular"),
@@ -219,6 +293,7 @@ def _mask_table(T: int, std: float, init: float, h: int, w: int, reverse: bool) 
     return torch.cat([torch.ones(1, h, w, dtype=torch.float64), torch.cumprod(m, 0)])
 
 
+@register
 @dataclass
 class Mask(Operator):
     """Gaussian-mask inpainting: D(x0, t) = x0 * m_1 * ... * m_t (masked pixels go to 0, mid-grey).
@@ -237,7 +312,7 @@ class Mask(Operator):
 
     def __post_init__(self):
         if self.std <= 0 or self.init <= 0:  # sigma_i = std (i - 1 + init) must be positive
-            raise OperatorError(f"{self.name} needs std > 0 and init > 0, got std={self.std}, init={self.init}")
+            raise UserError(f"{self.name} needs std > 0 and init > 0, got std={self.std}, init={self.init}")
         self._tables: dict = {}
 
     def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -266,9 +341,8 @@ class Mask(Operator):
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
-        hidden = hidden or self.draw(x0)
         x = _float(x0)
-        return (x * self.alpha(t, hidden["centre"], *x.shape[-2:])).to(x0.dtype)
+        return (x * self.alpha(t, self.needs(hidden)["centre"], *x.shape[-2:])).to(x0.dtype)
 
 
 Mask.PRESETS = {
@@ -278,6 +352,7 @@ Mask.PRESETS = {
 }
 
 
+@register
 @dataclass
 class Colour(Mask):
     """Mask filled with a random colour, for generation: D = alpha_t x0 + (1 - alpha_t) c.
@@ -287,7 +362,8 @@ class Colour(Mask):
 
     name = "colour"
     DEFAULT_PRESET = "generation"
-    interpolates = True
+    z_modes = ("fixed", "estimated")
+    generation = "a random flat colour"
     T: int = 750
     std: float = 0.05
     init: float = 1.0
@@ -305,7 +381,7 @@ class Colour(Mask):
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
-        hidden = hidden or self.draw(x0)
+        hidden = self.needs(hidden)
         a = self.alpha(t, hidden["centre"], *x0.shape[-2:])
         return (a * _float(x0) + (1 - a) * hidden["z"]).to(x0.dtype)
 
@@ -323,6 +399,7 @@ Colour.PRESETS = {
 # ----------------------------------------------------------------------------- pixelate
 
 
+@register
 @dataclass
 class Pixelate(Operator):
     """Super-resolution: step i downsamples to size/2^i (bicubic, no antialias) and upsamples
@@ -333,20 +410,36 @@ class Pixelate(Operator):
 
     name = "pixelate"
     DEFAULT_PRESET = "mnist"
+    generation = "a low-resolution image from a Gaussian mixture over the downsampled images"
+    prior = "downsampled"
     T: int = 3
+
+    def min_size(self):
+        return max(8, 2**self.T)
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
         x = _float(x0)
         H, W = x.shape[-2:]
         if H >> self.T < 1 or W >> self.T < 1:
-            raise OperatorError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {H}x{W}")
+            raise UserError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {H}x{W}")
         levels = [x]
         for i in range(1, int(t.max()) + 1):
             small = F.interpolate(levels[-1], size=(H >> i, W >> i), mode="bicubic", align_corners=False, antialias=False)
             levels.append(F.interpolate(small, size=(H, W), mode="nearest-exact"))
         levels = torch.stack(levels)  # (t_max+1, B, C, H, W)
         return levels[t, torch.arange(x.shape[0], device=x.device)].to(x0.dtype)
+
+    def prior_features(self, x0):
+        H, W = x0.shape[-2:]
+        x_T = self.apply(x0.float(), torch.full((len(x0),), self.T, device=x0.device))
+        return x_T[..., :: 2**self.T, :: 2**self.T][..., : H >> self.T, : W >> self.T].flatten(1)
+
+    def start(self, shape, generator, features=None, break_noise=0.0):
+        C, H, W = shape[1:]
+        small = features.view(1, C, H >> self.T, W >> self.T)
+        big = F.interpolate(small, size=((H >> self.T) * 2**self.T, (W >> self.T) * 2**self.T), mode="nearest")
+        return big[..., :H, :W].contiguous(), None
 
 
 Pixelate.PRESETS = {
@@ -372,6 +465,7 @@ def _ramp(start: float, end: float, t: torch.Tensor, T: int) -> torch.Tensor:
     return start + (end - start) * (t.double() - 1).clamp(min=0) / max(T - 1, 1)
 
 
+@register
 @dataclass
 class Snow(Operator):
     """ImageNet-C snowification, procedural and non-cumulative, built in torch on x0's device.
@@ -389,7 +483,7 @@ class Snow(Operator):
 
     def __post_init__(self):
         if self.level not in SNOW_LEVELS:
-            raise OperatorError(f"snow level must be one of 1..4, got {self.level}")
+            raise UserError(f"snow level must be one of 1..4, got {self.level}")
 
     def draw(self, x0, generator=None):
         B, _, H, W = x0.shape
@@ -426,8 +520,7 @@ class Snow(Operator):
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
-        hidden = hidden or self.draw(x0)
-        s = self.snow_layer(t, hidden)
+        s = self.snow_layer(t, self.needs(hidden))
         x = (_float(x0) + 1) / 2
         x = (x + s + s.flip(-2, -1)).clamp(0, 1)
         return torch.where(_per_image(t == 0), _float(x0), x * 2 - 1).to(x0.dtype)
@@ -442,6 +535,7 @@ Snow.PRESETS = {
 # ----------------------------------------------------------------------------- desaturate
 
 
+@register
 @dataclass
 class Desaturate(Operator):
     """Colour removal: x_t = x0 + (t/T) (mean_c - x0); colour falls linearly, grey at T."""
@@ -470,6 +564,7 @@ def cosine_alpha_bar(T: int, s: float = 0.008) -> torch.Tensor:
     return (f / f[0]).clamp(0, 1)
 
 
+@register
 @dataclass
 class Noise(Operator):
     """Deterministic noise ('hot' baseline): D = sqrt(abar_t) x0 + sqrt(1 - abar_t) z, z ~ N(0, I)
@@ -477,7 +572,8 @@ class Noise(Operator):
 
     name = "noise"
     DEFAULT_PRESET = "default"
-    interpolates = True
+    z_modes = ("estimated", "fixed")  # estimated: the DDIM choice
+    generation = "z ~ N(0, I)"
     T: int = 200
     cosine_s: float = 0.008
 
@@ -492,14 +588,14 @@ class Noise(Operator):
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
-        hidden = hidden or self.draw(x0)
         a, b = self.coefficients(t, x0)
-        return (a * _float(x0) + b * hidden["z"]).to(x0.dtype)
+        return (a * _float(x0) + b * self.needs(hidden)["z"]).to(x0.dtype)
 
 
 Noise.PRESETS = {"default": dict(T=200, cosine_s=0.008)}
 
 
+@register
 @dataclass
 class Animorph(Noise):
     """Noise whose z is an image of a second set (faces into animals and back).
@@ -507,6 +603,8 @@ class Animorph(Noise):
     `source` is a (N, C, H, W) tensor of those images in [-1, 1]; `draw` picks one per image."""
 
     name = "animorph"
+    needs_source = True
+    generation = "an image of --source"
     source: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def params(self):
@@ -516,7 +614,7 @@ class Animorph(Noise):
 
     def draw(self, x0, generator=None):
         if self.source is None or len(self.source) == 0:
-            raise OperatorError("animorph needs a folder of source images (--source DIR)")
+            raise UserError("animorph needs a folder of source images (--source DIR)")
         idx = torch.randint(len(self.source), (x0.shape[0],), generator=generator)
         z = self.source[idx].float()
         if z.shape[1] != x0.shape[1]:  # grey <-> colour
@@ -529,118 +627,15 @@ class Animorph(Noise):
 Animorph.PRESETS = {"default": dict(T=200, cosine_s=0.008)}
 
 
-# ----------------------------------------------------------------------------- blur diffusion
-
-
-def dct_matrix(n: int) -> torch.Tensor:
-    """Orthonormal DCT-II, (n, n) float64: C @ x are the coefficients, C.T @ c inverts exactly."""
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    j = torch.arange(n, dtype=torch.float64)[None, :]
-    C = torch.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2 / n)
-    C[0] /= math.sqrt(2)
-    return C
-
-
-@dataclass
-class BlurDiff(Operator):
-    """Blur diffusion (Lee et al., Progressive Deblurring of Diffusion Models).
-
-    A Gaussian diffusion in the orthonormal 2-D DCT basis U, where blur with symmetric
-    boundaries is diagonal: d_kl = lambda_k lambda_l, lambda_k = sum_j g_j cos(j pi k / n), g the
-    sampled 3-tap Gaussian of sigma 0.4 px. A_i = (1 - beta_i) d^(2 f(i)), Abar_t = prod A_i, and
-    x_t = U(Abar_t^1/2 . U^T x0 + (1 - Abar_t)^1/2 . U^T eps) in one shot for any t (log Abar_t is
-    a per-image scalar pair applied to log d). The same U acts on every channel, so colour is
-    blurred identically per channel. f = 0 (`ddpm`) is plain DDPM. The network predicts eps."""
-
-    name = "blurdiff"
-    DEFAULT_PRESET = "quartic"
-    objective = "eps_mse"
-    default_sampler = "reverse"
-    T: int = 1000
-    schedule: str = "quartic"
-    f_max: float = 0.14
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    blur_sigma: float = 0.4
-
-    def __post_init__(self):
-        if self.schedule not in ("log", "quartic"):
-            raise OperatorError(f"blurdiff schedule must be log or quartic, got {self.schedule!r}")
-        i = torch.arange(1, self.T + 1, dtype=torch.float64)
-        betas = torch.linspace(self.beta_start, self.beta_end, self.T, dtype=torch.float64)
-        f = self.f_max * (torch.log(i) / math.log(self.T) if self.schedule == "log" else (i / self.T) ** 4)
-        zero = torch.zeros(1, dtype=torch.float64)
-        self.log_alpha = torch.log1p(-betas)  # per step
-        self.f = f
-        self.cum_log_alpha = torch.cat([zero, torch.cumsum(self.log_alpha, 0)])  # (T+1,)
-        self.cum_f = torch.cat([zero, torch.cumsum(f, 0)])
-        self._axes: dict = {}
-
-    def axis(self, n: int, device):
-        """(C, log lambda) of one axis: the DCT matrix and the log of the blur's eigenvalues."""
-        key = (n, str(device))
-        if key not in self._axes:
-            g = gaussian_kernel1d(3, self.blur_sigma)
-            lam = g[1] + 2 * g[0] * torch.cos(math.pi * torch.arange(n, dtype=torch.float64) / n)
-            self._axes[key] = (dct_matrix(n).float().to(device), lam.log().float().to(device))
-        return self._axes[key]
-
-    def to_dct(self, x):
-        Ch, _ = self.axis(x.shape[-2], x.device)
-        Cw, _ = self.axis(x.shape[-1], x.device)
-        return Ch @ x @ Cw.T
-
-    def from_dct(self, c):
-        Ch, _ = self.axis(c.shape[-2], c.device)
-        Cw, _ = self.axis(c.shape[-1], c.device)
-        return Ch.T @ c @ Cw
-
-    def log_d(self, h: int, w: int, device):
-        """(h, w) log d_kl = log lambda_k + log lambda_l."""
-        return self.axis(h, device)[1][:, None] + self.axis(w, device)[1][None, :]
-
-    def log_abar(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B, 1, h, w) log Abar_t per frequency."""
-        a = self.cum_log_alpha.to(t.device)[t].float()
-        f = self.cum_f.to(t.device)[t].float()
-        return (a[:, None, None] + 2 * f[:, None, None] * self.log_d(h, w, t.device))[:, None]
-
-    def log_a_step(self, i: int, h: int, w: int, device) -> torch.Tensor:
-        """(h, w) log A_i of step i (1..T)."""
-        return float(self.log_alpha[i - 1]) + 2 * float(self.f[i - 1]) * self.log_d(h, w, device)
-
-    def draw(self, x0, generator=None):
-        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
-        seed = torch.randint(2**31, (x0.shape[0],), generator=generator)  # the reverse sampler's noise
-        return {"z": eps.to(x0.device), "seed": seed.to(x0.device)}
-
-    def apply(self, x0, t, hidden=None):
-        t = self.check_t(x0, t)
-        hidden = hidden or self.draw(x0)
-        x = _float(x0)
-        abar = self.log_abar(t, *x.shape[-2:]).exp()
-        c = abar.sqrt() * self.to_dct(x) + (1 - abar).sqrt() * self.to_dct(hidden["z"])
-        return torch.where(_per_image(t == 0), x, self.from_dct(c)).to(x0.dtype)
-
-
-BlurDiff.PRESETS = {
-    "quartic": dict(T=1000, schedule="quartic", f_max=0.14),
-    "log": dict(T=1000, schedule="log", f_max=0.6),
-    "ddpm": dict(T=1000, schedule="quartic", f_max=0.0),
-}
-
-
 # ----------------------------------------------------------------------------- registry
 
-OPERATORS: dict[str, type[Operator]] = {
-    cls.name: cls for cls in (Blur, Mask, Colour, Pixelate, Snow, Desaturate, Noise, Animorph, BlurDiff)
-}
+import blurdiff  # noqa: E402, F401  (registers BlurDiff; it builds on the classes above)
 
 
 def _coerce(cls, key: str, value):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
     if key not in fields:
-        raise OperatorError(f"{cls.name} has no parameter {key!r}; it has {', '.join(fields)}")
+        raise UserError(f"{cls.name} has no parameter {key!r}; it has {', '.join(fields)}")
     default = fields[key].default
     if not isinstance(value, str):
         return value
@@ -651,7 +646,7 @@ def _coerce(cls, key: str, value):
             return value.lower() in ("true", "1", "yes")
         return type(default)(value)
     except ValueError:
-        raise OperatorError(f"{cls.name} parameter {key} must be a {type(default).__name__}, got {value!r}") from None
+        raise UserError(f"{cls.name} parameter {key} must be a {type(default).__name__}, got {value!r}") from None
 
 
 def cat_hidden(hiddens: list[Hidden]) -> Hidden:
@@ -664,21 +659,21 @@ def cat_hidden(hiddens: list[Hidden]) -> Hidden:
 def make_operator(name: str, preset: str | None = None, **overrides) -> Operator:
     """Build an operator from its name, a preset (default: the operator's) and overrides."""
     if name not in OPERATORS:
-        raise OperatorError(f"unknown operator {name!r}; choose from {', '.join(OPERATORS)}")
+        raise UserError(f"unknown operator {name!r}; choose from {', '.join(OPERATORS)}")
     cls = OPERATORS[name]
     preset = preset or cls.DEFAULT_PRESET
     if preset not in cls.PRESETS:
-        raise OperatorError(f"unknown preset {preset!r} for {name}; choose from {', '.join(cls.PRESETS)}")
+        raise UserError(f"unknown preset {preset!r} for {name}; choose from {', '.join(cls.PRESETS)}")
     kwargs = dict(cls.PRESETS[preset])
     kwargs.update({k: _coerce(cls, k, v) for k, v in overrides.items()})
     if int(kwargs.get("T", 1)) < 1:
-        raise OperatorError(f"T must be at least 1, got {kwargs['T']}")
+        raise UserError(f"T must be at least 1, got {kwargs['T']}")
     return cls(**kwargs)
 
 
 def operator_from_params(name: str, params: dict) -> Operator:
     """Rebuild an operator from `name` and `op.params()` (as stored in a checkpoint)."""
     if name not in OPERATORS:
-        raise OperatorError(f"unknown operator {name!r}; choose from {', '.join(OPERATORS)}")
+        raise UserError(f"unknown operator {name!r}; choose from {', '.join(OPERATORS)}")
     cls = OPERATORS[name]
     return cls(**{k: _coerce(cls, k, v) for k, v in params.items()})

@@ -167,7 +167,9 @@ class UNet(nn.Module):
 
 def build(channels: int, preset: str = "paper", **overrides) -> UNet:
     if preset not in PRESETS:
-        raise ValueError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}")
+        from common import UserError
+
+        raise UserError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}")
     return UNet(channels=channels, **{**PRESETS[preset], **overrides})
 
 

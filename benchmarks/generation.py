@@ -21,10 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkpoint  # noqa: E402
+import generative  # noqa: E402
 import metrics  # noqa: E402
-import samplers  # noqa: E402
-import train as T  # noqa: E402
-from colddiff import image_seed, seeded  # noqa: E402
+from colddiff import open_model  # noqa: E402
+from image_io import load_folder  # noqa: E402
 
 
 class Classifier(nn.Module):
@@ -44,7 +45,7 @@ class Classifier(nn.Module):
 def load_labelled(folder, n=None, size=None):
     """Images in [0, 1] (resized to size x size if given) and labels from NNNNN_LABEL.png names."""
     files = sorted(Path(folder).glob("*.png"))[:n]
-    images = T.load_folder(str(folder), size, 1)[: len(files)].float() / 255  # sorted like `files`
+    images = load_folder(str(folder), size, 1)[: len(files)].float() / 255  # sorted like `files`
     labels = torch.tensor([int(f.stem.split("_")[-1]) for f in files])
     return images, labels
 
@@ -69,6 +70,7 @@ def features(net, images):
 
 
 def generate(spec, n, device):
+    """n images of `colddiff generate --seed 0` with the options of `spec` (MODEL:opt:opt...)."""
     path, *opts = spec.split(":")
     symmetry, z, steps = "broken", None, None
     for o in opts:
@@ -78,16 +80,9 @@ def generate(spec, n, device):
             z = o
         elif o.startswith("steps="):
             steps = int(o[6:])
-    net, op, meta = T.load_model(path, device)
-    restore = samplers.make_restorer(net, device)
-    sampler = op.default_sampler
-    z = z or ("estimated" if op.name in ("noise", "animorph") else "fixed")
-    if steps is None and sampler != "reverse":
-        steps = meta["train"].get("sampling_steps")
-    shape = (1, meta["image"]["channels"], meta["image"]["height"], meta["image"]["width"])
-    start = lambda i: samplers.generation_start(op, meta.get("prior"), shape, seeded(image_seed(0, i)), symmetry)  # noqa: E731
-    out = [imgs.cpu() for _, imgs in samplers.generate(restore, op, start, n, 100, sampler, steps, z, device)]
-    return (torch.cat(out).clamp(-1, 1) + 1) / 2, meta
+    sampling = open_model(path, device, steps=steps, z=z, compile=False)
+    out = [imgs.cpu() for _, imgs in generative.generate(sampling, n, 100, 0, device, 0.002 if symmetry == "broken" else 0.0)]
+    return (torch.cat(out).clamp(-1, 1) + 1) / 2, sampling.meta
 
 
 def main():
@@ -103,7 +98,7 @@ def main():
     device = torch.device(a.device)
     t0 = time.time()
     # Score at the models' size (they must share one): the classifier sees real images resized to it.
-    size = T.load_model(a.model[0].split(":")[0])[2]["image"]["height"] if a.model else None
+    size = checkpoint.load_model(a.model[0].split(":")[0])[2]["image"]["height"] if a.model else None
     tr_x, tr_y = load_labelled(a.train, a.train_images, size)
     te_x, te_y = load_labelled(a.test, None, size)
     clf = train_classifier(tr_x, tr_y, a.epochs)

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
+import checkpoint  # noqa: E402
 import generation as G  # noqa: E402
 import metrics  # noqa: E402
 import train as T  # noqa: E402
@@ -108,7 +109,7 @@ def train_all(a, out, train_dir, log):
             continue
         model = out / "models" / f"{name}.safetensors"
         done = log["train"].get(name, {"seconds": 0.0})
-        if model.exists() and T.load_model(str(model), "cpu")[2]["step"] >= a.steps:
+        if model.exists() and checkpoint.load_model(str(model), "cpu")[2]["step"] >= a.steps:
             continue
         model.parent.mkdir(parents=True, exist_ok=True)
         args = ["train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model]
@@ -214,7 +215,7 @@ def report(a, log):
                      f"[degraded, direct, Alg. 2, original]({grids}/restore_{name}.png) |")
         p = PAPER_RESTORATION[name]
         if p:
-            lines.append(f"| | | paper (MNIST) | " + " | ".join(f"{v:.2f}" if v > 1 else f"{v:.3f}" for v in p) + f" | {p[7] / p[1]:.2f}× | | | |")
+            lines.append("| | | paper (MNIST) | " + " | ".join(f"{v:.2f}" if v > 1 else f"{v:.3f}" for v in p) + f" | {p[7] / p[1]:.2f}× | | | |")
     lines += ["", "Findings, computed from the table above:", ""]
     for name in RESTORATION:
         if name in log["eval"]:

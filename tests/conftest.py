@@ -12,6 +12,53 @@ PHOTO = ROOT / "examples" / "chelsea.png"
 
 sys.path.insert(0, str(ROOT))
 
+import operators as O  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run under `python -m pytest -m cuda` on a GPU and are skipped without one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `python -m pytest -m cuda` on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def rand_images(b=3, c=3, h=32, w=28, seed=0):
+    import torch
+
+    return torch.rand(b, c, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def gen(seed=0):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def make(name, preset=None, **kw):
+    """An operator ready to apply (animorph gets a few random source images)."""
+    op = O.make_operator(name, preset, **kw)
+    if op.needs_source:
+        op.source = rand_images(5, 3, 20, 24, seed=9)
+    return op
+
+
+ALL = [(name, preset) for name, cls in O.OPERATORS.items() for preset in cls.PRESETS]
+
+
+def png(data: bytes):
+    """A PNG's pixels as a numpy array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)))
+
 
 def run_cli(*args, stdin: bytes | None = None, cwd=None, env=None):
     """Run `python -m colddiff ARGS` as a user would: real pipes, real exit code."""

@@ -1,5 +1,4 @@
 """`colddiff degrade` and `colddiff ops` as a user runs them: files, folders, pipes, bad input."""
-import io
 import shutil
 
 import numpy as np
@@ -7,11 +6,7 @@ import pytest
 from PIL import Image
 
 import operators
-from conftest import DATA, FMNIST, PHOTO
-
-
-def png_array(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
+from conftest import DATA, FMNIST, PHOTO, png
 
 
 @pytest.mark.parametrize("op", list(operators.OPERATORS))
@@ -21,11 +16,11 @@ def test_every_operator_to_stdout_same_seed_same_bytes(cli, op, tmp_path):
     assert a.returncode == 0, a.stderr.decode()
     b = cli("degrade", PHOTO, "--op", op, "--t", "2", "--seed", "3", *extra)
     assert a.stdout == b.stdout
-    img = png_array(a.stdout)
+    img = png(a.stdout)
     assert img.shape == (128, 192, 3)
     orig = np.asarray(Image.open(PHOTO))
     assert np.abs(img.astype(int) - orig).max() > 0  # t=2 changed something
-    zero = png_array(cli("degrade", PHOTO, "--op", op, "--t", "0", *extra).stdout)
+    zero = png(cli("degrade", PHOTO, "--op", op, "--t", "0", *extra).stdout)
     assert np.array_equal(zero, orig)  # D(x, 0) = x, byte for byte
 
 
@@ -39,7 +34,7 @@ def test_real_pipe_between_two_processes(cli_process, tmp_path):
     first = cli_process("degrade", PHOTO, "--op", "pixelate", "--t", "2")
     assert first.returncode == 0 and first.stdout.startswith(b"\x89PNG")
     second = cli_process("degrade", "-", "--op", "snow", "--t", "20", stdin=first.stdout)
-    assert second.returncode == 0 and png_array(second.stdout).shape == (128, 192, 3)
+    assert second.returncode == 0 and png(second.stdout).shape == (128, 192, 3)
     bad = cli_process("degrade", "-", "--op", "snow", stdin=b"garbage")
     err = bad.stderr.decode()
     assert bad.returncode == 1 and err.startswith("colddiff: error: <stdin>: not a readable image")

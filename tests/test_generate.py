@@ -1,15 +1,16 @@
 """Generation: the GMM prior, symmetry breaking, per-image seeds, `colddiff generate`."""
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+import checkpoint
+import generative as G
 import operators as O
 import samplers as S
-import train as T
+from common import UserError
+from conftest import png
 
 
 def test_gmm_recovers_a_known_mixture():
@@ -20,19 +21,19 @@ def test_gmm_recovers_a_known_mixture():
     L = torch.tensor([[[0.1, 0, 0], [0.05, 0.08, 0], [0, 0.02, 0.05]], [[0.05, 0, 0], [0, 0.1, 0], [0.03, 0, 0.07]]])
     comp = (torch.rand(n, generator=g) < w_true[0]).long().mul(-1).add(1)  # 0 w.p. 0.25
     x = mu_true[comp] + (L[comp] @ torch.randn(n, 3, 1, generator=g))[..., 0]
-    gmm = S.fit_gmm(x, 2, seed=3)
+    gmm = G.fit_gmm(x, 2, seed=3)
     order = sorted(range(2), key=lambda k: gmm["means"][k][0], reverse=True)  # component 0 has the larger first mean
     for k_true, k in enumerate(order):
         assert gmm["weights"][k] == pytest.approx(w_true[k_true], abs=0.01)
         assert torch.allclose(torch.tensor(gmm["means"][k]).float(), mu_true[k_true], atol=0.01)
         assert torch.allclose(torch.tensor(gmm["covs"][k]).float(), L[k_true] @ L[k_true].T, atol=2e-3)
-    assert S.fit_gmm(x, 2, seed=3) == gmm  # deterministic
-    draws = S.sample_gmm(gmm, 20000, torch.Generator().manual_seed(1))
+    assert G.fit_gmm(x, 2, seed=3) == gmm  # deterministic
+    draws = G.sample_gmm(gmm, 20000, torch.Generator().manual_seed(1))
     assert torch.allclose(draws.mean(0), x.mean(0), atol=0.01)
 
 
 def test_model_default_sampling_steps(cli, gen_model):
-    _, _, meta = T.load_model(gen_model)
+    _, _, meta = checkpoint.load_model(gen_model)
     assert meta["train"]["sampling_steps"] == 10
     default = cli("generate", "--model", gen_model, "--n", "2").stdout
     assert default == cli("generate", "--model", gen_model, "--n", "2", "--steps", "10").stdout
@@ -40,7 +41,7 @@ def test_model_default_sampling_steps(cli, gen_model):
 
 
 def test_prior_is_stored_and_reloaded(gen_model):
-    _, op, meta = T.load_model(gen_model)
+    _, op, meta = checkpoint.load_model(gen_model)
     prior = meta["prior"]
     assert prior["kind"] == "gmm" and prior["components"] == 2 and len(prior["means"]) == 2 and len(prior["covs"][0]) == 1
     assert op.flat_last and op.T == 30
@@ -49,37 +50,33 @@ def test_prior_is_stored_and_reloaded(gen_model):
 def test_starts_of_every_generative_operator():
     g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
     col = O.make_operator("colour", T=40)
-    x_T, hidden = S.generation_start(col, None, (1, 3, 16, 12), g())
+    x_T, hidden = G.start(col, None, (1, 3, 16, 12), g())
     assert torch.equal(x_T, hidden["z"]) and x_T.std((-2, -1)).max() == 0
     noise = O.make_operator("noise")
-    x_T, hidden = S.generation_start(noise, None, (1, 3, 64, 64), g())
+    x_T, hidden = G.start(noise, None, (1, 3, 64, 64), g())
     assert abs(float(x_T.std()) - 1) < 0.05 and (x_T - hidden["z"]).abs().max() < 1e-3
     pix = O.make_operator("pixelate", "mnist")
     data = torch.rand(50, 1, 32, 32, generator=g()) * 2 - 1
-    prior = S.fit_gmm(S.prior_features(pix, data), 1)
-    x_T, _ = S.generation_start(pix, prior, (1, 1, 32, 32), g())
+    prior = G.fit_gmm(pix.prior_features(data), 1)
+    x_T, _ = G.start(pix, prior, (1, 1, 32, 32), g())
     assert x_T.shape == (1, 1, 32, 32) and len(x_T.unique()) <= 16  # a 4x4 image, upsampled
-    with pytest.raises(S.SamplerError, match="does not generate"):
-        S.generation_start(O.make_operator("snow"), None, (1, 3, 8, 8), g())
-    with pytest.raises(S.SamplerError, match="--preset generation"):
-        S.generation_start(O.make_operator("blur", "mnist"), None, (1, 3, 8, 8), g())
+    with pytest.raises(UserError, match="does not generate"):
+        G.start(O.make_operator("snow"), None, (1, 3, 8, 8), g())
+    with pytest.raises(UserError, match="--preset generation"):
+        G.start(O.make_operator("blur", "mnist"), None, (1, 3, 8, 8), g())
 
 
 def test_perfect_symmetry_collapses_broken_symmetry_diversifies(gen_model):
-    net, op, meta = T.load_model(gen_model)
+    net, op, meta = checkpoint.load_model(gen_model)
     restore = S.make_restorer(net, torch.device("cpu"))
     one_colour = {"weights": [1.0], "means": [meta["prior"]["means"][0]], "covs": [[[1e-12]]]}
     out = {}
     for symmetry in ("perfect", "broken"):
-        starts = [S.generation_start(op, one_colour, (1, 1, 28, 28), torch.Generator().manual_seed(i), symmetry, 0.002)[0] for i in range(8)]
+        starts = [G.start(op, one_colour, (1, 1, 28, 28), torch.Generator().manual_seed(i), 0.002 if symmetry == "broken" else 0.0)[0] for i in range(8)]
         out[symmetry] = S.sample("tacos", restore, op, torch.cat(starts), op.T)
     assert out["perfect"].std(0).max() < 1e-4  # identical colours: identical images
     assert out["broken"].std(0).mean() > 20 * max(float(out["perfect"].std(0).mean()), 1e-4)
     assert out["broken"].std(0).mean() > 0.002  # more than the break noise itself: the sampler amplified it
-
-
-def png(data):
-    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
@@ -124,7 +121,7 @@ def test_fit_prior_command(cli, gen_model, fmnist_split, tmp_path):
     out = tmp_path / "refit.safetensors"
     r = cli("fit-prior", fmnist_split[0], "--model", gen_model, "--gmm-components", "3", "-o", out)
     assert r.returncode == 0, r.stderr.decode()
-    _, _, meta = T.load_model(out)
+    _, _, meta = checkpoint.load_model(out)
     assert meta["prior"]["components"] == 3 and len(meta["prior"]["weights"]) == 3
     assert math.isclose(sum(meta["prior"]["weights"]), 1, rel_tol=1e-9)
     r = cli("fit-prior", fmnist_split[0], "--model", gen_model)

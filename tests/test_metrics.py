@@ -56,9 +56,25 @@ def test_frechet_distance_of_gaussians():
     assert metrics.frechet_distance(f1, f1) == pytest.approx(0, abs=1e-6)
 
 
-def test_fid_never_downloads(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_fid_never_downloads(cli, blur_model, fmnist_split, tmp_path, monkeypatch):
+    """With pytorch-fid importable but no weights on disk, eval says n/a and opens no connection."""
+    import socket
+
+    fake = tmp_path / "site" / "pytorch_fid"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "inception.py").write_text("raise RuntimeError('FID code must not run without weights')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-home"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     ok, why = metrics.fid_available(None)
-    assert not ok and ("colddiff[fid]" in why or "--fid-weights" in why)
-    ok, why = metrics.fid_available(str(tmp_path / "nope.pth"))
-    assert not ok
+    assert not ok and "--fid-weights" in why and "colddiff[fid]" not in why  # the package is there, the weights are not
+    assert not metrics.fid_available(str(tmp_path / "nope.pth"))[0]
+    r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "4")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "n/a" in r.stdout.decode() and "--fid-weights" in r.stderr.decode()

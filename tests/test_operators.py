@@ -6,24 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import operators as O
-
-
-def rand_images(b=3, c=3, h=32, w=28, seed=0):
-    return torch.rand(b, c, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def make(name, preset=None, **kw):
-    op = O.make_operator(name, preset, **kw)
-    if name == "animorph":
-        op.source = rand_images(5, 3, 20, 24, seed=9)
-    return op
-
-
-ALL = [(name, preset) for name, cls in O.OPERATORS.items() for preset in cls.PRESETS]
+from common import UserError
+from conftest import ALL, gen, make, rand_images
 
 
 # ----------------------------------------------------------------------------- shared interface
@@ -77,17 +61,17 @@ def test_grey_bf16_non_square(name, preset):
 
 def test_bad_t_and_names():
     op = make("blur")
-    with pytest.raises(O.OperatorError, match="0..20"):
+    with pytest.raises(UserError, match="0..20"):
         op.degrade(rand_images(), torch.tensor([0, 21, 3]))
-    with pytest.raises(O.OperatorError, match="-1"):
+    with pytest.raises(UserError, match="-1"):
         op.degrade(rand_images(), torch.tensor([0, -1, 3]))
-    with pytest.raises(O.OperatorError, match="unknown operator"):
+    with pytest.raises(UserError, match="unknown operator"):
         O.make_operator("sharpen")
-    with pytest.raises(O.OperatorError, match="unknown preset"):
+    with pytest.raises(UserError, match="unknown preset"):
         O.make_operator("snow", "mnist")
-    with pytest.raises(O.OperatorError, match="no parameter"):
+    with pytest.raises(UserError, match="no parameter"):
         O.make_operator("blur", sigma_max="3")
-    with pytest.raises(O.OperatorError, match="level"):
+    with pytest.raises(UserError, match="level"):
         O.make_operator("snow", level="7")
 
 
@@ -231,7 +215,7 @@ def test_pixelate_reference_and_final_resolution(preset, size):
 
 
 def test_pixelate_too_small():
-    with pytest.raises(O.OperatorError, match="at least 16"):
+    with pytest.raises(UserError, match="at least 16"):
         O.make_operator("pixelate", "celeba").apply(rand_images(1, 1, 8, 8), torch.tensor([1]))
 
 
@@ -327,5 +311,5 @@ def test_animorph_reaches_a_source_image():
     for b in range(3):
         dists = [(y[b] - s).abs().max() for s in op.source]
         assert min(dists) < 1e-3
-    with pytest.raises(O.OperatorError, match="source"):
+    with pytest.raises(UserError, match="source"):
         O.make_operator("animorph").draw(x)

@@ -1,0 +1,123 @@
+"""Blur diffusion (Lee et al., Progressive Deblurring of Diffusion Models): the `blurdiff` operator.
+
+Its whole method lives here: the forward process in the DCT basis, what R predicts (eps) and its
+loss, and x0 recovered from eps. It is an operator like the others (operators.py registers it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from common import UserError
+from operators import Operator, _float, _per_image, gaussian_kernel1d, register
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II, (n, n) float64: C @ x are the coefficients, C.T @ c inverts exactly."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(n, dtype=torch.float64)[None, :]
+    C = torch.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    C[0] /= math.sqrt(2)
+    return C
+
+
+@register
+@dataclass
+class BlurDiff(Operator):
+    """Blur diffusion (Lee et al., Progressive Deblurring of Diffusion Models).
+
+    A Gaussian diffusion in the orthonormal 2-D DCT basis U, where blur with symmetric
+    boundaries is diagonal: d_kl = lambda_k lambda_l, lambda_k = sum_j g_j cos(j pi k / n), g the
+    sampled 3-tap Gaussian of sigma 0.4 px. A_i = (1 - beta_i) d^(2 f(i)), Abar_t = prod A_i, and
+    x_t = U(Abar_t^1/2 . U^T x0 + (1 - Abar_t)^1/2 . U^T eps) in one shot for any t (log Abar_t is
+    a per-image scalar pair applied to log d). The same U acts on every channel, so colour is
+    blurred identically per channel. f = 0 (`ddpm`) is plain DDPM. The network predicts eps."""
+
+    name = "blurdiff"
+    DEFAULT_PRESET = "quartic"
+    predicts = "eps"
+    default_sampler = "reverse"
+    generation = "N(0, I)"
+    T: int = 1000
+    schedule: str = "quartic"
+    f_max: float = 0.14
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    blur_sigma: float = 0.4
+
+    def __post_init__(self):
+        if self.schedule not in ("log", "quartic"):
+            raise UserError(f"blurdiff schedule must be log or quartic, got {self.schedule!r}")
+        i = torch.arange(1, self.T + 1, dtype=torch.float64)
+        betas = torch.linspace(self.beta_start, self.beta_end, self.T, dtype=torch.float64)
+        f = self.f_max * (torch.log(i) / math.log(self.T) if self.schedule == "log" else (i / self.T) ** 4)
+        zero = torch.zeros(1, dtype=torch.float64)
+        self.log_alpha = torch.log1p(-betas)  # per step
+        self.f = f
+        self.cum_log_alpha = torch.cat([zero, torch.cumsum(self.log_alpha, 0)])  # (T+1,)
+        self.cum_f = torch.cat([zero, torch.cumsum(f, 0)])
+        self._axes: dict = {}
+
+    def axis(self, n: int, device):
+        """(C, log lambda) of one axis: the DCT matrix and the log of the blur's eigenvalues."""
+        key = (n, str(device))
+        if key not in self._axes:
+            g = gaussian_kernel1d(3, self.blur_sigma)
+            lam = g[1] + 2 * g[0] * torch.cos(math.pi * torch.arange(n, dtype=torch.float64) / n)
+            self._axes[key] = (dct_matrix(n).float().to(device), lam.log().float().to(device))
+        return self._axes[key]
+
+    def to_dct(self, x):
+        Ch, _ = self.axis(x.shape[-2], x.device)
+        Cw, _ = self.axis(x.shape[-1], x.device)
+        return Ch @ x @ Cw.T
+
+    def from_dct(self, c):
+        Ch, _ = self.axis(c.shape[-2], c.device)
+        Cw, _ = self.axis(c.shape[-1], c.device)
+        return Ch.T @ c @ Cw
+
+    def log_d(self, h: int, w: int, device):
+        """(h, w) log d_kl = log lambda_k + log lambda_l."""
+        return self.axis(h, device)[1][:, None] + self.axis(w, device)[1][None, :]
+
+    def log_abar(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, 1, h, w) log Abar_t per frequency."""
+        a = self.cum_log_alpha.to(t.device)[t].float()
+        f = self.cum_f.to(t.device)[t].float()
+        return (a[:, None, None] + 2 * f[:, None, None] * self.log_d(h, w, t.device))[:, None]
+
+    def log_a_step(self, i: int, h: int, w: int, device) -> torch.Tensor:
+        """(h, w) log A_i of step i (1..T)."""
+        return float(self.log_alpha[i - 1]) + 2 * float(self.f[i - 1]) * self.log_d(h, w, device)
+
+    def draw(self, x0, generator=None):
+        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+        seed = torch.randint(2**31, (x0.shape[0],), generator=generator)  # the reverse sampler's noise
+        return {"z": eps.to(x0.device), "seed": seed.to(x0.device)}
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        x = _float(x0)
+        abar = self.log_abar(t, *x.shape[-2:]).exp()
+        c = abar.sqrt() * self.to_dct(x) + (1 - abar).sqrt() * self.to_dct(self.needs(hidden)["z"])
+        return torch.where(_per_image(t == 0), x, self.from_dct(c)).to(x0.dtype)
+
+    def loss(self, pred, x0, hidden):
+        """Lee et al.'s eq. 18: the plain MSE between R's eps and the noise that made x_t."""
+        return (pred.float() - hidden["z"]).pow(2).mean()
+
+    def x0_hat(self, x_t, t, pred):
+        """x0_hat = U(Abar^-1/2 (U^T x_t - (1 - Abar)^1/2 U^T eps)), clipped to [-1, 1]."""
+        abar = self.log_abar(t, *x_t.shape[-2:]).exp()
+        c = (self.to_dct(x_t) - (1 - abar).sqrt() * self.to_dct(pred)) / abar.sqrt().clamp(min=1e-3)
+        return self.from_dct(c).clamp(-1, 1)
+
+
+BlurDiff.PRESETS = {
+    "quartic": dict(T=1000, schedule="quartic", f_max=0.14),
+    "log": dict(T=1000, schedule="log", f_max=0.6),
+    "ddpm": dict(T=1000, schedule="quartic", f_max=0.0),
+}

@@ -1,0 +1,91 @@
+"""Unconditional generation (SPEC section 4): the fitted prior over x_T, and the generation loop.
+
+Generative operators (op.generation) draw x_T themselves (`op.start`); those whose x_T still has
+a distribution to learn (blur's flat colour, pixelate's low-resolution image; op.prior) get it
+from a Gaussian mixture fitted at training time on `op.prior_features` and stored in the model.
+Image i of a run draws everything from its own generator, seeded with image_seed(seed, i), so it
+is the same whatever --n or --batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from common import ImageRNG, UserError
+
+
+def fit_gmm(x: torch.Tensor, k: int = 1, seed: int = 0, iters: int = 200, reg: float = 1e-6) -> dict:
+    """Gaussian mixture with full covariances fitted by EM on (N, D) features, in float64.
+
+    Deterministic for a seed (initial means are k distinct data points). Runs where x lives."""
+    x = x.double()
+    N, D = x.shape
+    if N < k:
+        raise UserError(f"a {k}-component mixture (--gmm-components) needs at least {k} images, got {N}")
+    eye = torch.eye(D, dtype=x.dtype, device=x.device)
+    g = torch.Generator().manual_seed(seed)
+    means = x[torch.randperm(N, generator=g)[:k].to(x.device)].clone()
+    covs = (torch.cov(x.T).reshape(D, D) + reg * eye).expand(k, D, D).clone()
+    weights = torch.full((k,), 1 / k, dtype=x.dtype, device=x.device)
+    last = -math.inf
+    for _ in range(iters):
+        # E step: responsibilities from log N(x | mu_k, S_k) + log w_k
+        logp = torch.distributions.MultivariateNormal(means, covs).log_prob(x[:, None, :]) + weights.log()
+        ll = torch.logsumexp(logp, 1)
+        resp = (logp - ll[:, None]).exp()
+        # M step
+        nk = resp.sum(0) + 1e-12
+        weights = nk / N
+        means = resp.T @ x / nk[:, None]
+        d = x[:, None, :] - means[None]
+        covs = torch.einsum("nk,nkd,nke->kde", resp, d, d) / nk[:, None, None] + reg * eye
+        if float(ll.mean()) - last < 1e-9:
+            break
+        last = float(ll.mean())
+    return {"weights": weights.tolist(), "means": means.tolist(), "covs": covs.tolist()}
+
+
+def sample_gmm(gmm: dict, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, D) float32 draws from a mixture stored as `fit_gmm` returns it."""
+    w = torch.tensor(gmm["weights"], dtype=torch.float64)
+    means = torch.tensor(gmm["means"], dtype=torch.float64)
+    chol = torch.linalg.cholesky(torch.tensor(gmm["covs"], dtype=torch.float64))
+    comp = torch.multinomial(w, n, replacement=True, generator=generator)
+    z = torch.randn(n, means.shape[1], generator=generator, dtype=torch.float64)
+    return (means[comp] + (chol[comp] @ z[..., None])[..., 0]).float()
+
+
+def fit_prior(op, data: torch.Tensor, components: int, seed: int, device) -> dict | None:
+    """The generation prior fitted on uint8 training images (None if the operator needs none):
+    a Gaussian mixture over op.prior_features, stored in the model's metadata."""
+    if op.prior is None:
+        return None
+    feats = [op.prior_features(data[i : i + 4096].to(device).float() / 127.5 - 1) for i in range(0, len(data), 4096)]
+    gmm = fit_gmm(torch.cat(feats), components, seed)
+    return {"kind": "gmm", "components": components, "features": op.prior, **gmm}
+
+
+def start(op, prior: dict | None, shape, generator: torch.Generator, break_noise: float = 0.0):
+    """(x_T, hidden) of one image of `shape` (1, C, H, W), every draw from `generator`."""
+    features = None
+    if op.prior is not None:
+        if prior is None:
+            raise UserError(f"this {op.name} model holds no generation prior; fit one with `colddiff fit-prior`")
+        features = sample_gmm(prior, 1, generator)
+    return op.start(shape, generator, features, break_noise)
+
+
+def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float = 0.0):
+    """Yield (index of the first image, images) batch by batch, with `sampling` (samplers.Sampling)."""
+    from operators import cat_hidden
+
+    op, meta = sampling.op, sampling.meta
+    shape = (1, meta["image"]["channels"], meta["image"]["height"], meta["image"]["width"])
+    for lo in range(0, n, batch):
+        rng = ImageRNG.numbered(seed, lo, min(batch, n - lo))
+        starts = [start(op, meta.get("prior"), shape, g, break_noise) for g in rng.generators]
+        x_T = torch.cat([x for x, _ in starts]).to(device)
+        hidden = cat_hidden([h for _, h in starts])
+        hidden = None if hidden is None else {k: v.to(device) for k, v in hidden.items()}
+        yield lo, sampling(x_T, op.T, hidden)
