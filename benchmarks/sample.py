@@ -36,7 +36,9 @@ def bench(case, a, device):
             torch.cuda.synchronize()
         return out
 
+    start = time.perf_counter()
     run()  # warm-up: compilation, graph capture, operator tables
+    first = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -45,7 +47,8 @@ def bench(case, a, device):
         run()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return dict(case=f"{case} {op_name} T={op.T}", n=a.n, size=size, steps=a.steps or op.T, time=sorted(times)[len(times) // 2], peak=peak)
+    return dict(case=f"{case} {op_name} T={op.T}", n=a.n, size=size, steps=a.steps or op.T, time=sorted(times)[len(times) // 2], peak=peak,
+                first_call=first, run=run)
 
 
 def main():
@@ -62,11 +65,11 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = [bench(c, a, device) for c in a.cases.split(",")]
     print(f"\ntacos sampling, net={a.net}, {name}, torch {torch.__version__}, compile={device.type == 'cuda' and not a.no_compile}")
-    print("| case | images | px | network calls | seconds | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| case | images | px | network calls | seconds | first call s | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         peak = "n/a" if r["peak"] != r["peak"] else f"{r['peak']:.1f}"
-        print(f"| {r['case']} | {r['n']} | {r['size']} | {r['steps']} | {r['time']:.2f} | {peak} |")
+        print(f"| {r['case']} | {r['n']} | {r['size']} | {r['steps']} | {r['time']:.2f} | {r['first_call']:.1f} | {peak} |")
 
 
 if __name__ == "__main__":

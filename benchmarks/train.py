@@ -60,7 +60,7 @@ def bench(case, args, device):
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     mfu = rate * flops / (args.peak_tflops * 1e12) if cuda else float("nan")
     return dict(case=f"{case} blur T={op.T}", size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
-                gflop=flops / 1e9)
+                gflop=flops / 1e9, run=lambda: step(data, rng))
 
 
 def main():

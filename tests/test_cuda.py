@@ -1,0 +1,108 @@
+"""Every CUDA path against its eager CPU/fp32 counterpart. `python -m pytest -m cuda` runs these on a
+GPU; without one they are skipped (conftest.py)."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+import operators
+import samplers
+import train as T
+import unet
+from conftest import ROOT, TRAIN_ARGS, run_cli
+from image_io import load_folder
+
+pytestmark = pytest.mark.cuda
+CUDA = torch.device("cuda")
+
+
+def cosine(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def flat_grads(net):
+    return torch.cat([p.grad.flatten().float().cpu() for p in net.parameters()])
+
+
+def test_compiled_bf16_channels_last_fused_step_matches_eager_fp32():
+    """One make_step on CUDA (compile, bf16 autocast, channels_last, fused Adam) and one on the
+    CPU in fp32, same weights, same batch: the loss and the gradient agree to bf16 accuracy."""
+    op = operators.make_operator("blur", "mnist")
+    data = load_folder(str(ROOT / "tests" / "data" / "fmnist"), 32, None)[:64]
+    ref = unet.build(1, "small")
+    fast = copy.deepcopy(ref).to(CUDA).to(memory_format=torch.channels_last)
+    cfg = T.TrainConfig(batch=16, accumulate=2, augment=True, lr=1e-4)
+    opt_fast = torch.optim.Adam(fast.parameters(), lr=cfg.lr, fused=True)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=cfg.lr)
+    loss_fast = T.make_step(torch.compile(fast), opt_fast, op, cfg, CUDA)(data.to(CUDA), torch.Generator().manual_seed(3))
+    loss_ref = T.make_step(ref, opt_ref, op, cfg, torch.device("cpu"))(data, torch.Generator().manual_seed(3))
+    assert loss_fast == pytest.approx(loss_ref, rel=2e-2)
+    assert cosine(flat_grads(fast), flat_grads(ref)) > 0.99
+    moved = [(pf.detach().float().cpu() - pr.detach()).abs().max() for pf, pr in zip(fast.parameters(), ref.parameters())]
+    assert max(moved) < 3 * cfg.lr  # both took one Adam step of about lr from the same weights
+
+
+def test_resumed_cuda_run_equals_a_straight_one(tmp_path):
+    data = load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:40]
+    op = operators.make_operator("blur")
+    cfg = dict(steps=8, batch=8, accumulate=1, lr=1e-3, ema_start=2, ema_every=1, save_every=4, sample_every=100, augment=True)
+    straight = T.train(data, op, "tiny", str(tmp_path / "a.safetensors"), T.TrainConfig(**cfg), CUDA, resume=False, log=lambda m: None)
+    T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), T.TrainConfig(**{**cfg, "steps": 4}), CUDA, resume=False, log=lambda m: None)
+    second = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), T.TrainConfig(**cfg), CUDA, resume=True, log=lambda m: None)
+    assert second.losses == pytest.approx(straight.losses[4:], rel=1e-3)
+    a, _, _ = checkpoint.load_model(tmp_path / "a.safetensors")
+    b, _, _ = checkpoint.load_model(tmp_path / "b.safetensors")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-4, rtol=1e-3), k
+
+
+def test_cuda_graph_restorer_matches_eager_over_a_whole_algorithm_2_loop():
+    op = operators.make_operator("blur", "mnist")
+    net = unet.build(1, "small").to(CUDA).eval()
+    x0 = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x_t = op.apply(x0, torch.full((4,), op.T)).to(CUDA)
+    graphed = samplers.tacos(samplers.make_restorer(net, CUDA, compile=True), op, x_t, op.T)
+    eager = samplers.tacos(samplers.make_restorer(net, CUDA, compile=False), op, x_t, op.T)
+    cpu = samplers.tacos(samplers.make_restorer(copy.deepcopy(net).cpu(), torch.device("cpu")), op, x_t.cpu(), op.T)
+    assert (graphed - eager).abs().max() < 2e-2  # same bf16 arithmetic, fused differently
+    assert (graphed.cpu() - cpu).abs().mean() < 2e-2  # bf16 against fp32 over 20 calls
+    again = samplers.tacos(samplers.make_restorer(net, CUDA, compile=True), op, x_t, op.T)
+    assert torch.equal(again, graphed)  # replays are deterministic and nothing aliases a reused buffer
+
+
+def test_train_restore_eval_generate_end_to_end_on_cuda(fmnist_split, tmp_path):
+    model = tmp_path / "m.safetensors"
+    args = [a if a != "300" else "60" for a in TRAIN_ARGS]
+    r = run_cli("train", fmnist_split[0], "-o", model, *args, "--device", "cuda")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert checkpoint.load_model(model)[2]["step"] == 60
+    deg = tmp_path / "deg"
+    assert run_cli("degrade", fmnist_split[1], "--op", "blur", "-o", deg, "--device", "cuda").returncode == 0
+    r = run_cli("restore", deg, "--model", model, "--device", "cuda", "--steps", "5", "-o", tmp_path / "res")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert len(list((tmp_path / "res").iterdir())) == len(list(deg.iterdir()))
+    r = run_cli("eval", fmnist_split[1], "--model", model, "--n", "16", "--device", "cuda", "--no-compile", "-o", tmp_path / "ev")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    r = run_cli("generate", "--n", "8", "--device", "cuda", "--no-compile", "-o", tmp_path / "g.png")
+    assert r.returncode == 0 and (tmp_path / "g.png").stat().st_size > 0, r.stderr.decode()[-2000:]
+    # the bundled model gives the same images on CUDA as on the CPU, to bf16 rounding
+    cpu = run_cli("generate", "--n", "8", "--device", "cpu", "-o", tmp_path / "c.png")
+    from conftest import png
+
+    diff = png((tmp_path / "g.png").read_bytes()).astype(int) - png((tmp_path / "c.png").read_bytes()).astype(int)
+    assert cpu.returncode == 0 and abs(diff).mean() < 8
+
+
+def test_one_process_torchrun_ddp_with_nccl(fmnist_split, tmp_path):
+    model = tmp_path / "m.safetensors"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29531", "-m", "colddiff",
+                        "train", str(fmnist_split[0]), "-o", str(model), "--net", "tiny", "--steps", "6", "--batch", "8", "--accumulate", "1",
+                        "--save-every", "3", "--sample-every", "3", "--device", "cuda"], capture_output=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    _, _, meta = checkpoint.load_model(model)
+    assert meta["step"] == 6 and meta["train"]["world_size"] == 1 and meta["train"]["distributed"] == "nccl"
