@@ -1,7 +1,14 @@
 """Blur diffusion (Lee et al., Progressive Deblurring of Diffusion Models): the `blurdiff` operator.
 
 Its whole method lives here: the forward process in the DCT basis, what R predicts (eps) and its
-loss, and x0 recovered from eps. It is an operator like the others (operators.py registers it).
+loss, x0 recovered from eps, and the reverse steps the samplers take (samplers.py: reverse,
+ancestral, ddim). It is an operator like the others (operators.py registers it).
+
+In the DCT basis every coefficient is a 1-D Gaussian diffusion with its own per-step factor A_i
+and cumulative Abar_i, so the exact reverse step is DDPM's posterior coefficient by coefficient and
+DDIM's deterministic jumps apply as they are (gDDIM, Zhang et al., ICLR 2023). Every step below
+works on DCT coefficients and uses expm1 for 1 - Abar, which float32 would otherwise round away
+near i = 0.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ class BlurDiff(Operator):
     name = "blurdiff"
     DEFAULT_PRESET = "quartic"
     predicts = "eps"
-    default_sampler = "reverse"
+    default_sampler = "ddim"  # chosen by measurement: RESULTS.md, "Blur diffusion samplers"
+    default_steps = 100
     generation = "N(0, I)"
     T: int = 1000
     schedule: str = "quartic"
@@ -50,6 +58,10 @@ class BlurDiff(Operator):
     def __post_init__(self):
         if self.schedule not in ("log", "quartic"):
             raise UserError(f"blurdiff schedule must be log or quartic, got {self.schedule!r}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise UserError(f"blurdiff needs 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if not (self.f_max >= 0 and self.blur_sigma > 0):
+            raise UserError(f"blurdiff needs f_max >= 0 and blur_sigma > 0, got {self.f_max}, {self.blur_sigma}")
         i = torch.arange(1, self.T + 1, dtype=torch.float64)
         betas = torch.linspace(self.beta_start, self.beta_end, self.T, dtype=torch.float64)
         f = self.f_max * (torch.log(i) / math.log(self.T) if self.schedule == "log" else (i / self.T) ** 4)
@@ -92,6 +104,56 @@ class BlurDiff(Operator):
     def log_a_step(self, i: int, h: int, w: int, device) -> torch.Tensor:
         """(h, w) log A_i of step i (1..T)."""
         return float(self.log_alpha[i - 1]) + 2 * float(self.f[i - 1]) * self.log_d(h, w, device)
+
+    def log_abar_at(self, i: int, h: int, w: int, device) -> torch.Tensor:
+        """(h, w) log Abar_i of a single step i (0..T)."""
+        return float(self.cum_log_alpha[i]) + 2 * float(self.cum_f[i]) * self.log_d(h, w, device)
+
+    def lee_step(self, x, eps_hat, i: int, noise=None):
+        """Lee et al.'s published step (SPEC section 5), first order in the blur:
+        x_{i-1} = x_i + H(x_i) - U(B_i (1 - Abar_i)^-1/2 U^T eps_hat) + U(B_i^1/2 U^T z),
+        H(x) = x - U(A_i^1/2 U^T x). `noise` is U^T z (None on the last step)."""
+        H, W = x.shape[-2:]
+        A = self.log_a_step(i, H, W, x.device).exp()
+        B = 1 - A
+        one_minus_abar = 1 - self.log_abar(torch.full((x.shape[0],), i, device=x.device), H, W).exp()
+        c = (2 - A.sqrt()) * self.to_dct(x) - B / one_minus_abar.sqrt() * self.to_dct(eps_hat)
+        if noise is not None:
+            c = c + B.sqrt() * noise
+        return self.from_dct(c)
+
+    def posterior_step(self, x, eps_hat, i: int, noise=None, variance: str = "lee"):
+        """The exact step: a draw from q(x_{i-1} | x_i, x0_hat) per coefficient, x0_hat from eps_hat.
+
+        mean = A_i^-1/2 (x_i - B_i (1 - Abar_i)^-1/2 eps_hat), which equals
+        Abar_{i-1}^1/2 B_i / (1 - Abar_i) x0_hat + A_i^1/2 (1 - Abar_{i-1}) / (1 - Abar_i) x_i;
+        variance B_i (Lee et al.'s choice, "lee") or the posterior's B_i (1 - Abar_{i-1}) / (1 - Abar_i)
+        ("posterior"). Where A_i = 1 - beta_i everywhere (f = 0) this is textbook DDPM."""
+        H, W = x.shape[-2:]
+        log_a = self.log_a_step(i, H, W, x.device)
+        B = -torch.expm1(log_a)
+        one_minus_abar = -torch.expm1(self.log_abar_at(i, H, W, x.device))
+        c = (self.to_dct(x) - B / one_minus_abar.sqrt() * self.to_dct(eps_hat)) * (-0.5 * log_a).exp()
+        if noise is not None:
+            var = B if variance == "lee" else B * -torch.expm1(self.log_abar_at(i - 1, H, W, x.device)) / one_minus_abar
+            c = c + var.sqrt() * noise
+        return self.from_dct(c)
+
+    def ddim_step(self, x, eps_hat, s: int, s_next: int, eta: float = 0.0, noise=None):
+        """DDIM's jump s -> s_next < s per coefficient: x_{s'} = Abar_{s'}^1/2 x0_hat
+        + (1 - Abar_{s'} - sigma^2)^1/2 eps_hat + sigma z, with x0_hat from eps_hat and
+        sigma^2 = eta^2 (1 - Abar_{s'}) / (1 - Abar_s) (1 - Abar_s / Abar_{s'}). eta = 0 is
+        deterministic; eta = 1 with s' = s - 1 is the exact posterior step with the posterior variance.
+        x0_hat is never formed: (Abar_{s'} / Abar_s)^1/2 stays finite where both are tiny."""
+        H, W = x.shape[-2:]
+        la, la_next = self.log_abar_at(s, H, W, x.device), self.log_abar_at(s_next, H, W, x.device)
+        one_minus, one_minus_next = -torch.expm1(la), -torch.expm1(la_next)
+        ratio = (0.5 * (la_next - la)).exp()  # (Abar_{s'} / Abar_s)^1/2
+        var = eta**2 * one_minus_next / one_minus * -torch.expm1(la - la_next)
+        c = ratio * self.to_dct(x) + ((one_minus_next - var).clamp(min=0).sqrt() - ratio * one_minus.sqrt()) * self.to_dct(eps_hat)
+        if noise is not None and eta > 0:
+            c = c + var.sqrt() * noise
+        return self.from_dct(c)
 
     def draw(self, x0, generator=None):
         eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32)

@@ -19,6 +19,7 @@ import typer
 from common import ImageRNG, Stop, UserError, check_seed, generator
 from image_io import atomic_write, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
 from image_io import read_image, to_model, to_uint8, write_image
+from samplers import SAMPLERS
 from train import TrainConfig
 
 app = typer.Typer(
@@ -97,9 +98,10 @@ def attach_source(op, folder: str | None, device):
     op.source = torch.cat(imgs).to(device)
 
 
-def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True):
+def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True, eta=0.0):
     """A model ready to sample (samplers.Sampling), every choice checked before any work:
-    the operator's default sampler and z mode unless given, the model's recommended --steps."""
+    the operator's default sampler and z mode unless given; for samplers that jump, --steps, else
+    the model's recommended steps, else the operator's default (at most t)."""
     import checkpoint
     import samplers
 
@@ -108,17 +110,18 @@ def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, sour
     sampler = sampler or op.default_sampler
     z = z or op.z_modes[0]
     t = op.T if t is None else t
-    samplers.check(sampler, op, t, z)
-    if steps is None and meta.get("train", {}).get("sampling_steps") is not None and sampler != "direct":
-        steps = min(meta["train"]["sampling_steps"], max(t, 1))
+    samplers.check(sampler, op, t, z, eta, steps)
+    default = meta.get("train", {}).get("sampling_steps") or op.default_steps
+    if steps is None and default is not None and samplers.SAMPLERS[sampler].steps:
+        steps = min(default, max(t, 1))
     restore = samplers.make_restorer(net, device, compile and device.type == "cuda")
-    return samplers.Sampling(op, meta, restore, sampler, steps, z)
+    return samplers.Sampling(op, meta, restore, sampler, steps, z, eta)
 
 
 def strip_frames(T: int, frames: int | None) -> list[int]:
+    if frames is not None and frames < 2:
+        raise UserError(f"--frames must be at least 2, got {frames}")
     n = T + 1 if frames is None and T <= 20 else min(frames or 11, T + 1)
-    if n < 2:
-        raise UserError("--frames must be at least 2")
     return sorted({round(i * T / (n - 1)) for i in range(n)})
 
 
@@ -139,7 +142,8 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
-SamplerOpt = typer.Option(None, "--sampler", help="direct, naive (Algorithm 1), tacos (Algorithm 2), reverse (blurdiff); default: the operator's.")
+SamplerOpt = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator); default: the operator's.")
+EtaOpt = typer.Option(0.0, "--eta", help="ddim: 0 deterministic .. 1 ancestral (posterior variance).")
 StepsOpt = typer.Option(None, "--steps", help="Sampling steps K <= t (Algorithm 2 jumps s -> s'); default: the model's, else t.")
 ZOpt = typer.Option(None, "--z", help="noise/animorph/colour: fixed z, or estimated z (the DDIM choice); default: the operator's.")
 CompileOpt = typer.Option(True, "--compile/--no-compile", help="torch.compile + CUDA graphs (CUDA only).")
@@ -266,6 +270,7 @@ def restore(
     t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: the model's T)."),
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
+    eta: float = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the operator's hidden randomness: pass the --seed that `degrade` used."),
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
@@ -284,7 +289,7 @@ def restore(
     at_least(batch, "--batch")
     check_seed(seed)
     dev = pick_device(device)
-    sampling = open_model(model, dev, sampler, steps, z, t, source, compile)
+    sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     t = op.T if t is None else t
     items = find_images(inputs)
@@ -326,6 +331,7 @@ def evaluate(
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
+    eta: float = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Image i's hidden randomness is seeded from (seed, i), as in generate."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Folder for eval.json and grid.png."),
     batch: int = typer.Option(64, "--batch"),
@@ -348,12 +354,12 @@ def evaluate(
     if any(p.exists() for p in dests) and not force:
         raise UserError(f"{next(p for p in dests if p.exists())}: output exists; pass --force to overwrite")
     dev = pick_device(device)
-    sampling = open_model(model, dev, sampler, steps, z, None, source, compile)
+    sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
+    check_input(read_image(find_images([data])[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
     images = load_folder(data, H if H == W else None, C)[:n]
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
-    check_input(images[0], C, sampling.op, data, model, least=11)  # SSIM's window is 11 px
     table, columns = metrics.evaluate(sampling, to_model(images), seed, batch, dev, fid_weights)
     table = {"model": str(model), "operator": sampling.meta["operator"], **table}
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -379,6 +385,7 @@ def generate(
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
+    eta: float = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Image i is drawn from its own generator, seeded from (seed, i)."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="A grid PNG, or DIR/ for one PNG per image (default: grid to stdout)."),
     ncol: Optional[int] = typer.Option(None, "--ncol", help="Grid columns (default: square-ish)."),
@@ -400,12 +407,14 @@ def generate(
     import generative
 
     at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol")
+    if not break_noise >= 0:
+        raise UserError(f"--break-noise must be at least 0, got {break_noise}")
     if symmetry not in ("broken", "perfect"):
         raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
     if model is None and not BUNDLED_MODEL.is_file():
         raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
     dev = pick_device(device)
-    sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile)
+    sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile, eta)
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
     results = []
     with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:

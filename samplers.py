@@ -7,13 +7,16 @@ pattern, mask centre, noise z, ...), reused by every D inside the loop.
     direct   x0_hat = R(x_t, t)
     naive    (Algorithm 1)  x0_hat = R(x_s, s);  x_{s'} = D(x0_hat, s')
     tacos    (Algorithm 2)  x0_hat = R(x_s, s);  x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')
+    reverse, ancestral, ddim   blur diffusion (R predicts eps): Lee et al.'s published step, the
+             exact posterior step, and DDIM jumps; the steps themselves are blurdiff.py's
 
 s runs down from t to 0 in `steps` jumps (default t: s' = s - 1). For the interpolation operators
 (noise, animorph, colour: D = a_s x0 + b_s z) `z="estimated"` re-estimates z at every step,
 z_hat = (x_s - a_s x0_hat) / b_s (the DDIM choice); `z="fixed"` reuses the z in `hidden`.
 
-A sampler is one function registered with `@sampler(predicts)`: it applies to the operators whose
-network predicts that ("x0": cold diffusion, "eps": blur diffusion; None: any).
+A sampler is one function registered with `@sampler(predicts, steps, eta)`: it applies to the
+operators whose network predicts that ("x0": cold diffusion, "eps": blur diffusion; None: any),
+and says whether it jumps in --steps and takes --eta.
 """
 from __future__ import annotations
 
@@ -27,11 +30,12 @@ SAMPLERS: dict = {}
 Z_MODES = ("fixed", "estimated")
 
 
-def sampler(predicts: str | None):
-    """Register a sampler under its function's name, for operators whose R predicts `predicts`."""
+def sampler(predicts: str | None, steps: bool = True, eta: bool = False):
+    """Register a sampler under its function's name, for operators whose R predicts `predicts`;
+    `steps`: it jumps in --steps K; `eta`: it takes --eta (stochasticity)."""
 
     def register(fn):
-        fn.predicts = predicts
+        fn.predicts, fn.steps, fn.eta = predicts, steps, eta
         SAMPLERS[fn.__name__] = fn
         return fn
 
@@ -64,14 +68,14 @@ def with_z(op, hidden, x_s, x0_hat, s: int, z: str):
     return {**hidden, "z": z_hat}
 
 
-@sampler(predicts=None)
-def direct(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
+@sampler(predicts=None, steps=False)
+def direct(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
     """x0_hat from one network call at t."""
     return op.x0_hat(x_t, _step_tensor(x_t, t), restore(x_t, t))
 
 
 @sampler(predicts="x0")
-def naive(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
+def naive(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
     """Algorithm 1: x_{s'} = D(R(x_s, s), s')."""
     x = x_t
     path = schedule(t, steps)
@@ -83,7 +87,7 @@ def naive(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
 
 
 @sampler(predicts="x0")
-def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
+def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
     """Algorithm 2 (transformation-agnostic cold sampling): x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')."""
     x = x_t
     path = schedule(t, steps)
@@ -94,34 +98,46 @@ def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
     return x
 
 
-@sampler(predicts="eps")
-def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed"):
-    """Blur diffusion's reverse process (Lee et al.; SPEC section 5), in the DCT basis U:
-
-    x_{i-1} = x_i + H(x_i) - U(B_i (1 - Abar_i)^-1/2 U^T eps_hat) + U(B_i^1/2 U^T z),
-    H(x) = x - U(A_i^1/2 U^T x), B_i = 1 - A_i, no noise on the last step. `restore` predicts eps.
-    Each image's noise comes from its own generator (hidden["seed"]): image i never depends on
-    the batch it is sampled in."""
-    if steps not in (None, t):
-        raise UserError("the blurdiff reverse sampler runs every step: leave --steps out")
-    H, W = x_t.shape[-2:]
+def _noise_streams(hidden, x):
+    """Each image's reverse-process noise, from its own generator (hidden["seed"]): image i never
+    depends on the batch it is sampled in. Drawn in the DCT basis: U^T z ~ N(0, I) too."""
     rng = ImageRNG(hidden["seed"].tolist())
-    x = x_t.float()
+    return lambda: rng.randn(x.shape[1:], x.device)
+
+
+@sampler(predicts="eps", steps=False)
+def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+    """Blur diffusion's published reverse process (Lee et al.; SPEC section 5), every step i = t..1:
+    op.lee_step, a first-order approximation of the true posterior, variance B_i."""
+    noise, x = _noise_streams(hidden, x_t), x_t.float()
     for i in range(t, 0, -1):
-        eps_hat = restore(x, i)
-        A = op.log_a_step(i, H, W, x.device).exp()
-        B = 1 - A
-        one_minus_abar = 1 - op.log_abar(_step_tensor(x, i), H, W).exp()
-        c = op.to_dct(x)
-        c = (2 - A.sqrt()) * c - B / one_minus_abar.sqrt() * op.to_dct(eps_hat)
-        if i > 1:
-            c = c + B.sqrt() * rng.randn(x.shape[1:], x.device)  # N(0, I) in the DCT basis: U^T z for z ~ N(0, I)
-        x = op.from_dct(c)
+        x = op.lee_step(x, restore(x, i), i, noise() if i > 1 else None)
     return x
 
 
-def check(name: str, op, t: int, z: str):
-    """The sampler `name` and z mode apply to `op` at step t, or a UserError saying why not."""
+@sampler(predicts="eps", steps=False)
+def ancestral(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+    """The exact reverse process, every step i = t..1: a draw from DDPM's posterior per DCT
+    coefficient (op.posterior_step), with Lee et al.'s variance B_i."""
+    noise, x = _noise_streams(hidden, x_t), x_t.float()
+    for i in range(t, 0, -1):
+        x = op.posterior_step(x, restore(x, i), i, noise() if i > 1 else None)
+    return x
+
+
+@sampler(predicts="eps", eta=True)
+def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+    """DDIM for the non-isotropic diffusion (gDDIM): K = --steps jumps s -> s' (op.ddim_step),
+    deterministic at eta = 0; eta = 1 with every step is ancestral sampling with the posterior variance."""
+    noise, x = _noise_streams(hidden, x_t), x_t.float()
+    path = schedule(t, steps)
+    for s, s_next in zip(path, path[1:]):
+        x = op.ddim_step(x, restore(x, s), s, s_next, eta, noise() if eta > 0 and s_next > 0 else None)
+    return x
+
+
+def check(name: str, op, t: int, z: str, eta: float = 0.0, steps: int | None = None):
+    """The sampler `name`, z mode, steps and eta apply to `op` at step t, or a UserError saying why not."""
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     if z not in Z_MODES:
@@ -135,14 +151,20 @@ def check(name: str, op, t: int, z: str):
         raise UserError(f"--t must be in 0..{op.T} for this model, got {t}")
     if name not in applicable(op):
         raise UserError(f"{op.name} samples with {' or '.join(applicable(op))}, not {name}")
+    if steps not in (None, t) and not SAMPLERS[name].steps:
+        raise UserError(f"{name} runs every step: leave --steps out ({', '.join(n for n, f in SAMPLERS.items() if f.steps)} take --steps)")
+    if eta != 0 and not SAMPLERS[name].eta:
+        raise UserError(f"--eta applies to {', '.join(n for n, f in SAMPLERS.items() if f.eta)}, not {name}")
+    if not 0 <= eta <= 1:
+        raise UserError(f"--eta must be in 0..1, got {eta}")
 
 
-def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str = "fixed"):
+def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str = "fixed", eta: float = 0.0):
     """Run sampler `name` from x_t at step t; checks that it (and the z mode) applies to the operator."""
-    check(name, op, t, z)
+    check(name, op, t, z, eta, steps)
     if t == 0:
         return x_t
-    return SAMPLERS[name](restore, op, x_t, t, hidden, steps, z)
+    return SAMPLERS[name](restore, op, x_t, t, hidden, steps, z, eta)
 
 
 def make_restorer(net, device, compile: bool = False):
@@ -175,6 +197,7 @@ class Sampling:
     sampler: str
     steps: int | None
     z: str
+    eta: float = 0.0
 
     def __call__(self, x_t, t: int, hidden):
-        return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z)
+        return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z, self.eta)

@@ -9,7 +9,8 @@ shared/tools/fashion_mnist.py writes), between N generated images and N test ima
 better, and the test split against the train split gives its floor. Diversity is the mean per-pixel
 standard deviation across the generated images (the test images' value for scale).
 `MODEL:perfect` generates with perfect symmetry, `MODEL:fixed` with fixed z, `MODEL:steps=K` with
-K sampling steps; options combine (`m.safetensors:perfect:steps=50`).
+K sampling steps, `MODEL:sampler=NAME` and `MODEL:eta=E` choose the sampler; options combine
+(`m.safetensors:perfect:steps=50`, `bd.safetensors:sampler=ddim:steps=20`).
 """
 import argparse
 import sys
@@ -72,7 +73,7 @@ def features(net, images):
 def generate(spec, n, device):
     """n images of `colddiff generate --seed 0` with the options of `spec` (MODEL:opt:opt...)."""
     path, *opts = spec.split(":")
-    symmetry, z, steps = "broken", None, None
+    symmetry, z, steps, sampler, eta = "broken", None, None, None, 0.0
     for o in opts:
         if o == "perfect":
             symmetry = "perfect"
@@ -80,7 +81,11 @@ def generate(spec, n, device):
             z = o
         elif o.startswith("steps="):
             steps = int(o[6:])
-    sampling = open_model(path, device, steps=steps, z=z, compile=False)
+        elif o.startswith("sampler="):
+            sampler = o[8:]
+        elif o.startswith("eta="):
+            eta = float(o[4:])
+    sampling = open_model(path, device, sampler=sampler, steps=steps, z=z, compile=False, eta=eta)
     out = [imgs.cpu() for _, imgs in generative.generate(sampling, n, 100, 0, device, 0.002 if symmetry == "broken" else 0.0)]
     return (torch.cat(out).clamp(-1, 1) + 1) / 2, sampling.meta
 

@@ -131,3 +131,102 @@ def test_train_and_generate_blurdiff_end_to_end(cli, fmnist_split, tmp_path):
         assert (tmp_path / "g" / f"0_{i:06d}.png").read_bytes() == (tmp_path / "h" / f"0_{i:06d}.png").read_bytes()
     r = cli("generate", "--model", out, "--n", "2", "--sampler", "tacos", "-o", tmp_path / "x.png")
     assert r.returncode == 1 and b"reverse" in r.stderr
+    for extra in (["--steps", "5"], ["--sampler", "ddim", "--steps", "7", "--eta", "0.5"], ["--sampler", "ancestral"], ["--sampler", "direct"]):
+        r = cli("generate", "--model", out, "--n", "2", *extra, "-o", tmp_path / f"{len(extra)}{extra[1]}.png")
+        assert r.returncode == 0, (extra, r.stderr.decode())
+    r = cli("generate", "--model", out, "--n", "2", "--sampler", "reverse", "--steps", "5", "-o", tmp_path / "y.png")
+    assert r.returncode == 1 and b"reverse runs every step" in r.stderr
+    r = cli("generate", "--model", out, "--n", "2", "--sampler", "reverse", "--eta", "0.5", "-o", tmp_path / "y.png")
+    assert r.returncode == 1 and b"--eta applies to ddim, not reverse" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the exact step and DDIM
+
+
+def coefficients(op, x, i):
+    """(Abar_i, A_i) per DCT coefficient in float64, straight from the schedule's definition."""
+    H, W = x.shape[-2:]
+    log_d = op.log_d(H, W, "cpu").double()
+    abar = lambda j: torch.exp(op.cum_log_alpha[j] + 2 * op.cum_f[j] * log_d)  # noqa: E731
+    return abar, torch.exp(op.log_alpha[i - 1] + 2 * op.f[i - 1] * log_d)
+
+
+@pytest.mark.parametrize("preset", list(O.OPERATORS["blurdiff"].PRESETS))
+@pytest.mark.parametrize("i", [1, 2, 10, 300, 1000])
+def test_exact_step_mean_is_the_true_posterior_mean(preset, i):
+    """With the oracle eps (the one that made x_i from x0) the step's mean is
+    Abar_{i-1}^1/2 B_i/(1 - Abar_i) x0 + A_i^1/2 (1 - Abar_{i-1})/(1 - Abar_i) x_i, per coefficient."""
+    op = O.make_operator("blurdiff", preset)
+    g = torch.Generator().manual_seed(i)
+    x0 = torch.rand(2, 3, 12, 10, generator=g) * 2 - 1
+    hidden = op.draw(x0, g)
+    x_i = op.apply(x0, torch.full((2,), i), hidden)
+    abar, A = coefficients(op, x0, i)
+    c0, ci = op.to_dct(x0).double(), op.to_dct(x_i).double()
+    true = abar(i - 1).sqrt() * (1 - A) / (1 - abar(i)) * c0 + A.sqrt() * (1 - abar(i - 1)) / (1 - abar(i)) * ci
+    post_std = ((1 - A) * (1 - abar(i - 1)) / (1 - abar(i))).sqrt()
+    exact = op.to_dct(op.posterior_step(x_i, hidden["z"], i)).double()
+    assert (exact - true).abs().max() < 2e-5 * max(1.0, float(true.abs().max()))  # float32 arithmetic
+    if i > 1:  # (at i = 1 the posterior is a point)
+        assert ((exact - true).abs() / post_std).max() < 2e-3
+    if preset == "log" and i == 2:  # Lee et al.'s first-order step misses it by most of a posterior std here
+        lee = op.to_dct(op.lee_step(x_i, hidden["z"], i)).double()
+        assert ((lee - true).abs() / post_std).max() > 0.5
+
+
+@pytest.mark.parametrize("i", [1, 2, 500, 1000])
+def test_with_no_blur_one_step_is_textbook_ddpm(i):
+    op = O.make_operator("blurdiff", "ddpm")
+    g = torch.Generator().manual_seed(3)
+    x, eps, z = (torch.randn(2, 1, 8, 8, generator=g) for _ in range(3))
+    xd, epsd, zd = x.double(), eps.double(), z.double()
+    beta = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - beta, 0)])
+    a, ab, ab_prev = 1 - beta[i - 1], alpha_bar[i], alpha_bar[i - 1]
+    ancestral = (xd - beta[i - 1] / (1 - ab).sqrt() * epsd) / a.sqrt() + beta[i - 1].sqrt() * zd
+    noise = op.to_dct(z)  # the steps take U^T z
+    assert torch.allclose(op.posterior_step(x, eps, i, noise).double(), ancestral, atol=1e-5)
+    posterior = (xd - beta[i - 1] / (1 - ab).sqrt() * epsd) / a.sqrt() + (beta[i - 1] * (1 - ab_prev) / (1 - ab)).sqrt() * zd
+    assert torch.allclose(op.posterior_step(x, eps, i, noise, variance="posterior").double(), posterior, atol=1e-5)
+    x0_hat = (xd - (1 - ab).sqrt() * epsd) / ab.sqrt()
+    for s_next in {i - 1, i // 2}:
+        ddim = alpha_bar[s_next].sqrt() * x0_hat + (1 - alpha_bar[s_next]).sqrt() * epsd
+        assert torch.allclose(op.ddim_step(x, eps, i, s_next).double(), ddim, atol=1e-4 * max(1, float(ddim.abs().max())))
+
+
+def test_ddim_every_step_eta_1_is_ancestral_with_the_posterior_variance():
+    op = O.make_operator("blurdiff", "quartic", T=60)
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(1, 1, 8, 8, generator=g) * 0.3
+    restore = lambda x, s: torch.tanh(x * W + s / 60)  # noqa: E731  (any fixed function of (x, s))
+    x_T, hidden = G.start(op, None, (1, 1, 8, 8), g)
+    hidden = {k: torch.cat([v, v]) for k, v in hidden.items()}
+    hidden["seed"] = torch.tensor([11, 12])
+    x_T = torch.cat([x_T, x_T])
+    ddim = S.sample("ddim", restore, op, x_T, op.T, hidden, steps=op.T, eta=1.0)
+    noise, x = S._noise_streams(hidden, x_T), x_T
+    for i in range(op.T, 0, -1):
+        x = op.posterior_step(x, restore(x, i), i, noise() if i > 1 else None, variance="posterior")
+    assert torch.allclose(ddim, x, atol=1e-4)
+    assert not torch.allclose(ddim[0], ddim[1], atol=1e-2)  # each image its own noise
+
+
+@pytest.mark.parametrize("K", [2, 5, 1000])
+def test_ddim_with_the_exact_score_returns_the_data_point(K):
+    """(K = 1 is one jump by a factor Abar^-1/2 ~ e^15 on the most blurred coefficients: float32
+    rounding of the score alone moves the result by ~0.2 there.)"""
+    op = O.make_operator("blurdiff", "quartic")
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(1, 1, 8, 8, generator=g) * 2 - 1
+
+    def exact_eps(x, i):
+        la = op.log_abar(torch.full((len(x),), i), 8, 8)
+        return op.from_dct((op.to_dct(x) - (0.5 * la).exp() * op.to_dct(x0)) / (-torch.expm1(la)).sqrt())
+
+    x_T, hidden = G.start(op, None, (1, 1, 8, 8), g)
+    out = S.sample("ddim", exact_eps, op, x_T, op.T, hidden, steps=K)
+    assert float((out - x0).abs().max()) < 1e-3
+    with pytest.raises(UserError, match="--eta applies to ddim"):
+        S.sample("ancestral", exact_eps, op, x_T, op.T, hidden, eta=0.5)
+    with pytest.raises(UserError, match="runs every step"):
+        S.sample("ancestral", exact_eps, op, x_T, op.T, hidden, steps=10)

@@ -46,7 +46,7 @@ def test_restore_folder_pipe_and_same_seed(cli, cli_process, blur_model, fmnist_
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--sampler", "ddim"], "unknown sampler"),
+    (["--sampler", "euler"], "unknown sampler"),
     (["--z", "estimated"], "applies to colour, noise, animorph, not blur"),
     (["--t", "99"], "0..20"),
     (["--steps", "50"], "1..20"),
@@ -70,3 +70,12 @@ def test_restore_wrong_inputs(cli, blur_model, tmp_path):
     r = cli("restore", PHOTO, "--model", PHOTO, "-o", tmp_path / "o.png")
     assert r.returncode == 1 and "not a safetensors file" in r.stderr.decode()
     assert not (tmp_path / "o.png").exists()
+
+
+def test_eval_refuses_colour_images_for_a_grey_model_as_restore_does(cli, blur_model, tmp_path):
+    import shutil
+
+    (tmp_path / "c").mkdir()
+    shutil.copy(PHOTO, tmp_path / "c" / "p.png")
+    r = cli("eval", tmp_path / "c", "--model", blur_model)
+    assert r.returncode == 1 and "colour (3-channel)" in r.stderr.decode()

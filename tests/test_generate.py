@@ -32,6 +32,26 @@ def test_gmm_recovers_a_known_mixture():
     assert torch.allclose(draws.mean(0), x.mean(0), atol=0.01)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_gmm_finds_every_mode_for_every_seed(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    means_1d = torch.tensor([-1.5, 0.0, 0.3])
+    x = means_1d[torch.randint(3, (3000,), generator=g)][:, None] + 0.05 * torch.randn(3000, 1, generator=g)
+    found = sorted(m[0] for m in G.fit_gmm(x, 3, seed=seed)["means"])
+    assert all(abs(f - t) < 0.05 for f, t in zip(found, means_1d.tolist())), found
+    means_3d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.2, 0.2, 1.0]])
+    x = means_3d[torch.randint(3, (3000,), generator=g)] + 0.1 * torch.randn(3000, 3, generator=g)
+    found = torch.tensor(G.fit_gmm(x, 3, seed=seed)["means"], dtype=torch.float64)
+    assert torch.cdist(means_3d.double(), found).amin(1).max() < 0.05
+
+
+def test_gmm_needs_enough_images():
+    with pytest.raises(UserError, match="needs at least 3 images, got 2"):
+        G.fit_gmm(torch.zeros(2, 1), 3)
+    with pytest.raises(UserError, match="needs at least 2 images, got 1"):
+        G.fit_gmm(torch.zeros(1, 4), 1)
+
+
 def test_model_default_sampling_steps(cli, gen_model):
     _, _, meta = checkpoint.load_model(gen_model)
     assert meta["train"]["sampling_steps"] == 10
@@ -64,6 +84,21 @@ def test_starts_of_every_generative_operator():
         G.start(O.make_operator("snow"), None, (1, 3, 8, 8), g())
     with pytest.raises(UserError, match="--preset generation"):
         G.start(O.make_operator("blur", "mnist"), None, (1, 3, 8, 8), g())
+
+
+@pytest.mark.parametrize("H,W", [(28, 28), (30, 32), (32, 28), (100, 100)])
+def test_pixelate_generation_fits_the_chains_last_small_image_and_returns_full_size(H, W):
+    op = O.make_operator("pixelate", "mnist")
+    x0 = torch.rand(6, 1, H, W, generator=torch.Generator().manual_seed(H)) * 2 - 1
+    x = x0
+    for i in range(1, op.T + 1):  # the released chain, step by step
+        small = torch.nn.functional.interpolate(x, size=(H >> i, W >> i), mode="bicubic", align_corners=False)
+        x = torch.nn.functional.interpolate(small, size=(H, W), mode="nearest-exact")
+    feats = op.prior_features(x0)
+    assert feats.shape == (6, (H >> op.T) * (W >> op.T)) and torch.allclose(feats, small.flatten(1), atol=1e-6)
+    x_T, hidden = op.start((1, 1, H, W), None, feats[2:3])
+    assert hidden is None and x_T.shape == (1, 1, H, W)
+    assert torch.allclose(x_T, op.apply(x0[2:3], torch.tensor([op.T])), atol=1e-6)  # x_T is D(x0, T) itself
 
 
 def test_perfect_symmetry_collapses_broken_symmetry_diversifies(gen_model):
@@ -102,13 +137,19 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     (["--n", "0"], "--n must be at least 1"),
     (["--n", "-3"], "--n must be at least 1"),
     (["--symmetry", "partial"], "broken or perfect"),
-    (["--sampler", "ddim"], "unknown sampler"),
+    (["--sampler", "euler"], "unknown sampler"),
     (["--ncol", "0"], "--ncol must be at least 1"),
     (["--seed", "-3"], "--seed must be in 0.."),
+    (["--break-noise", "-1"], "--break-noise must be at least 0"),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")
     assert r.returncode == 1 and message in r.stderr.decode()
+
+
+def test_generate_needs_an_output_name_that_says_its_format(cli, gen_model, tmp_path):
+    r = cli("generate", "--model", gen_model, "--n", "2", "-o", tmp_path / "grid")
+    assert r.returncode == 1 and b"name an output file" in r.stderr and not (tmp_path / "grid").exists()
 
 
 def test_generate_refuses_a_restoration_model(cli, blur_model, tmp_path):
