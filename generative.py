@@ -15,35 +15,56 @@ import torch
 from common import ImageRNG, UserError
 
 
-def fit_gmm(x: torch.Tensor, k: int = 1, seed: int = 0, iters: int = 200, reg: float = 1e-6) -> dict:
-    """Gaussian mixture with full covariances fitted by EM on (N, D) features, in float64.
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre drawn with probability proportional to its squared
+    distance from the nearest centre chosen so far."""
+    centres = x[torch.randint(len(x), (1,), generator=g)]
+    for _ in range(k - 1):
+        d2 = torch.cdist(x, centres).pow(2).amin(1)
+        p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1 / len(x))
+        centres = torch.cat([centres, x[torch.multinomial(p.cpu(), 1, generator=g).to(x.device)]])
+    return centres
 
-    Deterministic for a seed (initial means are k distinct data points). Runs where x lives."""
-    x = x.double()
+
+def _em(x: torch.Tensor, centres: torch.Tensor, iters: int, reg: float) -> tuple[dict, float]:
+    """EM from `centres`, after a few k-means (Lloyd) steps: each component starts as its
+    cluster's mean, covariance and share, not as one broad Gaussian that can swallow two modes."""
     N, D = x.shape
-    if N < k:
-        raise UserError(f"a {k}-component mixture (--gmm-components) needs at least {k} images, got {N}")
+    k = len(centres)
     eye = torch.eye(D, dtype=x.dtype, device=x.device)
-    g = torch.Generator().manual_seed(seed)
-    means = x[torch.randperm(N, generator=g)[:k].to(x.device)].clone()
-    covs = (torch.cov(x.T).reshape(D, D) + reg * eye).expand(k, D, D).clone()
-    weights = torch.full((k,), 1 / k, dtype=x.dtype, device=x.device)
+    for _ in range(20):
+        label = torch.cdist(x, centres).argmin(1)
+        centres = torch.stack([x[label == j].mean(0) if bool((label == j).any()) else centres[j] for j in range(k)])
+    resp = torch.nn.functional.one_hot(torch.cdist(x, centres).argmin(1), k).to(x.dtype)
     last = -math.inf
-    for _ in range(iters):
-        # E step: responsibilities from log N(x | mu_k, S_k) + log w_k
-        logp = torch.distributions.MultivariateNormal(means, covs).log_prob(x[:, None, :]) + weights.log()
-        ll = torch.logsumexp(logp, 1)
-        resp = (logp - ll[:, None]).exp()
-        # M step
+    for _ in range(iters + 1):
+        # M step (from the k-means assignment first), then the E step's responsibilities
         nk = resp.sum(0) + 1e-12
         weights = nk / N
         means = resp.T @ x / nk[:, None]
         d = x[:, None, :] - means[None]
         covs = torch.einsum("nk,nkd,nke->kde", resp, d, d) / nk[:, None, None] + reg * eye
+        logp = torch.distributions.MultivariateNormal(means, covs).log_prob(x[:, None, :]) + weights.log()
+        ll = torch.logsumexp(logp, 1)
+        resp = (logp - ll[:, None]).exp()
         if float(ll.mean()) - last < 1e-9:
             break
         last = float(ll.mean())
-    return {"weights": weights.tolist(), "means": means.tolist(), "covs": covs.tolist()}
+    return {"weights": weights.tolist(), "means": means.tolist(), "covs": covs.tolist()}, float(ll.mean())
+
+
+def fit_gmm(x: torch.Tensor, k: int = 1, seed: int = 0, iters: int = 200, reg: float = 1e-6, restarts: int = 8) -> dict:
+    """Gaussian mixture with full covariances fitted by EM on (N, D) features, in float64.
+
+    EM finds a local optimum only: it starts `restarts` times from k-means++ seeds and keeps the
+    fit of the highest log-likelihood. Deterministic for a seed. Runs where x lives."""
+    x = x.double()
+    N, D = x.shape
+    if N < max(k, 2):
+        raise UserError(f"a {k}-component mixture (--gmm-components) needs at least {max(k, 2)} images, got {N}")
+    g = torch.Generator().manual_seed(seed)
+    fits = [_em(x, _kmeans_pp(x, k, g), iters, reg) for _ in range(restarts if k > 1 else 1)]
+    return max(fits, key=lambda fit: fit[1])[0]
 
 
 def sample_gmm(gmm: dict, n: int, generator: torch.Generator) -> torch.Tensor:

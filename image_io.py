@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 STDIO = "-"
 
 
@@ -121,7 +121,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
+
+
+def check_suffix(dest: str) -> str:
+    """An output file's name must say its format: PNG bytes named .gif or with no suffix mislead."""
+    if Path(dest).suffix.lower() not in _FORMATS:
+        raise UserError(f"{dest}: name an output file with one of {', '.join(sorted(_FORMATS))} (or a folder ending in /)")
+    return dest
 
 
 def write_image(u8, dest: str) -> None:
@@ -129,7 +136,7 @@ def write_image(u8, dest: str) -> None:
         sys.stdout.buffer.write(encode_image(u8))
         sys.stdout.buffer.flush()
         return
-    fmt = _FORMATS.get(Path(dest).suffix.lower(), "PNG")
+    fmt = _FORMATS[Path(check_suffix(dest)).suffix.lower()]
     atomic_write(Path(dest), encode_image(u8, fmt))
 
 
@@ -149,6 +156,13 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
         if o.exists() and not o.is_dir():
             raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
         dests = [str(o / rel) for _, rel, _ in items]
+        seen: dict[str, str] = {}
+        for (src, _, _), d in zip(items, dests):
+            if d in seen:
+                raise UserError(f"{seen[d]} and {src} would both be written to {d}; give them apart, one command each")
+            seen[d] = src
+    for d in dests:
+        check_suffix(d)
     clash = [d for d in dests if Path(d).exists()]
     if clash and not force:
         more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
@@ -171,7 +185,7 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
         return False, [STDIO]
     if Path(out).exists() and not force:
         raise UserError(f"{out}: output exists; pass --force to overwrite")
-    return False, [out]
+    return False, [check_suffix(out)]
 
 
 def load_folder(folder: str, size: int | None, channels: int | None):

@@ -14,8 +14,10 @@ is one class here plus one entry in OPERATORS.
     op.predicts, op.loss(pred, x0, hidden), op.x0_hat(x_t, t, pred)
                                         what R predicts ("x0", or "eps" for blurdiff), the
                                         training loss, and x0 recovered from R's output
-    op.default_sampler, op.z_modes      the sampler used when none is named (the samplers whose
-                                        `predicts` matches apply), and the z modes it accepts
+    op.default_sampler, op.default_steps, op.z_modes
+                                        the sampler used when none is named (the samplers whose
+                                        `predicts` matches apply), its steps when neither --steps
+                                        nor the model names any, and the z modes it accepts
                                         (the first is the default)
     op.min_size()                       the smallest image side it accepts
     op.needs_source                     animorph: z images come from a folder (--source)
@@ -53,6 +55,7 @@ class Operator:
     DEFAULT_PRESET = ""
     predicts = "x0"
     default_sampler = "tacos"
+    default_steps: ClassVar[int | None] = None  # sampling steps when neither --steps nor the model names any (None: t)
     z_modes: ClassVar[tuple[str, ...]] = ("fixed",)  # interpolation operators add "estimated"
     needs_source = False
     generation: ClassVar[str | None] = None
@@ -277,17 +280,14 @@ Blur.PRESETS = {
 # ----------------------------------------------------------------------------- mask, colour
 
 
-def _mask_table(T: int, std: float, init: float, h: int, w: int, reverse: bool) -> torch.Tensor:
+def _mask_table(T: int, std: float, init: float, h: int, w: int) -> torch.Tensor:
     """(T+1, h, w) cumulative masks alpha_t = m_1 ... m_t centred at (h//2, w//2), float64.
 
-    m_i = 1 - g_i / max(g_i), g_i a Gaussian bump with sigma_i = std * (i - 1 + init) pixels;
-    `reverse` applies the steps in the opposite order (widest first)."""
+    m_i = 1 - g_i / max(g_i), g_i a Gaussian bump with sigma_i = std * (i - 1 + init) pixels."""
     y = torch.arange(h, dtype=torch.float64) - h // 2
     x = torch.arange(w, dtype=torch.float64) - w // 2
     d2 = y[:, None] ** 2 + x[None, :] ** 2
     sig = std * (torch.arange(T, dtype=torch.float64) + init)
-    if reverse:
-        sig = sig.flip(0)
     g = torch.exp(-d2 / (2 * sig[:, None, None] ** 2))
     m = 1 - g / g.amax((-2, -1), keepdim=True)
     return torch.cat([torch.ones(1, h, w, dtype=torch.float64), torch.cumprod(m, 0)])
@@ -308,7 +308,6 @@ class Mask(Operator):
     std: float = 0.1
     init: float = 11.0
     random_centre: bool = True
-    reverse: bool = False
 
     def __post_init__(self):
         if self.std <= 0 or self.init <= 0:  # sigma_i = std (i - 1 + init) must be positive
@@ -319,15 +318,16 @@ class Mask(Operator):
         """(B, 1, h, w) cumulative mask for steps t and centres (B, 2) (row, col)."""
         key = (h, w, str(t.device))
         if key not in self._tables:
-            big = _mask_table(self.T, self.std, self.init, 2 * h - 1, 2 * w - 1, self.reverse)
-            self._tables[key] = self._finish(big).float().to(t.device)
+            big = _mask_table(self.T, self.std, self.init, 2 * h - 1, 2 * w - 1)
+            self._tables[key] = self._visible(big).float().to(t.device)
         table = self._tables[key]
         # canvas centre (h-1, w-1) must land on the image pixel `centre`
         rows = (h - 1 - centre[:, 0])[:, None] + torch.arange(h, device=t.device)
         cols = (w - 1 - centre[:, 1])[:, None] + torch.arange(w, device=t.device)
         return table[t[:, None, None], rows[:, :, None], cols[:, None, :]][:, None]
 
-    def _finish(self, table):
+    def _visible(self, table):
+        """alpha_t from the cumulative masks m_1 ... m_t: inpainting hides the product itself."""
         return table
 
     def draw(self, x0, generator=None):
@@ -357,8 +357,11 @@ Mask.PRESETS = {
 class Colour(Mask):
     """Mask filled with a random colour, for generation: D = alpha_t x0 + (1 - alpha_t) c.
 
-    c is one colour per image, uniform in [-0.5, 0.5) per channel. alpha_T is set to exactly 0,
-    so x_T is the flat colour and generation grows the image outward from the centre."""
+    c is one colour per image, uniform in [-0.5, 0.5) per channel. The released generation
+    schedule: alpha_t = 1 - m_1 ... m_{T-t} for t >= 1, so the centre (where every m_i is 0) stays
+    visible until t = T, the visible disc shrinks smoothly toward it as t grows, and alpha_T = 0
+    (the empty product) makes x_T the flat colour; alpha_0 = 1, so D(x0, 0) = x0. Generation
+    grows the image outward from the centre."""
 
     name = "colour"
     DEFAULT_PRESET = "generation"
@@ -368,11 +371,11 @@ class Colour(Mask):
     std: float = 0.05
     init: float = 1.0
     random_centre: bool = False
-    reverse: bool = True
 
-    def _finish(self, table):
-        table[-1] = 0
-        return table
+    def _visible(self, table):
+        alpha = 1 - table.flip(0)  # alpha_t = 1 - m_1 ... m_{T-t}
+        alpha[0] = 1
+        return alpha
 
     def draw(self, x0, generator=None):
         hidden = super().draw(x0, generator)
@@ -392,7 +395,7 @@ class Colour(Mask):
 
 
 Colour.PRESETS = {
-    "generation": dict(T=750, std=0.05, init=1.0, random_centre=False, reverse=True),
+    "generation": dict(T=750, std=0.05, init=1.0, random_centre=False),
 }
 
 
@@ -417,29 +420,31 @@ class Pixelate(Operator):
     def min_size(self):
         return max(8, 2**self.T)
 
-    def apply(self, x0, t, hidden=None):
-        t = self.check_t(x0, t)
-        x = _float(x0)
+    def chain(self, x: torch.Tensor, t_max: int):
+        """The released chain x_0 .. x_{t_max} (all at full size) and the last step's small image."""
         H, W = x.shape[-2:]
         if H >> self.T < 1 or W >> self.T < 1:
             raise UserError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {H}x{W}")
-        levels = [x]
-        for i in range(1, int(t.max()) + 1):
+        levels, small = [x], None
+        for i in range(1, t_max + 1):
             small = F.interpolate(levels[-1], size=(H >> i, W >> i), mode="bicubic", align_corners=False, antialias=False)
             levels.append(F.interpolate(small, size=(H, W), mode="nearest-exact"))
-        levels = torch.stack(levels)  # (t_max+1, B, C, H, W)
+        return levels, small
+
+    def apply(self, x0, t, hidden=None):
+        t = self.check_t(x0, t)
+        x = _float(x0)
+        levels = torch.stack(self.chain(x, int(t.max()))[0])  # (t_max+1, B, C, H, W)
         return levels[t, torch.arange(x.shape[0], device=x.device)].to(x0.dtype)
 
     def prior_features(self, x0):
-        H, W = x0.shape[-2:]
-        x_T = self.apply(x0.float(), torch.full((len(x0),), self.T, device=x0.device))
-        return x_T[..., :: 2**self.T, :: 2**self.T][..., : H >> self.T, : W >> self.T].flatten(1)
+        # the chain's real last small image, (H >> T) x (W >> T) whatever H and W are
+        return self.chain(x0.float(), self.T)[1].flatten(1)
 
     def start(self, shape, generator, features=None, break_noise=0.0):
         C, H, W = shape[1:]
         small = features.view(1, C, H >> self.T, W >> self.T)
-        big = F.interpolate(small, size=((H >> self.T) * 2**self.T, (W >> self.T) * 2**self.T), mode="nearest")
-        return big[..., :H, :W].contiguous(), None
+        return F.interpolate(small, size=(H, W), mode="nearest-exact"), None  # D's own last upsample
 
 
 Pixelate.PRESETS = {

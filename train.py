@@ -138,6 +138,8 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     step = 0
     if resume and checkpoint.state_path(out).exists():
         step = checkpoint.load_training_state(out, net, ema, opt, rng)
+        if step >= cfg.steps:
+            raise Stop(0, f"{out} is at step {step} already, not below --steps {cfg.steps}: nothing to do (raise --steps to train on)")
         log(f"resuming from step {step}")
     # keep the data on the GPU as uint8 when it fits easily (a quarter of free memory)
     if cuda and data.numel() < torch.cuda.mem_get_info(device)[0] // 4:
@@ -151,6 +153,8 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     view = RunLog(op, ema, data, out, cfg, device, log, enabled=rank == 0)
 
     def save(step):
+        if not all(bool(torch.isfinite(p).all()) for m in (net, ema) for p in m.parameters()):
+            raise Stop(1, f"the weights became non-finite by step {step} (is --lr too large?); stopped, the last good checkpoint is kept")
         if rank == 0:
             checkpoint.save_training_state(out, net, ema, opt, step, rng, meta)
             checkpoint.save_model(out, ema, meta | {"step": step})

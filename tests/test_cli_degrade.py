@@ -133,3 +133,26 @@ def test_bad_inputs_one_line_nothing_written(cli, tmp_path):
         assert not out.exists()  # a bad file anywhere: nothing written at all
     r = cli("degrade", PHOTO, PHOTO)
     assert r.returncode != 0 and b"-o DIR" in r.stderr
+
+
+def test_outputs_that_would_collide_or_mislead_are_refused(cli, tmp_path):
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        shutil.copy(sorted(FMNIST.iterdir())[0], tmp_path / d / "x.png")
+    r = cli("degrade", tmp_path / "d1" / "x.png", tmp_path / "d2" / "x.png", "--op", "blur", "--t", "5", "-o", tmp_path / "out")
+    assert r.returncode == 1 and b"would both be written" in r.stderr and not (tmp_path / "out").exists()
+    r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "-o", tmp_path / "noext")
+    assert r.returncode == 1 and b"name an output file" in r.stderr
+    r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "--strip", "--frames", "0", "-o", tmp_path / "s.png")
+    assert r.returncode == 1 and b"--frames must be at least 2" in r.stderr
+    from PIL import Image
+
+    Image.open(tmp_path / "d1" / "x.png").save(tmp_path / "a.gif")
+    r = cli("degrade", tmp_path / "a.gif", "--op", "blur", "-o", tmp_path / "b.gif")
+    assert r.returncode == 0 and Image.open(tmp_path / "b.gif").format == "GIF"
+
+
+@pytest.mark.parametrize("param", ["f_max=-1", "beta_end=2", "beta_start=0", "blur_sigma=0"])
+def test_blurdiff_parameters_are_validated(cli, param, tmp_path):
+    r = cli("degrade", PHOTO, "--op", "blurdiff", "--param", param, "-o", tmp_path / "o.png")
+    assert r.returncode == 1 and b"blurdiff needs" in r.stderr and not (tmp_path / "o.png").exists()

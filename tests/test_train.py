@@ -230,3 +230,20 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path):
     assert meta["train"]["world_size"] == 2 and meta["step"] == 4
     fresh = unet.build(1, "tiny")
     assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)
+
+
+def test_non_finite_weights_are_never_written(cli, fmnist_split, tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = cli("train", fmnist_split[0], "-o", out, "--net", "tiny", "--steps", "3", "--batch", "4", "--accumulate", "1",
+            "--lr", "inf", "--save-every", "1", "--no-augment")
+    assert r.returncode == 1 and b"non-finite" in r.stderr and not out.exists()
+
+
+def test_resume_past_steps_says_there_is_nothing_to_do(cli, fmnist_split, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["train", fmnist_split[0], "-o", out, "--net", "tiny", "--batch", "4", "--accumulate", "1", "--save-every", "2", "--no-augment"]
+    assert cli(*args, "--steps", "4").returncode == 0
+    before = out.read_bytes()
+    r = cli(*args, "--steps", "3", "--resume")
+    assert r.returncode == 0 and b"nothing to do" in r.stderr and b"wrote" not in r.stderr
+    assert out.read_bytes() == before
