@@ -105,24 +105,26 @@ def _noise_streams(hidden, x):
     return lambda: rng.randn(x.shape[1:], x.device)
 
 
+def _every_step(step, restore, x_t, t: int, hidden):
+    """x_{i-1} = step(x_i, eps_hat, i, noise) for i = t..1, no noise on the last step."""
+    noise, x = _noise_streams(hidden, x_t), x_t.float()
+    for i in range(t, 0, -1):
+        x = step(x, restore(x, i), i, noise() if i > 1 else None)
+    return x
+
+
 @sampler(predicts="eps", steps=False)
 def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
     """Blur diffusion's published reverse process (Lee et al.; SPEC section 5), every step i = t..1:
     op.lee_step, a first-order approximation of the true posterior, variance B_i."""
-    noise, x = _noise_streams(hidden, x_t), x_t.float()
-    for i in range(t, 0, -1):
-        x = op.lee_step(x, restore(x, i), i, noise() if i > 1 else None)
-    return x
+    return _every_step(op.lee_step, restore, x_t, t, hidden)
 
 
 @sampler(predicts="eps", steps=False)
 def ancestral(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
     """The exact reverse process, every step i = t..1: a draw from DDPM's posterior per DCT
     coefficient (op.posterior_step), with Lee et al.'s variance B_i."""
-    noise, x = _noise_streams(hidden, x_t), x_t.float()
-    for i in range(t, 0, -1):
-        x = op.posterior_step(x, restore(x, i), i, noise() if i > 1 else None)
-    return x
+    return _every_step(op.posterior_step, restore, x_t, t, hidden)
 
 
 @sampler(predicts="eps", eta=True)
