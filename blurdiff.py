@@ -18,16 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from common import UserError
-from operators import Operator, _float, _per_image, gaussian_kernel1d, register
-
-
-def dct_matrix(n: int) -> torch.Tensor:
-    """Orthonormal DCT-II, (n, n) float64: C @ x are the coefficients, C.T @ c inverts exactly."""
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    j = torch.arange(n, dtype=torch.float64)[None, :]
-    C = torch.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2 / n)
-    C[0] /= math.sqrt(2)
-    return C
+from operators import Operator, _float, _per_image, register
+from spectral import dct, dct_matrix, gaussian_kernel1d, idct  # noqa: F401 (dct_matrix: tests)
 
 
 @register
@@ -48,6 +40,9 @@ class BlurDiff(Operator):
     default_sampler = "ddim"  # chosen by measurement: RESULTS.md, "Blur diffusion samplers"
     default_steps = 100
     generation = "N(0, I)"
+    # Lee et al.'s training (SPEC section 6; their appendix B prints lr 1e-5): the guided-diffusion
+    # UNet, and ADM's EMA, updated every step from the start
+    train_defaults = dict(net="adm", lr=5e-5, ema_decay=0.9999, ema_every=1, ema_start=0, batch=16, accumulate=1)
     T: int = 1000
     schedule: str = "quartic"
     f_max: float = 0.14
@@ -72,28 +67,24 @@ class BlurDiff(Operator):
         self.cum_f = torch.cat([zero, torch.cumsum(f, 0)])
         self._axes: dict = {}
 
-    def axis(self, n: int, device):
-        """(C, log lambda) of one axis: the DCT matrix and the log of the blur's eigenvalues."""
+    def log_lambda(self, n: int, device):
+        """(n,) log of the blur's eigenvalues along an axis of length n."""
         key = (n, str(device))
         if key not in self._axes:
             g = gaussian_kernel1d(3, self.blur_sigma)
             lam = g[1] + 2 * g[0] * torch.cos(math.pi * torch.arange(n, dtype=torch.float64) / n)
-            self._axes[key] = (dct_matrix(n).float().to(device), lam.log().float().to(device))
+            self._axes[key] = lam.log().float().to(device)
         return self._axes[key]
 
     def to_dct(self, x):
-        Ch, _ = self.axis(x.shape[-2], x.device)
-        Cw, _ = self.axis(x.shape[-1], x.device)
-        return Ch @ x @ Cw.T
+        return dct(dct(x, -2), -1)
 
     def from_dct(self, c):
-        Ch, _ = self.axis(c.shape[-2], c.device)
-        Cw, _ = self.axis(c.shape[-1], c.device)
-        return Ch.T @ c @ Cw
+        return idct(idct(c, -1), -2)
 
     def log_d(self, h: int, w: int, device):
         """(h, w) log d_kl = log lambda_k + log lambda_l."""
-        return self.axis(h, device)[1][:, None] + self.axis(w, device)[1][None, :]
+        return self.log_lambda(h, device)[:, None] + self.log_lambda(w, device)[None, :]
 
     def log_abar(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, 1, h, w) log Abar_t per frequency."""
@@ -164,8 +155,11 @@ class BlurDiff(Operator):
         t = self.check_t(x0, t)
         x = _float(x0)
         abar = self.log_abar(t, *x.shape[-2:]).exp()
-        c = abar.sqrt() * self.to_dct(x) + (1 - abar).sqrt() * self.to_dct(self.needs(hidden)["z"])
-        return torch.where(_per_image(t == 0), x, self.from_dct(c)).to(x0.dtype)
+        c = self.to_dct(x).mul_(abar.sqrt()).addcmul_(self.to_dct(self.needs(hidden)["z"]), (1 - abar).sqrt())
+        xt = self.from_dct(c)
+        if bool((t == 0).any()):  # a full-size copy a 12-megapixel photo at t > 0 need not pay
+            xt = torch.where(_per_image(t == 0), x, xt)
+        return xt.to(x0.dtype)
 
     def loss(self, pred, x0, hidden):
         """Lee et al.'s eq. 18: the plain MSE between R's eps and the noise that made x_t."""

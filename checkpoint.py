@@ -67,9 +67,9 @@ def load_model(path, device="cpu"):
         raise UserError(f"{path}: written by a newer colddiff (format {meta['version']})")
     try:
         op = operators.operator_from_params(meta["operator"]["name"], meta["operator"]["params"])
-        net = unet.UNet(**meta["network"])
+        net = unet.from_config(meta["network"])
         net.load_state_dict(tensors)
-    except (KeyError, TypeError, RuntimeError, UserError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, UserError) as e:
         raise UserError(f"{path}: colddiff model metadata or weights are inconsistent ({str(e).splitlines()[0][:100]})") from None
     return net.to(device).eval(), op, meta
 
@@ -107,6 +107,53 @@ def load_training_state(path, net, ema, opt, rng: torch.Generator) -> int:
     return int(info["step"])
 
 
+
+
+class train_lock:
+    """Held while `colddiff train` writes a model: a second run on the same file is refused, not
+    interleaved. flock on MODEL.lock, released by the kernel even on kill -9; the file is removed
+    on a clean exit, and a lock taken on a file that was removed meanwhile is taken again."""
+
+    def __init__(self, model_path):
+        p = Path(model_path)
+        self.path = p.with_name(p.name + ".lock")
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(f"{self.path.with_suffix('')}: another `colddiff train` is writing this model "
+                                f"(it holds {self.path.name}); wait for it, or write another file") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                self._remove_stale_temporaries()
+                return self
+            os.close(fd)  # the holder removed the file between our open and our lock: try again
+
+    def _remove_stale_temporaries(self):
+        """A write killed between its temp file and the rename (kill -9, power loss) leaves
+        `.MODEL.XXXX.tmp`; with the lock held no one else can be writing them."""
+        model = self.path.with_suffix("")
+        for name in (model.name, state_path(model).name):
+            for tmp in model.parent.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def __exit__(self, *exc):
+        import os
+
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
 
 
 def saved_operator(path) -> dict:

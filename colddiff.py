@@ -6,10 +6,12 @@ samplers.py, generative.py, train.py, checkpoint.py, image_io.py, metrics.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -47,8 +49,23 @@ def fail_cleanly(fn):
         except KeyboardInterrupt:
             typer.echo("colddiff: interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader of stdout went away (`| head`, `>&-`): quiet, as Unix tools
+            raise typer.Exit(128 + 13) from None  # SIGPIPE's status
+        except (MemoryError, RuntimeError) as e:
+            if not out_of_memory(e):
+                raise
+            typer.echo(f"colddiff: error: out of memory ({str(e).splitlines()[0][:90]}); use a smaller --batch, "
+                       "smaller images (--size, or resize them), or --device cpu", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's RuntimeError."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in text \
+        or "can't allocate memory" in text or "not enough memory" in text
 
 
 def command(name: str | None = None):
@@ -118,6 +135,39 @@ def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, sour
     return samplers.Sampling(op, meta, restore, sampler, steps, z, eta)
 
 
+def available_memory(device) -> int | None:
+    """Bytes free for tensors: the CUDA device's free memory, or the CPU's MemAvailable (None if unknown)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+NET_BYTES_PER_PIXEL_AND_WIDTH = 100  # peak activations of one forward, measured 74-93 (unet.py, float32, CPU)
+
+
+def check_fits(sampling, name: str, h: int, w: int, batch: int, device) -> None:
+    """Refuse, before any work, a network call that cannot fit (a 12-megapixel photo through R):
+    one line that says what to change, where the allocator would fail mid-way or the kernel kill us."""
+    need = NET_BYTES_PER_PIXEL_AND_WIDTH * sampling.meta["network"]["dim"] * h * w
+    free = available_memory(device)
+    if free is None or need * batch <= free:
+        return
+    gb = 2**30
+    if need <= free:
+        advice = f"use --batch {free // need}"
+    else:
+        scale = math.sqrt(free / need)
+        advice = f"resize it to about {int(w * scale)}x{int(h * scale)} or smaller" + ("" if device.type == "cpu" else ", or use --device cpu")
+    raise UserError(f"{name}: {w}x{h} at --batch {batch} needs about {need * batch / gb:.1f} GB for the network, "
+                    f"{free / gb:.1f} GB are free on {device.type}; {advice}")
+
+
 def strip_frames(T: int, frames: int | None) -> list[int]:
     if frames is not None and frames < 2:
         raise UserError(f"--frames must be at least 2, got {frames}")
@@ -151,6 +201,16 @@ OutOpt = typer.Option(None, "-o", "--out", help="Output file or folder (default:
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+@app.callback()
+def main_options(
+    max_megapixels: float = typer.Option(128, "--max-megapixels", help="Refuse images larger than this (a guard against decompression bombs)."),
+):
+    """Cold diffusion: degrade, restore, train and generate images with deterministic transforms."""
+    import image_io
+
+    image_io.MAX_PIXELS = int(max_megapixels * 1e6)
 
 
 @command()
@@ -206,10 +266,13 @@ def degrade(
     for (src, _, _), dest in zip(items, dests):
         x0 = to_model(read_image(src))[None].to(dev)
         hidden = operator.draw(x0, generator(seed))
-        batch = x0.expand(len(steps), -1, -1, -1)
-        hidden = None if hidden is None else {k: v.expand(len(steps), *v.shape[1:]) for k, v in hidden.items()}
-        xt = operator.apply(batch, torch.tensor(steps, device=dev), hidden)
-        write_image(to_uint8(torch.cat(list(xt), dim=-1)), dest)
+        frames = []
+        per_call = max(1, 2**25 // x0.numel())  # a strip of a 12-megapixel photo: a few frames at a time
+        for i in range(0, len(steps), per_call):
+            chunk = steps[i : i + per_call]
+            h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
+            frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk, device=dev), h)))
+        write_image(torch.cat(frames, dim=-1), dest)
 
 
 @command()
@@ -219,17 +282,17 @@ def train(
     op: str = OpOpt,
     preset: Optional[str] = PresetOpt,
     param: Optional[list[str]] = ParamOpt,
-    net: str = typer.Option("paper", "--net", help="Network preset: paper (56.6 M), small, tiny."),
+    net: Optional[str] = typer.Option(None, "--net", help="Network preset: paper (the released ConvNeXt UNet, 56.6 M), small, tiny, ddpm (Ho et al., 35.7 M), adm (Lee et al., 121 M), adm-small. Default: paper; blurdiff: adm."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize (short side) and centre-crop images to SIZE."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: from the data)."),
     steps: int = typer.Option(CFG.steps, "--steps", help="Optimizer steps."),
-    batch: int = typer.Option(CFG.batch, "--batch", help="Images per step per device."),
-    accumulate: int = typer.Option(CFG.accumulate, "--accumulate", help="Gradient accumulation (batches per step)."),
-    lr: float = typer.Option(CFG.lr, "--lr"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Images per step per device (default 32; blurdiff 16)."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Gradient accumulation (batches per step; default 2, blurdiff 1)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default 2e-5; blurdiff 5e-5)."),
     lr_schedule: str = typer.Option(CFG.lr_schedule, "--lr-schedule", help="constant (the papers) or cosine (decays to 0 at --steps)."),
-    ema_decay: float = typer.Option(CFG.ema_decay, "--ema-decay"),
-    ema_every: int = typer.Option(CFG.ema_every, "--ema-every"),
-    ema_start: int = typer.Option(CFG.ema_start, "--ema-start", help="EMA copies the model until this step."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay (default 0.995; blurdiff 0.9999)."),
+    ema_every: Optional[int] = typer.Option(None, "--ema-every", help="Steps between EMA updates (default 10; blurdiff 1)."),
+    ema_start: Optional[int] = typer.Option(None, "--ema-start", help="EMA copies the model until this step (default 2000; blurdiff 0)."),
     save_every: int = typer.Option(CFG.save_every, "--save-every"),
     sample_every: int = typer.Option(CFG.sample_every, "--sample-every", help="Write a sample grid and a metrics.jsonl line."),
     augment: bool = typer.Option(CFG.augment, "--augment/--no-augment", help="Resize 1.12x + random crop + flip."),
@@ -245,20 +308,25 @@ def train(
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 
     Ctrl-C or SIGTERM finishes the step, saves, and exits 130/143; --resume continues exactly."""
+    import checkpoint
     import train as training
     import unet
 
-    given = locals()
-    cfg = TrainConfig(**{f.name: given[f.name] for f in dataclasses.fields(TrainConfig)})
     operator = make_op(op, preset, param)
+    given = training.method_defaults(operator, locals())
+    net = given["net"]
+    cfg = TrainConfig(**{f.name: given[f.name] for f in dataclasses.fields(TrainConfig)})
     cfg.check(operator)
     if net not in unet.PRESETS:
         raise UserError(f"unknown network preset {net!r}; choose from {', '.join(unet.PRESETS)}")
     training.check_output(out, operator, resume, force)
-    dev = pick_device(device)
-    images = load_folder(data, size, channels)
-    attach_source(operator, source, dev)
-    training.train(images, operator, net, out, cfg, dev, resume=resume, log=lambda m: typer.echo(m, err=True))
+    # one writer per model file (under torchrun, rank 0 holds it for all)
+    with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+        training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
+        dev = pick_device(device)
+        images = load_folder(data, size, channels)
+        attach_source(operator, source, dev)
+        training.train(images, operator, net, out, cfg, dev, resume=resume, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"wrote {out}", err=True)
 
 
@@ -294,7 +362,9 @@ def restore(
     t = op.T if t is None else t
     items = find_images(inputs)
     for src, _, _ in items:  # every input must decode and fit before anything is written
-        check_input(read_image(src), C, op, src, model)
+        u8 = read_image(src)
+        check_input(u8, C, op, src, model)
+        check_fits(sampling, "<stdin>" if isinstance(src, bytes) else src, *u8.shape[-2:], min(batch, len(items)), dev)
     dests = plan_outputs(items, out, force)
     pending: list = []
 
@@ -358,6 +428,7 @@ def evaluate(
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
     check_input(read_image(find_images([data])[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
     images = load_folder(data, H if H == W else None, C)[:n]
+    check_fits(sampling, data, *images.shape[-2:], min(batch, len(images)), dev)
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
     table, columns = metrics.evaluate(sampling, to_model(images), seed, batch, dev, fid_weights)
@@ -417,7 +488,7 @@ def generate(
     sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile, eta)
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
     results = []
-    with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+    with Progress(console=Console(stderr=True), transient=True, disable=not (sys.stderr and sys.stderr.isatty())) as bar:
         task = bar.add_task("generating", total=n)
         for lo, images in generative.generate(sampling, n, batch, seed, dev, break_noise if symmetry == "broken" else 0.0):
             images = to_uint8(images).cpu()

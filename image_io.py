@@ -13,6 +13,9 @@ from pathlib import Path
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 STDIO = "-"
+# The decompression-bomb guard: a 1 KB PNG can claim 100,000 x 100,000 pixels. 128 megapixels
+# passes every camera's photo (a 108 MP phone sensor included); `colddiff --max-megapixels N` raises it.
+MAX_PIXELS = 128_000_000
 
 
 from common import UserError
@@ -52,8 +55,14 @@ def read_image(source: str | bytes, channels: int | None = None):
     from PIL import Image, UnidentifiedImageError
 
     name = "<stdin>" if isinstance(source, bytes) else source
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own guard, replaced by the one below (which names the flag)
     try:
         im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise UserError(f"{name}: {w}x{h} is {w * h / 1e6:,.0f} megapixels, over the limit of {MAX_PIXELS / 1e6:,.0f} "
+                            f"that guards against decompression bombs; for a genuinely huge image raise it with "
+                            f"`colddiff --max-megapixels N ...`")
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name}: not a readable image ({e})") from None
@@ -116,6 +125,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs follow the umask
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder, a quota: nothing half-written is left
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: could not write ({e.strerror or e}); nothing was written there") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -131,10 +143,33 @@ def check_suffix(dest: str) -> str:
     return dest
 
 
+def write_stdout(data: bytes) -> None:
+    """Bytes to standard output. A reader that went away (or no stdout at all) is a BrokenPipeError,
+    which the CLI turns into a quiet exit with SIGPIPE's status; any other failure (/dev/full) is
+    one line. Either way fd 1 is pointed at /dev/null so that Python's exit-time flush of what
+    is still buffered cannot print a second error."""
+    try:
+        if sys.stdout is None:
+            raise BrokenPipeError(32, "standard output is closed")
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError as e:
+        if sys.stdout is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        if isinstance(e, BrokenPipeError):
+            raise
+        raise UserError(f"standard output: could not write ({e.strerror or e})") from None
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
 def write_image(u8, dest: str) -> None:
     if dest == STDIO:
-        sys.stdout.buffer.write(encode_image(u8))
-        sys.stdout.buffer.flush()
+        write_stdout(encode_image(u8))
         return
     fmt = _FORMATS[Path(check_suffix(dest)).suffix.lower()]
     atomic_write(Path(dest), encode_image(u8, fmt))
@@ -146,7 +181,7 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     if out is None or out == STDIO:
         if not single:
             raise UserError("several input images: give an output folder with -o DIR")
-        if out is None and sys.stdout.isatty():
+        if out is None and stdout_is_terminal():
             raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
         return [STDIO]
     o = Path(out)
@@ -180,7 +215,7 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
             raise UserError(f"{clash[0]}: output exists; pass --force to overwrite")
         return True, dests
     if out is None or out == STDIO:
-        if out is None and sys.stdout.isatty():
+        if out is None and stdout_is_terminal():
             raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
         return False, [STDIO]
     if Path(out).exists() and not force:

@@ -20,6 +20,8 @@ is one class here plus one entry in OPERATORS.
                                         nor the model names any, and the z modes it accepts
                                         (the first is the default)
     op.min_size()                       the smallest image side it accepts
+    op.train_defaults                   training settings of its paper that differ from cold
+                                        diffusion's (blurdiff: network, lr, EMA, batch)
     op.needs_source                     animorph: z images come from a folder (--source)
     op.generation, op.prior             generative operators: how x_T is drawn (for help
                                         texts) and what the fitted GMM prior is over (or None)
@@ -43,7 +45,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+import spectral
 from common import UserError
+from spectral import AxisBlur, gaussian_kernel1d
 
 Hidden = dict[str, torch.Tensor] | None
 
@@ -60,6 +64,7 @@ class Operator:
     needs_source = False
     generation: ClassVar[str | None] = None
     prior: ClassVar[str | None] = None
+    train_defaults: ClassVar[dict] = {}  # the method's own training settings (network, lr, ...) where it has them
     T: int = 1
 
     def params(self) -> dict:
@@ -135,13 +140,6 @@ def _per_image(v: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- blur
 
 
-def gaussian_kernel1d(k: int, sigma: float) -> torch.Tensor:
-    """Normalised k-tap Gaussian (float64). The 2-D kernel of the papers is its outer product."""
-    x = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
 def blur_sigmas(schedule: str, s: float, T: int) -> list[float]:
     i = torch.arange(1, T + 1, dtype=torch.float64)
     sig = {
@@ -155,44 +153,6 @@ def blur_sigmas(schedule: str, s: float, T: int) -> list[float]:
     return sig[schedule]().tolist()
 
 
-def _period(n: int, padding: str) -> int:
-    # reflect padding (PyTorch's: edge not repeated) makes the signal whole-sample symmetric,
-    # i.e. periodic with period 2n-2: the DCT-I. Circular padding is periodic with period n.
-    return n if padding == "circular" else max(2 * n - 2, 1)
-
-
-def _kernel_response(g: torch.Tensor, period: int) -> torch.Tensor:
-    """Frequency response of a centred symmetric kernel on a circle of `period` samples.
-
-    Real because the kernel is symmetric: sum_j g_j cos(2 pi j k / P), k = 0..P//2.
-    Taps that reach further than the period wrap around, as circular padding does."""
-    r = (len(g) - 1) / 2
-    j = torch.arange(len(g), dtype=torch.float64) - r
-    k = torch.arange(period // 2 + 1, dtype=torch.float64)
-    return (g[:, None] * torch.cos(2 * math.pi * j[:, None] * k[None, :] / period)).sum(0)
-
-
-def filter_basis(n: int, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V, freq): a real basis of R^n in which every symmetric filter with this padding is diagonal.
-
-    Column m of V is an eigenvector whose eigenvalue is the kernel's response at frequency
-    bin freq[m] (of `_kernel_response` with the axis's period). reflect: the DCT-I cosines
-    cos(pi j k / (n-1)); circular: the real Fourier basis, cos and sin sharing a frequency."""
-    j = torch.arange(n, dtype=torch.float64)[:, None]
-    if padding == "reflect" or n == 1:
-        k = torch.arange(n, dtype=torch.float64)
-        V = torch.cos(math.pi * j * k / max(n - 1, 1)) if n > 1 else torch.ones(1, 1, dtype=torch.float64)
-        return V, torch.arange(n)
-    cols, freq = [torch.ones(n, 1, dtype=torch.float64)], [0]
-    for k in range(1, (n - 1) // 2 + 1):
-        cols += [torch.cos(2 * math.pi * j * k / n), torch.sin(2 * math.pi * j * k / n)]
-        freq += [k, k]
-    if n % 2 == 0:
-        cols.append(torch.cos(math.pi * j))
-        freq.append(n // 2)
-    return torch.cat(cols, 1), torch.tensor(freq)
-
-
 @register
 @dataclass
 class Blur(Operator):
@@ -200,9 +160,9 @@ class Blur(Operator):
 
     Each step is a linear shift-invariant filter with a symmetric kernel, so along each axis
     all steps share one eigenbasis (DCT-I for reflect padding, real Fourier for circular) and t
-    steps are one product of eigenvalues. The 2-D Gaussian is separable, hence
-    x_t = V_h diag(l_h(t)) V_h^-1 x0 V_w^-T diag(l_w(t)) V_w^T: four matmuls with fixed
-    matrices and a per-image diagonal gathered from a (T+1, n) table."""
+    steps are one product of eigenvalues. The 2-D Gaussian is separable: one filter along the
+    rows, one along the columns (spectral.AxisBlur: a dense matmul on short axes, the FFT on
+    long ones), each scaling image b's coefficients by a row of a (T+1, n) table."""
 
     name = "blur"
     DEFAULT_PRESET = "mnist"
@@ -224,28 +184,20 @@ class Blur(Operator):
         self.kernels = [gaussian_kernel1d(self.kernel_size, s) for s in sigmas]
         self._axes: dict = {}
 
-    def axis(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(V, V^-1, eigenvalues (T+1, n)) of the cumulative blur along an axis of length n."""
-        key = (n, str(device))
+    def axis(self, n: int, device) -> AxisBlur:
+        key = (n, str(device), n <= spectral.DENSE_MAX)
         if key not in self._axes:
-            V, freq = filter_basis(n, self.padding)
-            P = _period(n, self.padding)
-            steps = torch.stack([_kernel_response(g, P) for g in self.kernels])[:, freq]
-            eig = torch.cat([torch.ones(1, n, dtype=torch.float64), torch.cumprod(steps, 0)])
-            self._axes[key] = tuple(m.float().to(device) for m in (V, torch.linalg.inv(V), eig))
+            self._axes[key] = AxisBlur(self.kernels, n, self.padding, device)
         return self._axes[key]
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
         x = _float(x0)
         H, W = x.shape[-2:]
-        Vh, Vh_inv, eig_h = self.axis(H, x.device)
-        Vw, Vw_inv, eig_w = self.axis(W, x.device)
         # flat_last: step T replaces x_{T-1} by its per-channel mean (= x0's mean with circular padding)
         steps = t.clamp(max=self.T - 1) if self.flat_last else t
-        coeff = Vh_inv @ x @ Vw_inv.T
-        coeff = coeff * eig_h[steps][:, None, :, None] * eig_w[steps][:, None, None, :]
-        xt = Vh @ coeff @ Vw.T
+        xt = self.axis(W, x.device)(x, steps)
+        xt = self.axis(H, x.device)(xt.transpose(-1, -2), steps).transpose(-1, -2)
         if self.flat_last:
             xt = torch.where(_per_image(t == self.T), xt.mean((-2, -1), keepdim=True), xt)
         return torch.where(_per_image(t == 0), x, xt).to(x0.dtype)
@@ -280,27 +232,16 @@ Blur.PRESETS = {
 # ----------------------------------------------------------------------------- mask, colour
 
 
-def _mask_table(T: int, std: float, init: float, h: int, w: int) -> torch.Tensor:
-    """(T+1, h, w) cumulative masks alpha_t = m_1 ... m_t centred at (h//2, w//2), float64.
-
-    m_i = 1 - g_i / max(g_i), g_i a Gaussian bump with sigma_i = std * (i - 1 + init) pixels."""
-    y = torch.arange(h, dtype=torch.float64) - h // 2
-    x = torch.arange(w, dtype=torch.float64) - w // 2
-    d2 = y[:, None] ** 2 + x[None, :] ** 2
-    sig = std * (torch.arange(T, dtype=torch.float64) + init)
-    g = torch.exp(-d2 / (2 * sig[:, None, None] ** 2))
-    m = 1 - g / g.amax((-2, -1), keepdim=True)
-    return torch.cat([torch.ones(1, h, w, dtype=torch.float64), torch.cumprod(m, 0)])
-
-
 @register
 @dataclass
 class Mask(Operator):
     """Gaussian-mask inpainting: D(x0, t) = x0 * m_1 * ... * m_t (masked pixels go to 0, mid-grey).
 
-    The centre is the image centre or, with `random_centre`, a pixel drawn per image. Centres
-    sit on pixels, so every mask is a window of one table built on a canvas twice the size:
-    one gather per batch, exact, whatever the centres and steps."""
+    m_i = 1 - exp(-d^2 / (2 sigma_i^2)), sigma_i = std (i - 1 + init) pixels, d the distance to the
+    centre: the image centre or, with `random_centre`, a pixel drawn per image. The product
+    depends on d^2 alone, an integer, so it is tabulated once over d^2 = 0..Q-1 and gathered per
+    pixel: memory grows with the image, not with T times it. Beyond d^2 = 80 sigma_T^2 every
+    factor is exactly 1.0 in float64, so Q never exceeds that whatever the image size."""
 
     name = "mask"
     DEFAULT_PRESET = "mnist"
@@ -308,27 +249,56 @@ class Mask(Operator):
     std: float = 0.1
     init: float = 11.0
     random_centre: bool = True
+    TABLE_MAX: ClassVar[int] = 2**23  # entries of the (T+1, Q) table kept between calls (32 MB)
 
     def __post_init__(self):
         if self.std <= 0 or self.init <= 0:  # sigma_i = std (i - 1 + init) must be positive
             raise UserError(f"{self.name} needs std > 0 and init > 0, got std={self.std}, init={self.init}")
         self._tables: dict = {}
 
-    def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B, 1, h, w) cumulative mask for steps t and centres (B, 2) (row, col)."""
-        key = (h, w, str(t.device))
-        if key not in self._tables:
-            big = _mask_table(self.T, self.std, self.init, 2 * h - 1, 2 * w - 1)
-            self._tables[key] = self._visible(big).float().to(t.device)
-        table = self._tables[key]
-        # canvas centre (h-1, w-1) must land on the image pixel `centre`
-        rows = (h - 1 - centre[:, 0])[:, None] + torch.arange(h, device=t.device)
-        cols = (w - 1 - centre[:, 1])[:, None] + torch.arange(w, device=t.device)
-        return table[t[:, None, None], rows[:, :, None], cols[:, None, :]][:, None]
+    def cumulative(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, 1, h, w) m_1 ... m_t around each image's centre (B, 2) (row, col); 1 where t = 0."""
+        sigma_T = self.std * (self.T - 1 + self.init)
+        Q = min(math.ceil(80 * sigma_T**2), (h - 1) ** 2 + (w - 1) ** 2) + 1
+        dy = torch.arange(h, device=t.device) - centre[:, :1]
+        dx = torch.arange(w, device=t.device) - centre[:, 1:]
+        d2 = (dy[:, :, None] ** 2 + dx[:, None, :] ** 2).clamp_(max=Q - 1)
+        steps, row = torch.unique(t, return_inverse=True)
+        return self._rows(steps, Q, t.device)[row[:, None, None], d2][:, None]
 
-    def _visible(self, table):
-        """alpha_t from the cumulative masks m_1 ... m_t: inpainting hides the product itself."""
-        return table
+    def _rows(self, steps: torch.Tensor, Q: int, device) -> torch.Tensor:
+        """(len(steps), Q) float32: m_1 ... m_t at d^2 = 0..Q-1 for each t in steps.
+
+        The whole (T+1, Q) table is kept when it is small (training: one size, every t);
+        otherwise only the rows asked for, computed over chunks of d^2 so that the float64
+        work stays at 2^22 numbers however large the image."""
+        key = (Q, str(device))
+        if key in self._tables:
+            return self._tables[key][steps]
+        keep = (self.T + 1) * Q <= self.TABLE_MAX
+        want = torch.arange(self.T + 1) if keep else steps.cpu()
+        last = int(want.max())  # factors past the largest t asked for are never used
+        two_sigma2 = 2 * (self.std * (torch.arange(last, dtype=torch.float64) + self.init)) ** 2
+        out = torch.ones(len(want), Q)
+        chunk = max(1, 2**22 // max(last, 1))
+        for a in range(0, Q, chunk):
+            # factors with 80 sigma_i^2 <= a differ from 1 by under 1e-17 on the whole chunk: skip them
+            first = int(torch.searchsorted(40 * two_sigma2, torch.tensor([float(a)], dtype=torch.float64), right=True))
+            if first >= last:
+                break
+            q = torch.arange(a, min(a + chunk, Q), dtype=torch.float64)
+            log_m = torch.log1p(-torch.exp(-q / two_sigma2[first:, None])).clamp_(min=-1e4)  # m_i(0) = 0
+            log_cum = torch.cat([torch.zeros(1, len(q), dtype=torch.float64), log_m.cumsum(0)])
+            out[:, a : a + len(q)] = log_cum[(want - first).clamp(min=0)].exp()
+        out = out.to(device)
+        if keep:
+            self._tables[key] = out
+            return out[steps]
+        return out
+
+    def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, 1, h, w) how much of x0 each pixel keeps: inpainting keeps the product itself."""
+        return self.cumulative(t, centre, h, w)
 
     def draw(self, x0, generator=None):
         B, _, h, w = x0.shape
@@ -372,10 +342,9 @@ class Colour(Mask):
     init: float = 1.0
     random_centre: bool = False
 
-    def _visible(self, table):
-        alpha = 1 - table.flip(0)  # alpha_t = 1 - m_1 ... m_{T-t}
-        alpha[0] = 1
-        return alpha
+    def alpha(self, t, centre, h, w):
+        a = 1 - self.cumulative(self.T - t, centre, h, w)  # alpha_t = 1 - m_1 ... m_{T-t}
+        return torch.where(_per_image(t == 0), torch.ones_like(a), a)
 
     def draw(self, x0, generator=None):
         hidden = super().draw(x0, generator)
@@ -434,8 +403,10 @@ class Pixelate(Operator):
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
         x = _float(x0)
-        levels = torch.stack(self.chain(x, int(t.max()))[0])  # (t_max+1, B, C, H, W)
-        return levels[t, torch.arange(x.shape[0], device=x.device)].to(x0.dtype)
+        out = x
+        for i, level in enumerate(self.chain(x, int(t.max()))[0][1:], 1):
+            out = torch.where(_per_image(t == i), level, out)
+        return out.to(x0.dtype)
 
     def prior_features(self, x0):
         # the chain's real last small image, (H >> T) x (W >> T) whatever H and W are
@@ -661,6 +632,9 @@ def cat_hidden(hiddens: list[Hidden]) -> Hidden:
     return {k: torch.cat([h[k] for h in hiddens]) for k in hiddens[0]}
 
 
+MAX_T = 100_000
+
+
 def make_operator(name: str, preset: str | None = None, **overrides) -> Operator:
     """Build an operator from its name, a preset (default: the operator's) and overrides."""
     if name not in OPERATORS:
@@ -671,8 +645,8 @@ def make_operator(name: str, preset: str | None = None, **overrides) -> Operator
         raise UserError(f"unknown preset {preset!r} for {name}; choose from {', '.join(cls.PRESETS)}")
     kwargs = dict(cls.PRESETS[preset])
     kwargs.update({k: _coerce(cls, k, v) for k, v in overrides.items()})
-    if int(kwargs.get("T", 1)) < 1:
-        raise UserError(f"T must be at least 1, got {kwargs['T']}")
+    if not 1 <= int(kwargs.get("T", 1)) <= MAX_T:  # T = 10^9 would ask for terabytes of tables
+        raise UserError(f"T must be in 1..{MAX_T}, got {kwargs['T']}")
     return cls(**kwargs)
 
 

@@ -72,6 +72,20 @@ class TrainConfig:
             raise UserError(f"--sampling-steps must be in 1..{op.T}, got {self.sampling_steps}")
 
 
+NET_DEFAULT = "paper"
+
+
+def method_defaults(op, given: dict) -> dict:
+    """`given` with every training setting the user left unset (None) filled in: the
+    operator's own method first (blurdiff: Lee et al.'s ADM UNet, Adam 5e-5, EMA 0.9999 every
+    step from the start, batch 16), else TrainConfig's papers' defaults (net: `paper`)."""
+    out = dict(given)
+    for name, value in given.items():
+        if value is None and name in ("net", *op.train_defaults, *(f.name for f in dataclasses.fields(TrainConfig))):
+            out[name] = op.train_defaults.get(name, NET_DEFAULT if name == "net" else getattr(TrainConfig, name, None))
+    return out
+
+
 @dataclasses.dataclass
 class Trained:
     net: torch.nn.Module
@@ -152,12 +166,19 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     train_step = make_step(model, opt, op, cfg, device)
     view = RunLog(op, ema, data, out, cfg, device, log, enabled=rank == 0)
 
+    saved = {"step": step if resume and step else None}
+
     def save(step):
+        kept = f"{out} keeps step {saved['step']}" if saved["step"] is not None else f"nothing was saved to {out}"
         if not all(bool(torch.isfinite(p).all()) for m in (net, ema) for p in m.parameters()):
-            raise Stop(1, f"the weights became non-finite by step {step} (is --lr too large?); stopped, the last good checkpoint is kept")
+            raise Stop(1, f"the weights became non-finite by step {step} (is --lr too large?); stopped, {kept}")
         if rank == 0:
-            checkpoint.save_training_state(out, net, ema, opt, step, rng, meta)
-            checkpoint.save_model(out, ema, meta | {"step": step})
+            try:  # state first: a model file never runs ahead of the state that resumes it
+                checkpoint.save_training_state(out, net, ema, opt, step, rng, meta)
+                checkpoint.save_model(out, ema, meta | {"step": step})
+            except UserError as e:
+                raise Stop(1, f"{e}; training stopped at step {step}, {kept}") from None
+        saved["step"] = step
 
     losses = []
     with stop_on_signals() as stop, view:
@@ -240,7 +261,7 @@ class RunLog:
         rows = torch.stack([self.xt, direct, self.x0], 1).flatten(0, 1)
         atomic_write(self.run_dir / f"step_{step:08d}.png", encode_image(to_uint8(grid_image(rows, ncol=3))))
         line = {"step": step, "loss": loss, "img_per_s": rate, "rmse_degraded": rmse_degraded, "rmse_direct": rmse_direct, "time": time.time()}
-        if not sys.stderr.isatty():  # the progress bar only draws on a terminal: keep logs readable
+        if not (sys.stderr and sys.stderr.isatty()):  # the progress bar only draws on a terminal: keep logs readable
             self.log(f"step {step}/{self.cfg.steps} loss {loss:.4f} {rate:,.0f} img/s rmse degraded {rmse_degraded:.4f} direct {rmse_direct:.4f}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:

@@ -4,8 +4,9 @@
     python benchmarks/train.py --device cpu --net tiny --batch 16 --cases mnist
 
 Times the same step `colddiff train` runs (train.make_step: degrade, augment, bf16 autocast,
-channels_last, fused Adam, torch.compile on CUDA). FLOPs of one forward+backward are counted with
-torch.utils.flop_counter; MFU divides the achieved rate by --peak-tflops (H100 SXM dense bf16: 989).
+channels_last, fused Adam, torch.compile on CUDA). FLOPs of one forward come from
+unet.forward_flops (torch.utils.flop_counter on the meta device), times 3 for forward and backward;
+MFU divides the achieved rate by --peak-tflops (H100 SXM dense bf16: 989).
 """
 import argparse
 import sys
@@ -22,23 +23,12 @@ import unet  # noqa: E402
 CASES = {"celeba": ("celeba", 128, 3), "mnist": ("mnist", 32, 1)}
 
 
-def flops_per_image(net, op, size, channels, device):
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(2, channels, size, size, device=device) * 2 - 1
-    t = torch.randint(1, op.T + 1, (2,), device=device)
-    with FlopCounterMode(display=False) as counter:
-        net(op.degrade(x, t), t).abs().mean().backward()
-    net.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
-
-
 def bench(case, args, device):
     preset, size, channels = CASES[case]
     cuda = device.type == "cuda"
     op = operators.make_operator("blur", preset)
     net = unet.build(channels, args.net).to(device)
-    flops = flops_per_image(net, op, size, channels, device)
+    flops = 3 * unet.forward_flops(net.config, size, size)  # forward + backward (twice the forward's work)
     if cuda:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=2e-5, **({"fused": True} if cuda else {}))

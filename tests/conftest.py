@@ -131,3 +131,12 @@ def gen_model(fmnist_split, tmp_path_factory):
                "--sampling-steps", "10")
     assert r.returncode == 0, r.stderr.decode()
     return out
+
+
+@pytest.fixture(params=["dense", "fft"])
+def spectral_path(request, monkeypatch):
+    """Runs a test on both exact paths of spectral.py: the dense matmul and the FFT."""
+    import spectral
+
+    monkeypatch.setattr(spectral, "DENSE_MAX", 10**9 if request.param == "dense" else 0)
+    return request.param

@@ -1,0 +1,211 @@
+"""Faults a user meets: a closed or broken stdout, /dev/full, a full disk, a decompression bomb,
+two trainings on one model, an allocation that fails, absurd T. Each is one line (or, for a
+reader that went away, silence and SIGPIPE's status), a non-zero exit, and no partial output."""
+import io
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import checkpoint
+from conftest import ROOT, run_cli
+
+COLDDIFF = f"{sys.executable} -m colddiff"
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+TINY_TRAIN = ["--net", "tiny", "--batch", "4", "--accumulate", "1", "--no-augment", "--sample-every", "1000"]
+
+
+def noise_png(path, h=512, w=512, c=3, seed=0):
+    """Random pixels: a PNG that does not compress, larger than a pipe's 64 KB buffer."""
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+    Image.fromarray(arr if c == 3 else arr[..., 0]).save(path)
+    return path
+
+
+def sh(script: str, **kw):
+    return subprocess.run(["bash", "-c", script], capture_output=True, env=ENV, cwd=ROOT, timeout=300, **kw)
+
+
+def test_closed_stdout_is_quiet_with_sigpipe_status(tmp_path):
+    x = noise_png(tmp_path / "x.png", 64, 64)
+    r = sh(f"{COLDDIFF} degrade {x} --op blur --t 3 >&-")
+    assert r.returncode == 141 and r.stderr == b""
+
+
+def test_reader_gone_is_quiet_with_sigpipe_status(tmp_path):
+    x = noise_png(tmp_path / "x.png")
+    # `true` is gone before colddiff (2 s of start-up) writes: EPIPE on any kernel, whatever its pipe buffer
+    r = sh(f"set -o pipefail; {COLDDIFF} degrade {x} --op desaturate | true")
+    assert r.returncode == 141 and r.stderr == b""
+
+
+def test_dev_full_is_one_line(tmp_path):
+    x = noise_png(tmp_path / "x.png", 64, 64)
+    r = sh(f"{COLDDIFF} degrade {x} --op blur --t 3 > /dev/full")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def bomb_png(w: int, h: int) -> bytes:
+    """A few hundred bytes whose header claims w x h grey pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_everywhere_with_the_flag_named(tmp_path, blur_model):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(100_000, 100_000))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(bomb, folder / "bomb.png")
+    cases = [
+        (["degrade", bomb, "--op", "blur", "-o", tmp_path / "o.png"], None),
+        (["degrade", "-", "--op", "blur"], bomb.read_bytes()),
+        (["restore", bomb, "-m", blur_model, "-o", tmp_path / "r.png"], None),
+        (["train", folder, "-o", tmp_path / "m.safetensors", "--steps", "1", *TINY_TRAIN], None),
+    ]
+    for args, stdin in cases:
+        r = run_cli(*args, stdin=stdin)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and err.count("\n") == 1, (args, err)
+        assert "10,000 megapixels" in err and "--max-megapixels" in err, err
+    assert not any(p.exists() for p in (tmp_path / "o.png", tmp_path / "r.png", tmp_path / "m.safetensors"))
+
+
+def test_the_megapixel_limit_can_be_raised(tmp_path):
+    x = noise_png(tmp_path / "x.png", 1000, 1200, c=1)  # 1.2 megapixels
+    assert run_cli("--max-megapixels", "1", "degrade", x, "--op", "desaturate", "-o", tmp_path / "a.png").returncode == 1
+    r = run_cli("--max-megapixels", "1.5", "degrade", x, "--op", "desaturate", "-o", tmp_path / "a.png")
+    assert r.returncode == 0 and Image.open(tmp_path / "a.png").size == (1200, 1000)
+
+
+def test_second_train_on_the_same_model_is_refused(cli, fmnist_split, tmp_path):
+    out = tmp_path / "m.safetensors"
+    with checkpoint.train_lock(out):  # stands for a training that is running
+        r = cli("train", fmnist_split[0], "-o", out, "--steps", "2", *TINY_TRAIN)
+        assert r.returncode == 1 and b"another `colddiff train` is writing this model" in r.stderr
+        assert not out.exists()
+    r = cli("train", fmnist_split[0], "-o", out, "--steps", "2", *TINY_TRAIN)
+    assert r.returncode == 0 and out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.run", "m.safetensors", "m.state.safetensors"]  # lock removed
+
+
+def test_lock_is_released_by_a_killed_holder(tmp_path):
+    out = tmp_path / "m.safetensors"
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); import checkpoint\n"
+                               f"with checkpoint.train_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"held\n"
+    with pytest.raises(Exception, match="another"):
+        checkpoint.train_lock(out).__enter__()
+    holder.kill()
+    holder.wait()
+    with checkpoint.train_lock(out):  # kill -9 left the file, not the lock
+        pass
+
+
+def test_failed_checkpoint_write_keeps_the_last_good_one(cli, fmnist_split, tmp_path, monkeypatch):
+    """The disk fills at the second save: one line, the model still loads at step 1, no temp files."""
+    import image_io
+
+    out = tmp_path / "m.safetensors"
+    real, writes = os.fsync, {"n": 0}
+
+    def full_disk(fd):
+        writes["n"] += 1
+        if writes["n"] > 2:  # save 1 = state + model; the next write fails
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(image_io.os, "fsync", full_disk)
+    r = cli("train", fmnist_split[0], "-o", out, "--steps", "5", "--save-every", "1", *TINY_TRAIN)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "No space left on device" in err and f"{out} keeps step 1" in err, err
+    assert checkpoint.load_model(out)[2]["step"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def on_small_tmpfs(tmp_path, kilobytes: int, script: str):
+    """Run `script` with $FULL a tmpfs of `kilobytes` (a user and mount namespace: no root needed
+    where the kernel allows them); None where it cannot be mounted."""
+    full = tmp_path / "full"
+    full.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "bash", "-c", f"mount -t tmpfs -o size={kilobytes}k tmpfs {full}"], capture_output=True) \
+        if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        return None
+    return sh(f"unshare -rm bash -c 'mount -t tmpfs -o size={kilobytes}k tmpfs {full} && FULL={full} && {script}'")
+
+
+def test_full_tmpfs_outputs_are_one_line_and_leave_nothing(tmp_path, gen_model):
+    x = noise_png(tmp_path / "x.png", 256, 256)
+    r = on_small_tmpfs(tmp_path, 200, f"""
+        {COLDDIFF} degrade {x} --op blur --strip -o $FULL/strip.png; echo "rc=$?" >&2
+        {COLDDIFF} generate --model {gen_model} --n 100 -o $FULL/many/ --no-compile; echo "rc=$?" >&2
+        echo LISTING >&2; ls -a $FULL $FULL/many >&2""".replace("\n", ";").replace(";;", ";").lstrip(";").strip())
+    if r is None:
+        pytest.skip("cannot mount a tmpfs here (no user namespaces)")
+    err, listing = r.stderr.decode().split("LISTING")
+    assert err.count("No space left on device") == 2 and err.count("rc=1") == 2 and "Traceback" not in err, err
+    assert ".tmp" not in listing and "strip.png" not in listing  # no partial file; the images before the disk filled stay
+
+
+def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur_model, tmp_path, monkeypatch):
+    import colddiff
+
+    x = noise_png(tmp_path / "x.png", 300, 400, c=1)
+    monkeypatch.setattr(colddiff, "available_memory", lambda device: 200 * 2**20)  # 200 MB free
+    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r.png", "--batch", "4")
+    err = r.stderr.decode()  # tiny net (dim 16): ~0.18 GB per 400x300 image
+    assert r.returncode == 0, err
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4):
+        noise_png(folder / f"{i}.png", 300, 400, c=1, seed=i)
+    r = cli("restore", folder, "-m", blur_model, "-o", tmp_path / "out/", "--batch", "4")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "use --batch 1" in err and not (tmp_path / "out").exists(), err
+    monkeypatch.setattr(colddiff, "available_memory", lambda device: 20 * 2**20)
+    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r2.png")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "resize it to about" in err and not (tmp_path / "r2.png").exists(), err
+
+
+def test_an_allocation_failure_is_one_line(cli, tmp_path, monkeypatch):
+    import operators
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 38654705664 bytes.")
+
+    monkeypatch.setattr(operators.Blur, "apply", oom)
+    x = noise_png(tmp_path / "x.png", 64, 64)
+    r = cli("degrade", x, "--op", "blur", "-o", tmp_path / "o.png")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "out of memory" in err and "--batch" in err, err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("param", ["T=1000000000", "T=0"])
+def test_absurd_T_is_refused_before_any_work(cli, tmp_path, param):
+    x = noise_png(tmp_path / "x.png", 32, 32)
+    for op in ("mask", "blur", "colour"):
+        r = cli("degrade", x, "--op", op, "--param", param, "-o", tmp_path / "o.png")
+        assert r.returncode == 1 and b"T must be in 1..100000" in r.stderr
+
+
+def test_kill_9_soak_every_file_loads_and_resumes():
+    """benchmarks/soak.py in small: three SIGKILLs at random moments (seeded), then a clean finish."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import soak
+
+    rounds = soak.soak(kills=3, seed=1, low=2.0, high=7.0, log=lambda m: None)
+    assert len(rounds) == 4 and all(r["ok"] for r in rounds), rounds
+    assert rounds[-1]["state_step"] >= 3
