@@ -12,13 +12,12 @@ import functools
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from common import ImageRNG, Stop, UserError, check_seed, generator
+from common import ImageRNG, Progress, Stop, UserError, check_seed, generator
 from image_io import atomic_write, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
 from image_io import read_image, to_model, to_uint8, write_image
 from samplers import SAMPLERS
@@ -26,6 +25,7 @@ from train import TrainConfig
 
 app = typer.Typer(
     add_completion=False,
+    suggest_commands=False,  # click suggests already: one "Did you mean", not two
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Cold diffusion: degrade, restore, train and generate images with deterministic transforms.",
@@ -73,9 +73,33 @@ def command(name: str | None = None):
     return lambda fn: app.command(name)(fail_cleanly(fn))
 
 
-def pick_device(device: str):
+def default_threads() -> int:
+    """The CPU cores other processes are not using right now (/proc/stat over 0.1 s). On a shared
+    machine OpenMP threads that wait for a core another process holds slow every step down
+    (RESULTS.md, "Threads on a shared CPU"); alone, every core."""
+    import time
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def ticks():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # all, idle + iowait
+
+    try:
+        (all0, idle0), _ = ticks(), time.sleep(0.1)
+        all1, idle1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return cores
+    machine = os.cpu_count() or cores
+    busy = machine * (1 - (idle1 - idle0) / max(all1 - all0, 1))
+    return max(1, min(cores, round(machine - busy)))
+
+
+def pick_device(device: str, threads: int | None = None):
     import torch
 
+    torch.set_num_threads(at_least(threads, "--threads") if threads is not None else default_threads())
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -189,6 +213,8 @@ PresetOpt = typer.Option(None, "--preset", help="Operator preset (default: the o
 ParamOpt = typer.Option(None, "--param", help="Override an operator parameter, KEY=VALUE (repeatable).")
 SeedOpt = typer.Option(0, "--seed", help="Seed of every random draw (snow pattern, mask centre, noise).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: the cores not already busy, from the load average).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress on stderr (errors still are).")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
@@ -235,7 +261,7 @@ def ops():
 
 @command()
 def degrade(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders (recursive) or - for stdin."),
+    inputs: list[str] = typer.Argument(..., metavar="FILE|FOLDER|-...", help="Image files, folders (recursive) or - for stdin."),
     op: str = OpOpt,
     preset: Optional[str] = PresetOpt,
     t: Optional[int] = typer.Option(None, "--t", help="Degradation step, 0..T (default T)."),
@@ -246,10 +272,15 @@ def degrade(
     param: Optional[list[str]] = ParamOpt,
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
     force: bool = ForceOpt,
+    fit: bool = typer.Option(True, "--fit/--no-fit", help="Scale pixel-size parameters (mask and colour sigmas) from the preset's image size to each image's."),
 ):
-    """Degrade images: x_t = D(x_0, t). Each image uses a generator seeded with --seed."""
-    import torch
+    """Degrade images: x_t = D(x_0, t). Each image uses a generator seeded with --seed.
+
+    Inputs: image files, folders (recursive) or - for stdin. Output: stdout, a file, or a folder
+    for several inputs. Example: colddiff degrade photos/ --op mask --preset celeba -o masked/"""
 
     operator = make_op(op, preset, param)
     t = operator.T if t is None else t
@@ -257,32 +288,47 @@ def degrade(
         raise UserError(f"--t must be in 0..{operator.T} for {op}, got {t}")
     check_seed(seed)
     steps = strip_frames(operator.T, frames) if strip else [t]
-    dev = pick_device(device)
+    dev = pick_device(device, threads)
     items = find_images(inputs)
     for src, _, _ in items:  # every input must decode before anything is written
         read_image(src)
     dests = plan_outputs(items, out, force)
     attach_source(operator, source, dev)
-    for (src, _, _), dest in zip(items, dests):
-        x0 = to_model(read_image(src))[None].to(dev)
-        hidden = operator.draw(x0, generator(seed))
-        frames = []
-        per_call = max(1, 2**25 // x0.numel())  # a strip of a 12-megapixel photo: a few frames at a time
-        for i in range(0, len(steps), per_call):
-            chunk = steps[i : i + per_call]
-            h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
-            frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk, device=dev), h)))
-        write_image(torch.cat(frames, dim=-1), dest)
+    notes: set = set()
+    with Progress("degrading", len(items), "images", quiet=quiet or len(items) == 1) as progress:
+        for i, ((src, _, _), dest) in enumerate(zip(items, dests)):
+            x0 = to_model(read_image(src))[None].to(dev)
+            fitted, note = operator.fit_to(*x0.shape[-3:])
+            fitted = fitted if fit else operator
+            if note and note not in notes and not quiet and (fit or note.startswith("warning")):
+                notes.add(note)
+                typer.echo(f"colddiff: {note}", err=True)
+            degrade_one(fitted, x0, dest, steps, seed, dev)
+            progress.update(i + 1)
+
+
+def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev) -> None:
+    """One image's x_t (or its strip of frames) to `dest`."""
+    import torch
+
+    hidden = operator.draw(x0, generator(seed))
+    frames = []
+    per_call = max(1, 2**25 // x0.numel())  # a strip of a 12-megapixel photo: a few frames at a time
+    for i in range(0, len(steps), per_call):
+        chunk = steps[i : i + per_call]
+        h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
+        frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk, device=dev), h)))
+    write_image(torch.cat(frames, dim=-1), dest)
 
 
 @command()
 def train(
-    data: str = typer.Argument(..., help="Folder of training images (recursive)."),
+    data: str = typer.Argument(..., metavar="FOLDER", help="Folder of training images (recursive)."),
     out: str = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     op: str = OpOpt,
     preset: Optional[str] = PresetOpt,
     param: Optional[list[str]] = ParamOpt,
-    net: Optional[str] = typer.Option(None, "--net", help="Network preset: paper (the released ConvNeXt UNet, 56.6 M), small, tiny, ddpm (Ho et al., 35.7 M), adm (Lee et al., 121 M), adm-small. Default: paper; blurdiff: adm."),
+    net: Optional[str] = typer.Option(None, "--net", help="Network preset: paper (the released ConvNeXt UNet, 56.6 M), small, tiny, ddpm (Ho et al., 35.7 M), adm (Lee et al., 121 M), adm-small. Default: paper; cifar10 presets: ddpm; blurdiff: adm."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize (short side) and centre-crop images to SIZE."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: from the data)."),
     steps: int = typer.Option(CFG.steps, "--steps", help="Optimizer steps."),
@@ -298,6 +344,8 @@ def train(
     augment: bool = typer.Option(CFG.augment, "--augment/--no-augment", help="Resize 1.12x + random crop + flip."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
     compile: bool = typer.Option(CFG.compile, "--compile/--no-compile", help="torch.compile the network (CUDA only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's training state when there is one."),
     force: bool = ForceOpt,
@@ -306,6 +354,8 @@ def train(
     sampling_steps: Optional[int] = typer.Option(CFG.sampling_steps, "--sampling-steps", help="Default --steps of restore/eval/generate for this model (default: T)."),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
+
+    Example: colddiff train data/faces --op blur --preset celeba --size 128 -o faces.safetensors
 
     Ctrl-C or SIGTERM finishes the step, saves, and exits 130/143; --resume continues exactly."""
     import checkpoint
@@ -323,16 +373,17 @@ def train(
     # one writer per model file (under torchrun, rank 0 holds it for all)
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
-        dev = pick_device(device)
+        dev = pick_device(device, threads)
         images = load_folder(data, size, channels)
         attach_source(operator, source, dev)
-        training.train(images, operator, net, out, cfg, dev, resume=resume, log=lambda m: typer.echo(m, err=True))
-    typer.echo(f"wrote {out}", err=True)
+        log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
+        training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, quiet=quiet)
+    log(f"wrote {out}")
 
 
 @command()
 def restore(
-    inputs: list[str] = typer.Argument(..., help="Degraded image files, folders (recursive) or - for stdin."),
+    inputs: list[str] = typer.Argument(..., metavar="FILE|FOLDER|-...", help="Degraded image files, folders (recursive) or - for stdin."),
     model: str = ModelOpt,
     sampler: Optional[str] = SamplerOpt,
     t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: the model's T)."),
@@ -344,10 +395,15 @@ def restore(
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
 ):
     """Restore degraded images with a trained model, at their own size.
+
+    Inputs: image files, folders (recursive) or - for stdin. Example:
+    colddiff restore blurry/ --model faces.safetensors --sampler tacos -o restored/
 
     Operators with hidden randomness (snow's pattern, mask's random centre, noise's z) redraw it
     from --seed inside naive/tacos sampling: give the --seed that `colddiff degrade` used to
@@ -356,7 +412,7 @@ def restore(
 
     at_least(batch, "--batch")
     check_seed(seed)
-    dev = pick_device(device)
+    dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     t = op.T if t is None else t
@@ -373,14 +429,16 @@ def restore(
         x0_hat = sampling(x_t, t, ImageRNG([seed] * len(x_t)).draw(op, x_t))
         for img, (_, dest) in zip(x0_hat, pending):
             write_image(to_uint8(img), dest)
+        progress.update(progress.done + len(pending))
         pending.clear()
 
-    for (src, _, _), dest in zip(items, dests):
-        x = to_model(read_image(src, C))[None].to(dev)
-        if pending and (pending[0][0].shape != x.shape or len(pending) == batch):
-            flush()
-        pending.append((x, dest))
-    flush()
+    with Progress("restoring", len(items), "images", quiet=quiet) as progress:
+        for (src, _, _), dest in zip(items, dests):
+            x = to_model(read_image(src, C))[None].to(dev)
+            if pending and (pending[0][0].shape != x.shape or len(pending) == batch):
+                flush()
+            pending.append((x, dest))
+        flush()
 
 
 def check_input(u8, channels: int, op, src, model, least: int = 0):
@@ -395,7 +453,7 @@ def check_input(u8, channels: int, op, src, model, least: int = 0):
 
 @command("eval")
 def evaluate(
-    data: str = typer.Argument(..., help="Folder of held-out clean images."),
+    data: str = typer.Argument(..., metavar="FOLDER", help="Folder of held-out clean images."),
     model: str = ModelOpt,
     n: int = typer.Option(1000, "--n", help="How many images to evaluate (the first N, sorted by name)."),
     sampler: Optional[str] = SamplerOpt,
@@ -408,10 +466,14 @@ def evaluate(
     fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05 weights file for FID."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
 ):
     """Degrade held-out images to T, restore them (direct and --sampler), print the papers' table.
+
+    Example: colddiff eval held-out/ --model faces.safetensors --n 1000 -o eval/
 
     Columns: degraded / sampled / direct, each FID / SSIM / RMSE against the originals
     (SSIM: Gaussian window 11, sigma 1.5, data range 1; RMSE on [0, 1])."""
@@ -423,7 +485,7 @@ def evaluate(
     dests = [Path(out) / "eval.json", Path(out) / "grid.png"] if out else []
     if any(p.exists() for p in dests) and not force:
         raise UserError(f"{next(p for p in dests if p.exists())}: output exists; pass --force to overwrite")
-    dev = pick_device(device)
+    dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
     check_input(read_image(find_images([data])[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
@@ -431,7 +493,8 @@ def evaluate(
     check_fits(sampling, data, *images.shape[-2:], min(batch, len(images)), dev)
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
-    table, columns = metrics.evaluate(sampling, to_model(images), seed, batch, dev, fid_weights)
+    with Progress("evaluating", len(images), "images", quiet=quiet) as progress:
+        table, columns = metrics.evaluate(sampling, to_model(images), seed, batch, dev, fid_weights, progress=progress.update)
     table = {"model": str(model), "operator": sampling.meta["operator"], **table}
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     typer.echo(f"{sampling.op.name} (T={sampling.op.T}), {len(images)} images, sampler {sampling.sampler}" + (f", {sampling.steps} steps" if sampling.steps else ""))
@@ -463,17 +526,19 @@ def generate(
     batch: int = typer.Option(64, "--batch", help="Images per network call."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
 ):
     """Generate images from nothing but a model: x_T from the model's prior, then --sampler.
 
+    Example: colddiff generate --n 64 -o grid.png   (the bundled Fashion-MNIST model)
+
     blur (generation preset): a colour from the stored Gaussian mixture, plus N(0, break_noise^2)
     once (broken symmetry); pixelate: a low-res image from its mixture; colour: a random colour;
     noise: z ~ N(0, I); animorph: an image of --source."""
     import torch
-    from rich.console import Console
-    from rich.progress import Progress
 
     import generative
 
@@ -484,12 +549,11 @@ def generate(
         raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
     if model is None and not BUNDLED_MODEL.is_file():
         raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
-    dev = pick_device(device)
+    dev = pick_device(device, threads)
     sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile, eta)
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
     results = []
-    with Progress(console=Console(stderr=True), transient=True, disable=not (sys.stderr and sys.stderr.isatty())) as bar:
-        task = bar.add_task("generating", total=n)
+    with Progress("generating", n, "images", quiet=quiet) as progress:
         for lo, images in generative.generate(sampling, n, batch, seed, dev, break_noise if symmetry == "broken" else 0.0):
             images = to_uint8(images).cpu()
             if folder:
@@ -497,7 +561,7 @@ def generate(
                     write_image(img, names[i])
             else:
                 results.append(images)
-            bar.update(task, advance=len(images))
+            progress.update(lo + len(images))
     if not folder:
         grid = grid_image(torch.cat(results).float() / 127.5 - 1, ncol=ncol or math.ceil(math.sqrt(n)))
         write_image(to_uint8(grid), names[0])
@@ -505,15 +569,19 @@ def generate(
 
 @command("fit-prior")
 def fit_prior(
-    data: str = typer.Argument(..., help="Folder of the training images."),
+    data: str = typer.Argument(..., metavar="FOLDER", help="Folder of the training images."),
     model: str = ModelOpt,
     gmm_components: int = typer.Option(1, "--gmm-components"),
     seed: int = SeedOpt,
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Where to write the updated model (default: MODEL, needs --force)."),
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
     force: bool = ForceOpt,
 ):
-    """Fit (again) the generation prior of a model on a folder of images and store it in the model."""
+    """Fit (again) the generation prior of a model on a folder of images and store it in the model.
+
+    Example: colddiff fit-prior data/ --model gen.safetensors --gmm-components 10 -o gen10.safetensors"""
     import checkpoint
     import generative
 
@@ -526,7 +594,7 @@ def fit_prior(
         raise UserError(f"{op.name} (this preset) has no fitted generation prior")
     H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]
     images = load_folder(data, H if H == W else None, C)
-    prior = generative.fit_prior(op, images, gmm_components, seed, pick_device(device))
+    prior = generative.fit_prior(op, images, gmm_components, seed, pick_device(device, threads))
     checkpoint.save_model(dest, net, meta | {"prior": prior})
     typer.echo(f"wrote {dest}: {gmm_components}-component prior over {len(images)} images", err=True)
 

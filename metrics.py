@@ -109,7 +109,7 @@ def fid_available(explicit: str | None = None) -> tuple[bool, str]:
     return True, ""
 
 
-def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None):
+def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None, progress=lambda done: None):
     """The papers' restoration table for clean images x0 (N, C, H, W) in [-1, 1].
 
     Degrades image i to T with its own hidden randomness (ImageRNG.numbered(seed, i)), restores
@@ -126,6 +126,7 @@ def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None):
         xt.append(x_t.cpu())
         direct.append(samplers.sample("direct", sampling.restore, op, x_t, op.T, hidden).cpu())
         sampled.append(sampling(x_t, op.T, hidden).cpu())
+        progress(i + len(x))
     unit = lambda xs: (torch.cat(xs).float().clamp(-1, 1) + 1) / 2  # noqa: E731
     columns = {"degraded": unit(xt), "sampled": unit(sampled), "direct": unit(direct), "original": unit([x0])}
     fid_ok, why = fid_available(fid_weights)

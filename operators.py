@@ -65,6 +65,7 @@ class Operator:
     generation: ClassVar[str | None] = None
     prior: ClassVar[str | None] = None
     train_defaults: ClassVar[dict] = {}  # the method's own training settings (network, lr, ...) where it has them
+    preset: ClassVar[str | None] = None  # set by make_operator; not a parameter (checkpoints keep the values)
     T: int = 1
 
     def params(self) -> dict:
@@ -97,6 +98,13 @@ class Operator:
 
     def min_size(self) -> int:
         return 8
+
+    def fit_to(self, c: int, h: int, w: int) -> tuple[Operator, str | None]:
+        """(operator, note) for degrading a c-channel h x w image: operators whose parameters are
+        sizes in pixels scale them from the preset's native size (`NATIVE`) when the image is more
+        than twice as large or small, and the note says what changed (or warns, where the image
+        makes the operator a no-op). The others are returned as they are."""
+        return self, None
 
     def loss(self, pred: torch.Tensor, x0: torch.Tensor, hidden: Hidden) -> torch.Tensor:
         """Cold diffusion's training loss: |R(D(x0, t), t) - x0|, L1 on x0."""
@@ -299,6 +307,19 @@ class Mask(Operator):
     def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, 1, h, w) how much of x0 each pixel keeps: inpainting keeps the product itself."""
         return self.cumulative(t, centre, h, w)
+
+    NATIVE: ClassVar[dict] = {"mnist": 28, "cifar10": 32, "celeba": 128, "generation": 128}  # px the presets were made for
+
+    def fit_to(self, c, h, w):
+        native = self.NATIVE.get(self.preset)
+        scale = min(h, w) / native if native else 1.0
+        if 0.5 <= scale <= 2:
+            return self, None
+        fitted = dataclasses.replace(self, std=self.std * scale)
+        fitted.preset = self.preset
+        sig = lambda op: op.std * (op.T - 1 + op.init)  # noqa: E731
+        return fitted, (f"{self.name} {self.preset} on {w}x{h}: std {self.std:g} -> {fitted.std:.3g} (sigma_T {sig(self):.3g} -> "
+                        f"{sig(fitted):.3g} px; the preset is for {native} px images; --no-fit keeps its values)")
 
     def draw(self, x0, generator=None):
         B, _, h, w = x0.shape
@@ -520,6 +541,9 @@ class Desaturate(Operator):
     DEFAULT_PRESET = "default"
     T: int = 20
 
+    def fit_to(self, c, h, w):
+        return self, ("warning: desaturating a grey image changes nothing" if c == 1 else None)
+
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
         x = _float(x0)
@@ -622,7 +646,8 @@ def _coerce(cls, key: str, value):
             return value.lower() in ("true", "1", "yes")
         return type(default)(value)
     except ValueError:
-        raise UserError(f"{cls.name} parameter {key} must be a {type(default).__name__}, got {value!r}") from None
+        kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(default), "text")
+        raise UserError(f"{cls.name} parameter {key} must be {kind}, got {value!r}") from None
 
 
 def cat_hidden(hiddens: list[Hidden]) -> Hidden:
@@ -647,7 +672,9 @@ def make_operator(name: str, preset: str | None = None, **overrides) -> Operator
     kwargs.update({k: _coerce(cls, k, v) for k, v in overrides.items()})
     if not 1 <= int(kwargs.get("T", 1)) <= MAX_T:  # T = 10^9 would ask for terabytes of tables
         raise UserError(f"T must be in 1..{MAX_T}, got {kwargs['T']}")
-    return cls(**kwargs)
+    op = cls(**kwargs)
+    op.preset = preset
+    return op
 
 
 def operator_from_params(name: str, params: dict) -> Operator:

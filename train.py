@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import unet
-from common import Stop, UserError
+from common import Progress, Stop, UserError, duration
 from generative import fit_prior
 
 def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -73,16 +72,19 @@ class TrainConfig:
 
 
 NET_DEFAULT = "paper"
+PRESET_NETS = {"cifar10": "ddpm"}  # the released code trained its CIFAR-10 runs with Ho et al.'s UNet
 
 
 def method_defaults(op, given: dict) -> dict:
     """`given` with every training setting the user left unset (None) filled in: the
     operator's own method first (blurdiff: Lee et al.'s ADM UNet, Adam 5e-5, EMA 0.9999 every
-    step from the start, batch 16), else TrainConfig's papers' defaults (net: `paper`)."""
+    step from the start, batch 16), then the preset's network (cifar10: ddpm), else
+    TrainConfig's papers' defaults (net: `paper`)."""
+    defaults = {"net": PRESET_NETS.get(op.preset, NET_DEFAULT), **op.train_defaults}
     out = dict(given)
     for name, value in given.items():
-        if value is None and name in ("net", *op.train_defaults, *(f.name for f in dataclasses.fields(TrainConfig))):
-            out[name] = op.train_defaults.get(name, NET_DEFAULT if name == "net" else getattr(TrainConfig, name, None))
+        if value is None and name in (*defaults, *(f.name for f in dataclasses.fields(TrainConfig))):
+            out[name] = defaults[name] if name in defaults else getattr(TrainConfig, name)
     return out
 
 
@@ -124,7 +126,23 @@ def loss_fn(net, op, x0, rng):
     return op.loss(net(op.apply(x0, t, hidden), t), x0, hidden)
 
 
-def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, device, resume: bool, log=print, net_overrides=None):
+CPU_FLOPS_PER_THREAD = 15e9  # what a training step achieves on one CPU thread (measured 17-18 G: small net, 28 px)
+CUDA_FLOPS = 100e12  # a guess for a recent GPU in bf16, until benchmarks/train.py measures one
+
+
+def estimate(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, device) -> tuple[float, str]:
+    """(seconds, one line) of a rough time estimate: 3 forwards' FLOPs per image (forward and
+    backward) at an assumed rate for the device."""
+    flops = 3 * unet.forward_flops(net.config, H, W) * cfg.batch * cfg.accumulate * steps_left
+    rate = CUDA_FLOPS if device.type == "cuda" else CPU_FLOPS_PER_THREAD * torch.get_num_threads()
+    seconds = flops / rate / world
+    where = "a GPU" if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    return seconds, (f"{steps_left:,} steps x {cfg.batch * cfg.accumulate * world} images of {H}x{W} through a "
+                     f"{unet.count_parameters(net) / 1e6:.1f} M-parameter network: roughly {duration(seconds)} on {where}")
+
+
+def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, device, resume: bool, log=print, net_overrides=None,
+          quiet=False):
     """Train on uint8 images `data` (N, C, H, W); write `out` (+ state, samples, metrics.jsonl)."""
     rank, world, local_rank, backend = _dist(device)
     if device.type == "cuda" and backend:
@@ -155,6 +173,11 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         if step >= cfg.steps:
             raise Stop(0, f"{out} is at step {step} already, not below --steps {cfg.steps}: nothing to do (raise --steps to train on)")
         log(f"resuming from step {step}")
+    seconds, line = estimate(net, cfg, H, W, cfg.steps - step, world, device)
+    if rank == 0:
+        log(line)
+        if seconds > 86400:
+            log(f"warning: that is {duration(seconds)}: use a GPU, a smaller --net (small, tiny), fewer --steps or a smaller --size")
     # keep the data on the GPU as uint8 when it fits easily (a quarter of free memory)
     if cuda and data.numel() < torch.cuda.mem_get_info(device)[0] // 4:
         data = data.to(device)
@@ -164,7 +187,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     if cuda and cfg.compile:
         model = torch.compile(model)
     train_step = make_step(model, opt, op, cfg, device)
-    view = RunLog(op, ema, data, out, cfg, device, log, enabled=rank == 0)
+    view = RunLog(op, ema, data, out, cfg, device, log, enabled=rank == 0, quiet=quiet)
 
     saved = {"step": step if resume and step else None}
 
@@ -221,31 +244,32 @@ class RunLog:
     """The run's signs of life: a progress bar, and every `sample_every` steps a grid
     (degraded | direct | original of 8 fixed images) and a metrics.jsonl line in MODEL.run/."""
 
-    def __init__(self, op, ema, data, out, cfg, device, log, enabled):
+    def __init__(self, op, ema, data, out, cfg, device, log, enabled, quiet=False):
         self.op, self.ema, self.cfg, self.device, self.log, self.enabled = op, ema, cfg, device, log, enabled
         self.run_dir = Path(out).with_suffix("").with_name(Path(out).stem + ".run")
         self.x0 = data[:8].to(device).float() / 127.5 - 1
         self.t = torch.full((len(self.x0),), op.T, device=device)
         self.xt = op.degrade(self.x0, self.t, torch.Generator().manual_seed(12345))
-        self.bar = progress_bar(enabled)
+        self.progress = Progress("training", cfg.steps, "steps", quiet=quiet or not enabled)
 
     def __enter__(self):
-        self.bar.__enter__()
+        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
+        self.progress.__exit__(*exc)
 
     def begin(self, step):
-        self.task = self.bar.add_task("training", total=self.cfg.steps, completed=step, loss=float("nan"), rate=0.0)
+        self.progress.begin_at(step)
         self.start_step, self.t_last, self.n_last = step, time.perf_counter(), step
 
     def update(self, step, loss, world):
         now = time.perf_counter()
         if step - self.start_step == 1:  # leave the first (compiling) step out of the rate
             self.t_last, self.n_last = now, step
+            self.progress.begin_at(step)
         rate = (step - self.n_last) * self.cfg.batch * self.cfg.accumulate * world / max(now - self.t_last, 1e-9)
-        self.bar.update(self.task, completed=step, loss=loss, rate=rate)
+        self.progress.update(step, f"loss {loss:.4f}, {rate:,.0f} img/s")
         if self.enabled and (step % self.cfg.sample_every == 0 or step == self.cfg.steps):
             self.sample(step, loss, rate)
 
@@ -261,7 +285,7 @@ class RunLog:
         rows = torch.stack([self.xt, direct, self.x0], 1).flatten(0, 1)
         atomic_write(self.run_dir / f"step_{step:08d}.png", encode_image(to_uint8(grid_image(rows, ncol=3))))
         line = {"step": step, "loss": loss, "img_per_s": rate, "rmse_degraded": rmse_degraded, "rmse_direct": rmse_direct, "time": time.time()}
-        if not (sys.stderr and sys.stderr.isatty()):  # the progress bar only draws on a terminal: keep logs readable
+        if self.progress.mode == "lines":  # the bar shows this on a terminal
             self.log(f"step {step}/{self.cfg.steps} loss {loss:.4f} {rate:,.0f} img/s rmse degraded {rmse_degraded:.4f} direct {rmse_direct:.4f}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -313,14 +337,3 @@ def update_ema(ema, net, step: int, cfg: TrainConfig):
     elif step % cfg.ema_every == 0:
         for e, p in zip(ema.state_dict().values(), net.state_dict().values()):
             e.lerp_(p, 1 - cfg.ema_decay)
-
-
-def progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.0f} img/s"),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False,
-    )

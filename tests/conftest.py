@@ -80,7 +80,13 @@ def invoke(*args, stdin: bytes | None = None, env=None):
 
     import colddiff
 
-    r = CliRunner().invoke(colddiff.app, [str(a) for a in args], input=stdin, env=env, catch_exceptions=False)
+    import torch
+
+    threads = torch.get_num_threads()  # commands set it (--threads, or the idle cores): not for the tests after
+    try:
+        r = CliRunner().invoke(colddiff.app, [str(a) for a in args], input=stdin, env=env, catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
     return Result(r.exit_code, r.stdout_bytes, r.stderr_bytes)
 
 

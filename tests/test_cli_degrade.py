@@ -97,7 +97,7 @@ def test_ops_lists_everything(cli):
     (["--op", "blur", "--preset", "imagenet"], "unknown preset 'imagenet'"),
     (["--op", "blur", "--t", "21"], "--t must be in 0..20"),
     (["--op", "blur", "--t", "-1"], "--t must be in 0..20"),
-    (["--op", "blur", "--param", "sigma=big"], "sigma must be a float"),
+    (["--op", "blur", "--param", "sigma=big"], "sigma must be a number"),
     (["--op", "animorph"], "--source"),
     (["--op", "mask", "--param", "std=0"], "std > 0"),
     (["--op", "blur", "--param", "sigma=0"], "sigmas must be positive"),
@@ -156,3 +156,32 @@ def test_outputs_that_would_collide_or_mislead_are_refused(cli, tmp_path):
 def test_blurdiff_parameters_are_validated(cli, param, tmp_path):
     r = cli("degrade", PHOTO, "--op", "blurdiff", "--param", param, "-o", tmp_path / "o.png")
     assert r.returncode == 1 and b"blurdiff needs" in r.stderr and not (tmp_path / "o.png").exists()
+
+
+def test_mask_and_colour_fit_their_pixel_sizes_to_the_image(cli, tmp_path):
+    """A 300 px photo with the celeba preset (made for 128 px): the sigmas scale by 300/128,
+    said once, so the mask covers the same share of the image; --no-fit keeps the preset's."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(60, 200, (300, 451, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    Image.fromarray(rng.integers(60, 200, (128, 128, 3), dtype=np.uint8)).save(tmp_path / "n.png")
+    r = cli("degrade", tmp_path / "p.png", "--op", "mask", "--preset", "celeba", "-o", tmp_path / "fit.png")
+    assert r.returncode == 0 and r.stderr.decode().count("std 0.2 -> 0.469") == 1, r.stderr
+    r = cli("degrade", tmp_path / "p.png", "--op", "mask", "--preset", "celeba", "--no-fit", "-o", tmp_path / "raw.png")
+    assert r.returncode == 0 and r.stderr == b""
+    grey = lambda f: (np.abs(np.asarray(Image.open(tmp_path / f), dtype=float) - 127.5) < 3).all(-1).mean()  # noqa: E731
+    assert grey("fit.png") > 4 * grey("raw.png") > 0
+    r = cli("degrade", tmp_path / "n.png", "--op", "mask", "--preset", "celeba", "-o", tmp_path / "native.png")
+    assert r.returncode == 0 and r.stderr == b""  # its own size: nothing to fit
+    r = cli("degrade", tmp_path / "p.png", "--op", "colour", "-o", tmp_path / "c.png", "--t", "375")
+    assert r.returncode == 0 and b"colour generation on 451x300: std 0.05 -> 0.117" in r.stderr
+
+
+def test_desaturating_a_grey_image_says_so(cli, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (20, 20), 100).save(tmp_path / "g.png")
+    r = cli("degrade", tmp_path / "g.png", "--op", "desaturate", "-o", tmp_path / "o.png")
+    assert r.returncode == 0 and b"warning: desaturating a grey image changes nothing" in r.stderr

@@ -1,7 +1,6 @@
 """Faults a user meets: a closed or broken stdout, /dev/full, a full disk, a decompression bomb,
 two trainings on one model, an allocation that fails, absurd T. Each is one line (or, for a
 reader that went away, silence and SIGPIPE's status), a non-zero exit, and no partial output."""
-import io
 import os
 import shutil
 import struct

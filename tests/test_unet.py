@@ -126,3 +126,6 @@ def test_blurdiff_trains_with_lee_et_al_settings_unless_told_otherwise():
     assert train.method_defaults(bd, {**unset, "net": "tiny", "lr": 1e-3})["net"] == "tiny"
     cold = train.method_defaults(blur, unset)
     assert cold == {"net": "paper", "lr": 2e-5, "ema_decay": 0.995, "ema_every": 10, "ema_start": 2000, "batch": 32, "accumulate": 2}
+    for name in ("blur", "mask", "pixelate", "snow"):  # the released code's CIFAR-10 runs used the DDPM UNet
+        assert train.method_defaults(operators.make_operator(name, "cifar10"), unset)["net"] == "ddpm"
+    assert train.method_defaults(operators.make_operator("blur", "cifar10"), {**unset, "net": "small"})["net"] == "small"

@@ -1,0 +1,92 @@
+"""Signs of life: progress on stderr for every long command (lines in a pipe, none with --quiet),
+the training estimate, and the thread count."""
+import os
+import shutil
+
+import pytest
+import torch
+
+import colddiff
+from common import Progress
+from conftest import run_cli
+
+
+def test_progress_lines_in_a_pipe_come_every_interval(capsys, monkeypatch):
+    now = {"t": 0.0}
+    p = Progress("restoring", 100, "images", every=10.0)
+    p.clock = lambda: now["t"]
+    with p:
+        for done in range(1, 101):
+            now["t"] += 0.5  # 2 images/s: a line at most every 10 s
+            p.update(done, info="batch 4")
+    if p.mode != "lines":
+        pytest.skip("stderr is a terminal here")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "colddiff: restoring: started, 100 images"
+    assert 4 <= len(lines) - 2 <= 5 and all("images/s" in ln and "batch 4" in ln for ln in lines[1:-1])
+    assert "20/100 images, 2.00 images/s, 40 s left" in lines[1]
+    assert lines[-1].startswith("colddiff: restoring: done, 100/100 images") and lines[-1].endswith("in 50 s")
+
+
+def test_quiet_progress_prints_nothing(capsys):
+    with Progress("x", 3, "images", quiet=True) as p:
+        p.update(3)
+    assert capsys.readouterr().err == ""
+
+
+def test_restore_and_degrade_folders_show_progress_in_a_pipe_and_quiet_silences(blur_model, fmnist_split, tmp_path):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for f in sorted(fmnist_split[1].iterdir())[:6]:
+        shutil.copy(f, folder / f.name)
+    r = run_cli("restore", folder, "-m", blur_model, "-o", tmp_path / "out/", "--batch", "2", "--no-compile")
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "colddiff: restoring: started, 6 images" in err and "restoring: done, 6/6 images" in err, err
+    r = run_cli("degrade", folder, "--op", "blur", "-o", tmp_path / "deg/")
+    assert r.returncode == 0 and "degrading: done, 6/6 images" in r.stderr.decode()
+    r = run_cli("restore", folder, "-m", blur_model, "-o", tmp_path / "out2/", "--quiet")
+    assert r.returncode == 0 and r.stderr == b""
+
+
+def test_train_in_a_pipe_estimates_then_shows_progress(fmnist_split, tmp_path):
+    r = run_cli("train", fmnist_split[0], "-o", tmp_path / "m.safetensors", "--net", "tiny", "--steps", "20", "--batch", "4",
+                "--accumulate", "1", "--no-augment")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "20 steps x 4 images of 28x28 through a 0.2 M-parameter network: roughly" in err
+    assert "colddiff: training: started, 20 steps" in err and "training: done, 20/20 steps" in err and "img/s" in err
+    r = run_cli("train", fmnist_split[0], "-o", tmp_path / "n.safetensors", "--net", "tiny", "--steps", "2", "--batch", "4", "--quiet")
+    assert r.returncode == 0 and r.stderr == b""
+
+
+def test_the_readme_training_line_on_a_cpu_warns(cli, fmnist_split, tmp_path, monkeypatch):
+    """The paper network for 700,000 steps at 128 px on a CPU: an estimate in years, a warning,
+    before anything is trained (interrupted here at its first step)."""
+    import train
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "make_step", stop)
+    r = cli("train", fmnist_split[0], "-o", tmp_path / "m.safetensors", "--op", "blur", "--preset", "celeba", "--size", "128",
+            "--device", "cpu")
+    err = r.stderr.decode()
+    assert "700,000 steps x 64 images of 128x128 through a 56.6 M-parameter network: roughly" in err and "days" in err
+    assert "warning: that is" in err and "--net (small, tiny)" in err
+
+
+def test_threads_option_and_default(cli, tmp_path):
+    assert 1 <= colddiff.default_threads() <= (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    try:
+        from PIL import Image
+
+        Image.new("L", (16, 16)).save(tmp_path / "x.png")
+        colddiff.pick_device("cpu", 1)
+        assert torch.get_num_threads() == 1
+        r = cli("degrade", tmp_path / "x.png", "--op", "blur", "--threads", "1", "-o", tmp_path / "o.png")
+        assert r.returncode == 0
+        r = cli("degrade", tmp_path / "x.png", "--op", "blur", "--threads", "0", "-o", tmp_path / "p.png")
+        assert r.returncode == 1 and b"--threads must be at least 1" in r.stderr
+    finally:
+        torch.set_num_threads(before)
