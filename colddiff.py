@@ -415,8 +415,10 @@ def restore(
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
-    t = op.T if t is None else t
     items = find_images(inputs)
+    if t is None and not quiet:  # nothing in an image says how far it was degraded
+        typer.echo(f"colddiff: restoring as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
+    t = op.T if t is None else t
     for src, _, _ in items:  # every input must decode and fit before anything is written
         u8 = read_image(src)
         check_input(u8, C, op, src, model)

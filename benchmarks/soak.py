@@ -76,7 +76,7 @@ def main():
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--low", type=float, default=1.0, help="shortest delay before the kill, seconds")
-    ap.add_argument("--high", type=float, default=7.0, help="longest delay before the kill, seconds")
+    ap.add_argument("--high", type=float, default=10.0, help="longest delay before the kill, seconds")
     a = ap.parse_args()
     rounds = soak(a.kills, a.seed, a.low, a.high)
     ok = all(r["ok"] for r in rounds)
