@@ -136,7 +136,8 @@ def estimate(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int,
     flops = 3 * unet.forward_flops(net.config, H, W) * cfg.batch * cfg.accumulate * steps_left
     rate = CUDA_FLOPS if device.type == "cuda" else CPU_FLOPS_PER_THREAD * torch.get_num_threads()
     seconds = flops / rate / world
-    where = "a GPU" if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    n = torch.get_num_threads()
+    where = "a GPU" if device.type == "cuda" else f"{n} CPU thread{'s' if n != 1 else ''}"
     return seconds, (f"{steps_left:,} steps x {cfg.batch * cfg.accumulate * world} images of {H}x{W} through a "
                      f"{unet.count_parameters(net) / 1e6:.1f} M-parameter network: roughly {duration(seconds)} on {where}")
 
