@@ -416,14 +416,15 @@ def restore(
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = find_images(inputs)
-    if t is None and not quiet:  # nothing in an image says how far it was degraded
-        typer.echo(f"colddiff: restoring as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
+    say_t = t is None and not quiet  # nothing in an image says how far it was degraded
     t = op.T if t is None else t
     for src, _, _ in items:  # every input must decode and fit before anything is written
         u8 = read_image(src)
         check_input(u8, C, op, src, model)
         check_fits(sampling, "<stdin>" if isinstance(src, bytes) else src, *u8.shape[-2:], min(batch, len(items)), dev)
     dests = plan_outputs(items, out, force)
+    if say_t:  # after every check: an error stays the only line
+        typer.echo(f"colddiff: restoring as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
     pending: list = []
 
     def flush():
