@@ -157,9 +157,8 @@ class BlurDiff(Operator):
         abar = self.log_abar(t, *x.shape[-2:]).exp()
         c = self.to_dct(x).mul_(abar.sqrt()).addcmul_(self.to_dct(self.needs(hidden)["z"]), (1 - abar).sqrt())
         xt = self.from_dct(c)
-        if bool((t == 0).any()):  # a full-size copy a 12-megapixel photo at t > 0 need not pay
-            xt = torch.where(_per_image(t == 0), x, xt)
-        return xt.to(x0.dtype)
+        # in place: no second full-size image, and no host sync (a .any() would be one per training step)
+        return torch.where(_per_image(t == 0), x, xt, out=xt).to(x0.dtype)
 
     def loss(self, pred, x0, hidden):
         """Lee et al.'s eq. 18: the plain MSE between R's eps and the noise that made x_t."""

@@ -213,7 +213,7 @@ PresetOpt = typer.Option(None, "--preset", help="Operator preset (default: the o
 ParamOpt = typer.Option(None, "--param", help="Override an operator parameter, KEY=VALUE (repeatable).")
 SeedOpt = typer.Option(0, "--seed", help="Seed of every random draw (snow pattern, mask centre, noise).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: the cores not already busy, from the load average).")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: the cores other processes are not using, read from /proc/stat).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress on stderr (errors still are).")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")

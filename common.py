@@ -92,7 +92,7 @@ class Progress:
         self.what, self.total, self.unit, self.every = what, total, unit, every
         self.mode = "off" if quiet or sys.stderr is None else ("bar" if sys.stderr.isatty() else "lines")
         self.clock = time.perf_counter
-        self.done, self.info = 0, ""
+        self.done, self.start_done, self.info = 0, 0, ""
 
     def __enter__(self):
         self.start = self.last = self.clock()
@@ -126,7 +126,7 @@ class Progress:
 
     def _status(self) -> str:
         elapsed = self.clock() - self.start
-        rate = (self.done - getattr(self, "start_done", 0)) / max(elapsed, 1e-9)
+        rate = (self.done - self.start_done) / max(elapsed, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta = f", {duration(left)} left" if left == left and self.done < self.total else ""
         return f"{self.what}: {self.done:,}/{self.total:,} {self.unit}, {rate:,.2f} {self.unit}/s{eta}" + (f", {self.info}" if self.info else "")

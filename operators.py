@@ -271,20 +271,18 @@ class Mask(Operator):
         dy = torch.arange(h, device=t.device) - centre[:, :1]
         dx = torch.arange(w, device=t.device) - centre[:, 1:]
         d2 = (dy[:, :, None] ** 2 + dx[:, None, :] ** 2).clamp_(max=Q - 1)
+        key = (Q, str(t.device))
+        if key not in self._tables and (self.T + 1) * Q <= self.TABLE_MAX:  # small (training: one size, every t): keep it all
+            self._tables[key] = self._rows(torch.arange(self.T + 1), Q).to(t.device)
+        if key in self._tables:  # a plain gather: no host sync in a training step
+            return self._tables[key][t[:, None, None], d2][:, None]
         steps, row = torch.unique(t, return_inverse=True)
-        return self._rows(steps, Q, t.device)[row[:, None, None], d2][:, None]
+        return self._rows(steps.cpu(), Q).to(t.device)[row[:, None, None], d2][:, None]
 
-    def _rows(self, steps: torch.Tensor, Q: int, device) -> torch.Tensor:
-        """(len(steps), Q) float32: m_1 ... m_t at d^2 = 0..Q-1 for each t in steps.
-
-        The whole (T+1, Q) table is kept when it is small (training: one size, every t);
-        otherwise only the rows asked for, computed over chunks of d^2 so that the float64
-        work stays at 2^22 numbers however large the image."""
-        key = (Q, str(device))
-        if key in self._tables:
-            return self._tables[key][steps]
-        keep = (self.T + 1) * Q <= self.TABLE_MAX
-        want = torch.arange(self.T + 1) if keep else steps.cpu()
+    def _rows(self, want: torch.Tensor, Q: int) -> torch.Tensor:
+        """(len(want), Q) float32 on the CPU: m_1 ... m_t at d^2 = 0..Q-1 for each t in `want`,
+        computed over chunks of d^2 so that the float64 work stays at 2^22 numbers however large
+        the image."""
         last = int(want.max())  # factors past the largest t asked for are never used
         two_sigma2 = 2 * (self.std * (torch.arange(last, dtype=torch.float64) + self.init)) ** 2
         out = torch.ones(len(want), Q)
@@ -298,10 +296,6 @@ class Mask(Operator):
             log_m = torch.log1p(-torch.exp(-q / two_sigma2[first:, None])).clamp_(min=-1e4)  # m_i(0) = 0
             log_cum = torch.cat([torch.zeros(1, len(q), dtype=torch.float64), log_m.cumsum(0)])
             out[:, a : a + len(q)] = log_cum[(want - first).clamp(min=0)].exp()
-        out = out.to(device)
-        if keep:
-            self._tables[key] = out
-            return out[steps]
         return out
 
     def alpha(self, t: torch.Tensor, centre: torch.Tensor, h: int, w: int) -> torch.Tensor:
