@@ -231,7 +231,7 @@ OutOpt = typer.Option(None, "-o", "--out", help="Output file or folder (default:
 
 @app.callback()
 def main_options(
-    max_megapixels: float = typer.Option(128, "--max-megapixels", help="Refuse images larger than this (a guard against decompression bombs)."),
+    max_megapixels: float = typer.Option(128, "--max-megapixels", min=0.001, help="Refuse images larger than this (a guard against decompression bombs)."),
 ):
     """Cold diffusion: degrade, restore, train and generate images with deterministic transforms."""
     import image_io
