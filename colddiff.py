@@ -352,6 +352,7 @@ def train(
     source: Optional[str] = SourceOpt,
     gmm_components: int = typer.Option(CFG.gmm_components, "--gmm-components", help="Components of the generation prior (blur, pixelate)."),
     sampling_steps: Optional[int] = typer.Option(CFG.sampling_steps, "--sampling-steps", help="Default --steps of restore/eval/generate for this model (default: T)."),
+    train_noise: Optional[float] = typer.Option(None, "--train-noise", metavar="SIGMA", help="Train on D(x0, t) + SIGMA eps (inverse heat dissipation), for generation with --step-noise (default 0; blur generation preset: see README)."),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 
@@ -517,8 +518,9 @@ def evaluate(
 def generate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file (default: the bundled Fashion-MNIST blur model)."),
     n: int = typer.Option(64, "--n", help="How many images."),
-    symmetry: str = typer.Option("broken", "--symmetry", help="blur: broken (noise added once to x_T) or perfect."),
-    break_noise: float = typer.Option(0.002, "--break-noise", help="Std of the symmetry-breaking noise."),
+    symmetry: str = typer.Option("broken", "--symmetry", help="broken (the model's way of breaking the symmetry of a flat x_T) or perfect (no noise)."),
+    break_noise: Optional[float] = typer.Option(None, "--break-noise", metavar="STD", help="Noise added once to x_T (default: the model's; 0.002 for models trained without --train-noise)."),
+    step_noise: Optional[float] = typer.Option(None, "--step-noise", metavar="DELTA", help="Noise added after every naive/tacos step (default: the model's, 1.25 x its --train-noise)."),
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
@@ -538,26 +540,24 @@ def generate(
 
     Example: colddiff generate --n 64 -o grid.png   (the bundled Fashion-MNIST model)
 
-    blur (generation preset): a colour from the stored Gaussian mixture, plus N(0, break_noise^2)
-    once (broken symmetry); pixelate: a low-res image from its mixture; colour: a random colour;
-    noise: z ~ N(0, I); animorph: an image of --source."""
+    x_T: blur (generation preset) a colour from the stored Gaussian mixture; pixelate a low-res image
+    from its mixture; colour a random colour; noise z ~ N(0, I); animorph an image of --source.
+    Broken symmetry: a model trained with --train-noise SIGMA gets N(0, DELTA^2) after every step
+    (inverse heat dissipation); older models N(0, 0.002^2) once, on x_T (the released code)."""
     import torch
 
     import generative
 
     at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol")
-    if not break_noise >= 0:
-        raise UserError(f"--break-noise must be at least 0, got {break_noise}")
-    if symmetry not in ("broken", "perfect"):
-        raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
     if model is None and not BUNDLED_MODEL.is_file():
         raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
     dev = pick_device(device, threads)
     sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile, eta)
+    break_noise = generative.break_symmetry(sampling, symmetry, break_noise, step_noise)
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
     results = []
     with Progress("generating", n, "images", quiet=quiet) as progress:
-        for lo, images in generative.generate(sampling, n, batch, seed, dev, break_noise if symmetry == "broken" else 0.0):
+        for lo, images in generative.generate(sampling, n, batch, seed, dev, break_noise):
             images = to_uint8(images).cpu()
             if folder:
                 for i, img in enumerate(images, start=lo):

@@ -88,13 +88,17 @@ def fit_prior(op, data: torch.Tensor, components: int, seed: int, device) -> dic
 
 
 def start(op, prior: dict | None, shape, generator: torch.Generator, break_noise: float = 0.0):
-    """(x_T, hidden) of one image of `shape` (1, C, H, W), every draw from `generator`."""
+    """(x_T, hidden) of one image of `shape` (1, C, H, W), every draw from `generator`. hidden
+    always holds a "seed": the image's own stream of sampling noise (samplers.py, step noise)."""
     features = None
     if op.prior is not None:
         if prior is None:
             raise UserError(f"this {op.name} model holds no generation prior; fit one with `colddiff fit-prior`")
         features = sample_gmm(prior, 1, generator)
-    return op.start(shape, generator, features, break_noise)
+    x_T, hidden = op.start(shape, generator, features, break_noise)
+    if hidden is None or "seed" not in hidden:  # drawn last: the draws before it stay as they were
+        hidden = {**(hidden or {}), "seed": torch.randint(2**31, (1,), generator=generator)}
+    return x_T, hidden
 
 
 def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float = 0.0):
@@ -110,3 +114,57 @@ def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float
         hidden = cat_hidden([h for _, h in starts])
         hidden = None if hidden is None else {k: v.to(device) for k, v in hidden.items()}
         yield lo, sampling(x_T, op.T, hidden)
+
+
+# Breaking the symmetry of a flat x_T (blur's generation preset), chosen by measurement (RESULTS.md,
+# "Breaking symmetry"): N(0, delta^2) after every tacos step, delta = STEP_NOISE, beats the released
+# code's one-off nudge of x_T (NUDGE) on FCD and diversity. Models trained with --train-noise sigma
+# (inverse heat dissipation, Rissanen et al.) take IHDM's delta = 1.25 sigma instead.
+STEP_NOISE = 0.025
+STEP_NOISE_PER_TRAIN_NOISE = 1.25
+NUDGE = 0.002
+
+
+def symmetry_defaults(train_noise: float, flat_start: bool) -> dict:
+    """How a model breaks the symmetry of its x_T by default (stored in its metadata): "step-noise"
+    (delta = STEP_NOISE), "ihdm" (trained with sigma, delta = 1.25 sigma), or "none" where x_T is
+    not flat and there is no symmetry to break."""
+    if not flat_start:
+        return {"method": "none", "train_noise": train_noise, "step_noise": 0.0, "break_noise": 0.0}
+    if train_noise > 0:
+        return {"method": "ihdm", "train_noise": train_noise, "step_noise": STEP_NOISE_PER_TRAIN_NOISE * train_noise, "break_noise": 0.0}
+    return {"method": "step-noise", "train_noise": 0.0, "step_noise": STEP_NOISE, "break_noise": 0.0}
+
+
+def model_symmetry(meta: dict, op) -> dict:
+    """A model's symmetry breaking: as stored, else (models from before it was stored, the bundled
+    one among them: all trained without noise) the default for its operator."""
+    return meta.get("symmetry") or symmetry_defaults(0.0, flat_start(op))
+
+
+def flat_start(op) -> bool:
+    """x_T is one flat colour per image (blur's generation preset): only noise can break its symmetry."""
+    return bool(getattr(op, "flat_last", False))
+
+
+def break_symmetry(sampling, symmetry: str, break_noise: float | None = None, step_noise: float | None = None) -> float:
+    """Set up `sampling` for --symmetry broken or perfect; returns the noise to add once to x_T.
+    Unset noises come from the model's metadata; its step noise applies where the sampler takes it."""
+    from samplers import SAMPLERS, check
+
+    for name, value in (("--break-noise", break_noise), ("--step-noise", step_noise)):
+        if value is not None and not value >= 0:
+            raise UserError(f"{name} must be at least 0, got {value}")
+    if symmetry not in ("broken", "perfect"):
+        raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
+    if symmetry == "perfect":
+        if break_noise or step_noise:
+            raise UserError("--symmetry perfect adds no noise: leave --break-noise and --step-noise out")
+        sampling.step_noise = 0.0
+        return 0.0
+    stored = model_symmetry(sampling.meta, sampling.op)
+    if step_noise is None:
+        step_noise = stored["step_noise"] if SAMPLERS[sampling.sampler].step_noise else 0.0
+    check(sampling.sampler, sampling.op, sampling.op.T, sampling.z, sampling.eta, sampling.steps, step_noise)
+    sampling.step_noise = step_noise
+    return stored["break_noise"] if break_noise is None else break_noise

@@ -10,7 +10,11 @@ pattern, mask centre, noise z, ...), reused by every D inside the loop.
     reverse, ancestral, ddim   blur diffusion (R predicts eps): Lee et al.'s published step, the
              exact posterior step, and DDIM jumps; the steps themselves are blurdiff.py's
 
-s runs down from t to 0 in `steps` jumps (default t: s' = s - 1). For the interpolation operators
+s runs down from t to 0 in `steps` jumps (default t: s' = s - 1). naive and tacos take `step_noise`
+delta: N(0, delta^2) is added after every jump but the last, from each image's own stream, the
+sampling noise of inverse heat dissipation (Rissanen et al., ICLR 2023) that breaks the symmetry of
+a flat x_T; the network is trained for it on D(x0, t) + sigma eps (train.py, --train-noise).
+For the interpolation operators
 (noise, animorph, colour: D = a_s x0 + b_s z) `z="estimated"` re-estimates z at every step,
 z_hat = (x_s - a_s x0_hat) / b_s (the DDIM choice); `z="fixed"` reuses the z in `hidden`.
 
@@ -30,12 +34,13 @@ SAMPLERS: dict = {}
 Z_MODES = ("fixed", "estimated")
 
 
-def sampler(predicts: str | None, steps: bool = True, eta: bool = False):
+def sampler(predicts: str | None, steps: bool = True, eta: bool = False, step_noise: bool = False):
     """Register a sampler under its function's name, for operators whose R predicts `predicts`;
-    `steps`: it jumps in --steps K; `eta`: it takes --eta (stochasticity)."""
+    `steps`: it jumps in --steps K; `eta`: it takes --eta (stochasticity); `step_noise`: it takes
+    --step-noise."""
 
     def register(fn):
-        fn.predicts, fn.steps, fn.eta = predicts, steps, eta
+        fn.predicts, fn.steps, fn.eta, fn.step_noise = predicts, steps, eta, step_noise
         SAMPLERS[fn.__name__] = fn
         return fn
 
@@ -69,33 +74,43 @@ def with_z(op, hidden, x_s, x0_hat, s: int, z: str):
 
 
 @sampler(predicts=None, steps=False)
-def direct(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+def direct(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
     """x0_hat from one network call at t."""
     return op.x0_hat(x_t, _step_tensor(x_t, t), restore(x_t, t))
 
 
-@sampler(predicts="x0")
-def naive(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
-    """Algorithm 1: x_{s'} = D(R(x_s, s), s')."""
-    x = x_t
+@sampler(predicts="x0", step_noise=True)
+def naive(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
+    """Algorithm 1: x_{s'} = D(R(x_s, s), s') (+ delta z)."""
+    x, noise = x_t, _step_noise(hidden, x_t, step_noise)
     path = schedule(t, steps)
     for s, s_next in zip(path, path[1:]):
         x0_hat = restore(x, s)
         h = with_z(op, hidden, x, x0_hat, s, z)
-        x = op.apply(x0_hat, _step_tensor(x, s_next), h)
+        x = noise(op.apply(x0_hat, _step_tensor(x, s_next), h), s_next)
     return x
 
 
-@sampler(predicts="x0")
-def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
-    """Algorithm 2 (transformation-agnostic cold sampling): x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')."""
-    x = x_t
+@sampler(predicts="x0", step_noise=True)
+def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
+    """Algorithm 2 (transformation-agnostic cold sampling): x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s') (+ delta z)."""
+    x, noise = x_t, _step_noise(hidden, x_t, step_noise)
     path = schedule(t, steps)
     for s, s_next in zip(path, path[1:]):
         x0_hat = restore(x, s)
         h = with_z(op, hidden, x, x0_hat, s, z)
-        x = x - op.apply(x0_hat, _step_tensor(x, s), h) + op.apply(x0_hat, _step_tensor(x, s_next), h)
+        x = noise(x - op.apply(x0_hat, _step_tensor(x, s), h) + op.apply(x0_hat, _step_tensor(x, s_next), h), s_next)
     return x
+
+
+def _step_noise(hidden, x_t, delta: float):
+    """x -> x + delta z after a jump to s' > 0 (z from each image's stream); the identity at delta = 0."""
+    if not delta:
+        return lambda x, s_next: x
+    if hidden is None or "seed" not in hidden:
+        raise UserError("step noise needs each image's noise seed (generation provides it)")
+    draw = _noise_streams(hidden, x_t)
+    return lambda x, s_next: x + delta * draw() if s_next > 0 else x
 
 
 def _noise_streams(hidden, x):
@@ -114,21 +129,21 @@ def _every_step(step, restore, x_t, t: int, hidden):
 
 
 @sampler(predicts="eps", steps=False)
-def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
     """Blur diffusion's published reverse process (Lee et al.; SPEC section 5), every step i = t..1:
     op.lee_step, a first-order approximation of the true posterior, variance B_i."""
     return _every_step(op.lee_step, restore, x_t, t, hidden)
 
 
 @sampler(predicts="eps", steps=False)
-def ancestral(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+def ancestral(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
     """The exact reverse process, every step i = t..1: a draw from DDPM's posterior per DCT
     coefficient (op.posterior_step), with Lee et al.'s variance B_i."""
     return _every_step(op.posterior_step, restore, x_t, t, hidden)
 
 
 @sampler(predicts="eps", eta=True)
-def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
+def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
     """DDIM for the non-isotropic diffusion (gDDIM): K = --steps jumps s -> s' (op.ddim_step),
     deterministic at eta = 0; eta = 1 with every step is ancestral sampling with the posterior variance."""
     noise, x = _noise_streams(hidden, x_t), x_t.float()
@@ -138,8 +153,8 @@ def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0):
     return x
 
 
-def check(name: str, op, t: int, z: str, eta: float = 0.0, steps: int | None = None):
-    """The sampler `name`, z mode, steps and eta apply to `op` at step t, or a UserError saying why not."""
+def check(name: str, op, t: int, z: str, eta: float = 0.0, steps: int | None = None, step_noise: float = 0.0):
+    """The sampler `name`, z mode, steps, eta and step noise apply to `op` at step t, or a UserError saying why not."""
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     if z not in Z_MODES:
@@ -159,14 +174,19 @@ def check(name: str, op, t: int, z: str, eta: float = 0.0, steps: int | None = N
         raise UserError(f"--eta applies to {', '.join(n for n, f in SAMPLERS.items() if f.eta)}, not {name}")
     if not 0 <= eta <= 1:
         raise UserError(f"--eta must be in 0..1, got {eta}")
+    if not step_noise >= 0:
+        raise UserError(f"--step-noise must be at least 0, got {step_noise}")
+    if step_noise and not SAMPLERS[name].step_noise:
+        raise UserError(f"--step-noise applies to {', '.join(n for n, f in SAMPLERS.items() if f.step_noise)}, not {name}")
 
 
-def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str = "fixed", eta: float = 0.0):
+def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str = "fixed", eta: float = 0.0,
+           step_noise: float = 0.0):
     """Run sampler `name` from x_t at step t; checks that it (and the z mode) applies to the operator."""
-    check(name, op, t, z, eta, steps)
+    check(name, op, t, z, eta, steps, step_noise)
     if t == 0:
         return x_t
-    return SAMPLERS[name](restore, op, x_t, t, hidden, steps, z, eta)
+    return SAMPLERS[name](restore, op, x_t, t, hidden, steps, z, eta, step_noise)
 
 
 def make_restorer(net, device, compile: bool = False):
@@ -200,6 +220,7 @@ class Sampling:
     steps: int | None
     z: str
     eta: float = 0.0
+    step_noise: float = 0.0
 
     def __call__(self, x_t, t: int, hidden):
-        return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z, self.eta)
+        return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z, self.eta, self.step_noise)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import checkpoint
 import unet
 from common import Progress, Stop, UserError, duration
-from generative import fit_prior
+from generative import fit_prior, flat_start, symmetry_defaults
 
 def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """The papers' augmentation for a float batch: resize to 1.12x, random crop back, random flip."""
@@ -58,6 +58,7 @@ class TrainConfig:
     compile: bool = True
     gmm_components: int = 1
     sampling_steps: int | None = None  # the model's default sampling steps (None: all T)
+    train_noise: float = 0.0  # sigma of N(0, sigma^2) added to every x_t (inverse heat dissipation's)
 
     def check(self, op):
         if not self.lr > 0:
@@ -69,6 +70,10 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.sampling_steps is not None and not 1 <= self.sampling_steps <= op.T:
             raise UserError(f"--sampling-steps must be in 1..{op.T}, got {self.sampling_steps}")
+        if not 0 <= self.train_noise < 1:
+            raise UserError(f"--train-noise must be in [0, 1), got {self.train_noise}")
+        if self.train_noise and op.predicts != "x0":
+            raise UserError(f"--train-noise applies to cold diffusion (networks that predict x0), not {op.name}")
 
 
 NET_DEFAULT = "paper"
@@ -119,11 +124,16 @@ def _dist(device):
     return rank, world, int(os.environ.get("LOCAL_RANK", "0")), torch.distributed.get_backend()
 
 
-def loss_fn(net, op, x0, rng):
-    """op.loss of R's output on x_t = D(x0, t), t uniform in 1..T (L1 on x0 for cold diffusion)."""
+def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
+    """op.loss of R's output on x_t = D(x0, t), t uniform in 1..T (L1 on x0 for cold diffusion);
+    with train_noise sigma, on D(x0, t) + sigma eps, so that R meets the noise that sampling with
+    --step-noise adds (inverse heat dissipation, Rissanen et al.)."""
     t = torch.randint(1, op.T + 1, (x0.shape[0],), generator=rng).to(x0.device)
     hidden = op.draw(x0, rng)
-    return op.loss(net(op.apply(x0, t, hidden), t), x0, hidden)
+    x_t = op.apply(x0, t, hidden)
+    if train_noise:
+        x_t = x_t + train_noise * torch.randn(x_t.shape, generator=rng).to(x_t.device)
+    return op.loss(net(x_t, t), x0, hidden)
 
 
 CPU_FLOPS_PER_THREAD = 15e9  # what a training step achieves on one CPU thread (measured 17-18 G: small net, 28 px)
@@ -167,6 +177,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         "image": {"channels": C, "height": H, "width": W},
         "train": dataclasses.asdict(cfg) | {"images": N, "world_size": world, "distributed": backend},
         "prior": fit_prior(op, data, cfg.gmm_components, cfg.seed, device),
+        "symmetry": symmetry_defaults(cfg.train_noise, flat_start(op)),
     }
     step = 0
     if resume and checkpoint.state_path(out).exists():
@@ -319,7 +330,7 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
             if cuda:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
-                loss = loss_fn(model, op, x0, rng) / cfg.accumulate
+                loss = loss_fn(model, op, x0, rng, cfg.train_noise) / cfg.accumulate
             loss.backward()
             total += loss.detach()
         total = float(total)

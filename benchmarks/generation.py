@@ -7,16 +7,20 @@ The quality figure is FCD, a Frechet distance in the 128-d penultimate features 
 trained here on the Fashion-MNIST train split (labels from the NNNNN_LABEL.png names that
 shared/tools/fashion_mnist.py writes), between N generated images and N test images; lower is
 better, and the test split against the train split gives its floor. Diversity is the mean per-pixel
-standard deviation across the generated images (the test images' value for scale).
-`MODEL:perfect` generates with perfect symmetry, `MODEL:fixed` with fixed z, `MODEL:steps=K` with
-K sampling steps, `MODEL:sampler=NAME` and `MODEL:eta=E` choose the sampler; options combine
-(`m.safetensors:perfect:steps=50`, `bd.safetensors:sampler=ddim:steps=20`).
+standard deviation across the generated images (the test images' value for scale); shape diversity
+the same after each image's mean brightness is taken away.
+`MODEL:perfect` generates with perfect symmetry, `MODEL:nudge` with the released code's one-off
+N(0, 0.002^2) on x_T, `MODEL:step_noise=D` / `MODEL:break_noise=B` with those noises (default: what
+the model stores), `MODEL:fixed` with fixed z, `MODEL:steps=K` with K sampling steps,
+`MODEL:sampler=NAME` and `MODEL:eta=E` choose the sampler, `MODEL:seed=S` the generation seed;
+options combine (`m.safetensors:perfect:steps=50`, `bd.safetensors:sampler=ddim:steps=20`).
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +30,7 @@ import checkpoint  # noqa: E402
 import generative  # noqa: E402
 import metrics  # noqa: E402
 from colddiff import open_model  # noqa: E402
-from image_io import load_folder  # noqa: E402
+from image_io import encode_image, grid_image, load_folder, to_uint8  # noqa: E402
 
 
 class Classifier(nn.Module):
@@ -65,28 +69,38 @@ def train_classifier(images, labels, epochs, seed=0):
     return net.eval()
 
 
+def diversity(images):
+    """(diversity, shape diversity): the mean per-pixel std across images, and the same after each
+    image's own mean is taken away, so that a spread of brightness alone (a flat x_T's colour) does
+    not count as a spread of shapes."""
+    centred = images - images.mean((-2, -1), keepdim=True)
+    return float(images.std(0).mean()), float(centred.std(0).mean())
+
+
 @torch.no_grad()
 def features(net, images):
     return torch.cat([net.features(x) for x in images.split(500)])
 
 
 def generate(spec, n, device):
-    """n images of `colddiff generate --seed 0` with the options of `spec` (MODEL:opt:opt...)."""
+    """n images of `colddiff generate --seed S` (default 0) with the options of `spec` (MODEL:opt:opt...)."""
     path, *opts = spec.split(":")
-    symmetry, z, steps, sampler, eta = "broken", None, None, None, 0.0
-    for o in opts:
-        if o == "perfect":
-            symmetry = "perfect"
-        elif o in ("fixed", "estimated"):
-            z = o
-        elif o.startswith("steps="):
-            steps = int(o[6:])
-        elif o.startswith("sampler="):
-            sampler = o[8:]
-        elif o.startswith("eta="):
-            eta = float(o[4:])
-    sampling = open_model(path, device, sampler=sampler, steps=steps, z=z, compile=False, eta=eta)
-    out = [imgs.cpu() for _, imgs in generative.generate(sampling, n, 100, 0, device, 0.002 if symmetry == "broken" else 0.0)]
+    o = {"symmetry": "broken", "z": None, "steps": None, "sampler": None, "eta": 0.0, "break_noise": None, "step_noise": None, "seed": 0}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if opt == "perfect":
+            o["symmetry"] = "perfect"
+        elif opt == "nudge":  # the released code's way, whatever the model stores
+            o["break_noise"], o["step_noise"] = generative.NUDGE, 0.0
+        elif opt in ("fixed", "estimated"):
+            o["z"] = opt
+        elif key in ("steps", "sampler", "eta", "break_noise", "step_noise", "seed"):
+            o[key] = {"steps": int, "seed": int, "sampler": str}.get(key, float)(value)
+        else:
+            raise SystemExit(f"unknown option {opt!r} in {spec}")
+    sampling = open_model(path, device, sampler=o["sampler"], steps=o["steps"], z=o["z"], compile=False, eta=o["eta"])
+    x_T_noise = generative.break_symmetry(sampling, o["symmetry"], o["break_noise"], o["step_noise"])
+    out = [imgs.cpu() for _, imgs in generative.generate(sampling, n, 100, o["seed"], device, x_T_noise)]
     return (torch.cat(out).clamp(-1, 1) + 1) / 2, sampling.meta
 
 
@@ -99,30 +113,45 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-images", type=int, default=None, help="classifier training images (default: all)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--classifier", help="a .safetensors file: load the classifier from it, or train it and save it there")
+    ap.add_argument("--grids", help="a folder: write each model's first 64 images there as a grid")
     a = ap.parse_args()
     device = torch.device(a.device)
     t0 = time.time()
     # Score at the models' size (they must share one): the classifier sees real images resized to it.
     size = checkpoint.load_model(a.model[0].split(":")[0])[2]["image"]["height"] if a.model else None
-    tr_x, tr_y = load_labelled(a.train, a.train_images, size)
+    cached = a.classifier and Path(a.classifier).exists()
+    tr_x, tr_y = load_labelled(a.train, a.n if cached else a.train_images, size)  # a cached classifier needs the floor's only
     te_x, te_y = load_labelled(a.test, None, size)
-    clf = train_classifier(tr_x, tr_y, a.epochs)
+    if cached:
+        clf = Classifier(tr_x.shape[-1])
+        clf.load_state_dict(safetensors.torch.load_file(a.classifier))
+        clf.eval()
+    else:
+        clf = train_classifier(tr_x, tr_y, a.epochs)
+        if a.classifier:
+            safetensors.torch.save_file(clf.state_dict(), a.classifier)
     with torch.no_grad():
         acc = float((clf(te_x).argmax(1) == te_y).float().mean())
     ref = features(clf, te_x[: a.n])
     floor = metrics.frechet_distance(features(clf, tr_x[: a.n]), ref)
-    print(f"classifier: {a.epochs} epochs on {len(tr_x)} images, test accuracy {acc:.3f} ({time.time() - t0:.0f} s)")
-    rows = [("test split vs train split (floor)", floor, float(te_x[: a.n].std(0).mean()), 0.0)]
+    how = f"loaded from {a.classifier}" if cached else f"{a.epochs} epochs on {len(tr_x)} images"
+    print(f"classifier: {how}, test accuracy {acc:.3f} ({time.time() - t0:.0f} s)")
+    rows = [("test split vs train split (floor)", floor, *diversity(te_x[: a.n]), 0.0)]
     for spec in a.model:
         t1 = time.time()
         images, meta = generate(spec, a.n, device)
         fcd = metrics.frechet_distance(features(clf, images.float()), ref)
-        rows.append((spec, fcd, float(images.std(0).mean()), time.time() - t1))
+        if a.grids:
+            name = Path(spec.split(":")[0]).stem + "".join("_" + o.replace("=", "") for o in spec.split(":")[1:])
+            Path(a.grids).mkdir(parents=True, exist_ok=True)
+            Path(a.grids, f"{name}.png").write_bytes(encode_image(to_uint8(grid_image(images[:64] * 2 - 1, ncol=8))))
+        rows.append((spec, fcd, *diversity(images), time.time() - t1))
     print(f"\n{a.n} images each, torch {torch.__version__}, {device}")
-    print("| images | FCD (lower is better) | diversity (pixel std) | generation s |")
-    print("|---|---|---|---|")
-    for name, fcd, div, secs in rows:
-        print(f"| {name} | {fcd:.2f} | {div:.3f} | {secs:.0f} |")
+    print("| images | FCD (lower is better) | diversity (pixel std) | shape diversity | generation s |")
+    print("|---|---|---|---|---|")
+    for name, fcd, div, shape, secs in rows:
+        print(f"| {name} | {fcd:.2f} | {div:.3f} | {shape:.3f} | {secs:.0f} |")
 
 
 if __name__ == "__main__":

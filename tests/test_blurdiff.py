@@ -67,7 +67,23 @@ def test_f_zero_is_ddpm():
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)[t - 1].float().view(-1, 1, 1, 1)
     ddpm = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    assert torch.allclose(op.apply(x0, t, {"z": eps, "seed": torch.zeros(3)}), ddpm, atol=1e-5)
+    assert torch.allclose(op.apply(x0, t, {"z": op.to_dct(eps), "seed": torch.zeros(3)}), ddpm, atol=1e-5)
+
+
+def test_training_target_is_the_pixel_noise_that_made_x_t():
+    """draw() holds the noise's DCT coefficients z; the loss's target must be eps = U z, the eps of
+    x_t = U(Abar^1/2 U^T x0) + U((1 - Abar)^1/2 U^T eps), written with dense DCT matrices."""
+    op = O.make_operator("blurdiff", "quartic")
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(2, 3, 9, 6, generator=g) * 2 - 1
+    hidden, t = op.draw(x0, g), torch.tensor([7, 900])
+    x_t = op.apply(x0, t, hidden).double()
+    Ch, Cw = BD.dct_matrix(9), BD.dct_matrix(6)
+    fwd, inv = (lambda x: Ch @ x @ Cw.T), (lambda c: Ch.T @ c @ Cw)  # noqa: E731
+    abar = op.log_abar(t, 9, 6).exp().double()
+    eps = inv((fwd(x_t) - abar.sqrt() * fwd(x0.double())) / (1 - abar).sqrt())
+    assert float(op.loss(eps.float(), x0, hidden)) < 1e-9
+    assert abs(float(eps.std()) - 1) < 0.15  # and it is unit noise
 
 
 @pytest.mark.parametrize("size", [(9, 9), (12, 12)])
@@ -165,12 +181,13 @@ def test_exact_step_mean_is_the_true_posterior_mean(preset, i):
     c0, ci = op.to_dct(x0).double(), op.to_dct(x_i).double()
     true = abar(i - 1).sqrt() * (1 - A) / (1 - abar(i)) * c0 + A.sqrt() * (1 - abar(i - 1)) / (1 - abar(i)) * ci
     post_std = ((1 - A) * (1 - abar(i - 1)) / (1 - abar(i))).sqrt()
-    exact = op.to_dct(op.posterior_step(x_i, hidden["z"], i)).double()
+    eps = op.from_dct(hidden["z"])  # the oracle: the noise that made x_i
+    exact = op.to_dct(op.posterior_step(x_i, eps, i)).double()
     assert (exact - true).abs().max() < 2e-5 * max(1.0, float(true.abs().max()))  # float32 arithmetic
     if i > 1:  # (at i = 1 the posterior is a point)
         assert ((exact - true).abs() / post_std).max() < 2e-3
     if preset == "log" and i == 2:  # Lee et al.'s first-order step misses it by most of a posterior std here
-        lee = op.to_dct(op.lee_step(x_i, hidden["z"], i)).double()
+        lee = op.to_dct(op.lee_step(x_i, eps, i)).double()
         assert ((lee - true).abs() / post_std).max() > 0.5
 
 

@@ -114,6 +114,39 @@ def test_perfect_symmetry_collapses_broken_symmetry_diversifies(gen_model):
     assert out["broken"].std(0).mean() > 0.002  # more than the break noise itself: the sampler amplified it
 
 
+def test_broken_symmetry_defaults_spread_samples_from_one_colour(gen_model):
+    """Symmetry alone: every sample starts from the same flat colour (a one-point prior). Perfect
+    symmetry then gives one image; the chosen default (N(0, 0.025^2) after every tacos step) spreads
+    the samples' per-pixel std at least twice as far as the released code's one-off nudge of x_T."""
+    from colddiff import open_model
+
+    sampling = open_model(str(gen_model), torch.device("cpu"))
+    assert G.model_symmetry(sampling.meta, sampling.op) == {"method": "step-noise", "train_noise": 0.0, "step_noise": 0.025, "break_noise": 0.0}
+    sampling.meta = {**sampling.meta, "prior": {"weights": [1.0], "means": [sampling.meta["prior"]["means"][0]], "covs": [[[1e-12]]]}}
+
+    def spread(symmetry, **noise):
+        x_T_noise = G.break_symmetry(sampling, symmetry, **noise)
+        images = torch.cat([x for _, x in G.generate(sampling, 16, 8, 0, torch.device("cpu"), x_T_noise)])
+        return float(images.std(0).mean())  # per pixel, across the samples
+
+    perfect, broken = spread("perfect"), spread("broken")
+    assert sampling.step_noise == 0.025
+    nudge = spread("broken", break_noise=G.NUDGE, step_noise=0.0)
+    assert perfect < 1e-4 and broken >= 2 * nudge and broken >= 0.05, (perfect, nudge, broken)
+
+
+@pytest.mark.parametrize("args,method,step", [
+    (["--op", "blur", "--preset", "generation", "--train-noise", "0.04"], "ihdm", 0.05),
+    (["--op", "noise"], "none", 0.0),
+])
+def test_symmetry_method_is_stored_in_the_model(cli, fmnist_split, tmp_path, args, method, step):
+    out = tmp_path / "m.safetensors"
+    r = cli("train", fmnist_split[0], "-o", out, *args, "--net", "tiny", "--steps", "1", "--size", "16", "--batch", "2")
+    assert r.returncode == 0, r.stderr.decode()
+    stored = checkpoint.load_model(str(out))[2]["symmetry"]
+    assert stored["method"] == method and stored["step_noise"] == pytest.approx(step)
+
+
 def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     a = cli("generate", "--model", gen_model, "--n", "6", "--seed", "5")
     assert a.returncode == 0, a.stderr.decode()
@@ -141,6 +174,9 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     (["--ncol", "0"], "--ncol must be at least 1"),
     (["--seed", "-3"], "--seed must be in 0.."),
     (["--break-noise", "-1"], "--break-noise must be at least 0"),
+    (["--step-noise", "-1"], "--step-noise must be at least 0"),
+    (["--symmetry", "perfect", "--step-noise", "0.1"], "--symmetry perfect adds no noise"),
+    (["--sampler", "direct", "--step-noise", "0.1"], "--step-noise applies to naive, tacos, not direct"),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")

@@ -33,7 +33,7 @@ def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
     table = json.loads((out / "eval" / "blur" / "eval.json").read_text())
     text = md.read_text()
     assert table["n"] == 6 and f"| {table['degraded']['ssim']:.3f} | {table['degraded']['rmse']:.3f} |" in text
-    assert set(log["generation"]) == {"floor", "blur, broken symmetry", "blur, perfect symmetry"}
+    assert set(log["generation"]) == {"floor", "blur, broken symmetry", "blur, released nudge of x_T", "blur, perfect symmetry"}
     for variant in ("blur, broken symmetry", "blur, perfect symmetry"):
         g = log["generation"][variant]
         assert g["n"] == 8 and f"| {variant} | 8 | 3 | {g['fcd']:.2f} | {g['diversity']:.3f} |" in text

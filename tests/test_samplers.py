@@ -90,3 +90,37 @@ def test_restore_seed_redraws_the_degrade_seeds_snow():
     other = S.tacos(oracle(x0), op, x_t, 150, op.draw(x_t, seeded(8)), steps=10)
     assert (same - x0).abs().max() < 1e-5
     assert (other - x0).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("sampler", ["naive", "tacos"])
+def test_step_noise_is_added_after_every_jump_but_the_last(sampler):
+    """Inverse heat dissipation's sampling noise, against the obvious loop: x_{s'} = (the sampler's
+    update) + delta z_s for s' > 0, z_s drawn in turn from each image's own generator."""
+    op = O.make_operator("blur", "generation", T=20)
+    x0 = rand_images(2, 1, 12, 12)
+    restore = lambda x, s: 0.8 * x + s / 100  # noqa: E731  (any fixed function of (x, s))
+    x_T, hidden, delta = op.apply(x0, torch.full((2,), 20)), {"seed": torch.tensor([5, 6])}, 0.03
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    x = x_T
+    for s, s_next in zip(range(20, 0, -4), range(16, -1, -4)):
+        x0_hat, at = restore(x, s), lambda k: torch.full((2,), k)  # noqa: E731
+        x = op.apply(x0_hat, at(s_next)) if sampler == "naive" else x - op.apply(x0_hat, at(s)) + op.apply(x0_hat, at(s_next))
+        if s_next > 0:
+            x = x + delta * torch.stack([torch.randn(x.shape[1:], generator=q) for q in gens])
+    out = S.sample(sampler, restore, op, x_T, 20, hidden, steps=5, step_noise=delta)
+    assert torch.allclose(out, x, atol=1e-6)
+    plain = S.sample(sampler, restore, op, x_T, 20, hidden, steps=5)
+    assert torch.equal(S.sample(sampler, restore, op, x_T, 20, hidden, steps=5, step_noise=0.0), plain)
+    assert (out - plain).abs().mean() > delta / 4  # the noise really went in
+    alone = S.sample(sampler, restore, op, x_T[1:], 20, {"seed": hidden["seed"][1:]}, steps=5, step_noise=delta)
+    assert torch.allclose(alone, out[1:], atol=1e-6)  # image 1 does not depend on its batch
+
+
+def test_step_noise_is_checked():
+    op, x = O.make_operator("blur", "generation", T=20), rand_images(1, 1, 8, 8)
+    with pytest.raises(UserError, match="--step-noise must be at least 0"):
+        S.sample("tacos", oracle(x), op, x, 20, {"seed": torch.tensor([1])}, step_noise=-0.1)
+    with pytest.raises(UserError, match="--step-noise applies to naive, tacos, not direct"):
+        S.sample("direct", oracle(x), op, x, 20, None, step_noise=0.1)
+    with pytest.raises(UserError, match="noise seed"):
+        S.sample("tacos", oracle(x), op, x, 20, None, step_noise=0.1)

@@ -247,3 +247,29 @@ def test_resume_past_steps_says_there_is_nothing_to_do(cli, fmnist_split, tmp_pa
     r = cli(*args, "--steps", "3", "--resume")
     assert r.returncode == 0 and b"nothing to do" in r.stderr and b"wrote" not in r.stderr
     assert out.read_bytes() == before
+
+
+def test_train_noise_is_added_to_what_the_network_sees():
+    """--train-noise sigma: R is trained on D(x0, t) + sigma eps, and the loss still targets x0."""
+    op = operators.make_operator("blur", "generation", T=20)
+    x0 = torch.rand(64, 1, 16, 16) * 2 - 1
+    seen = {}
+
+    def net(x_t, t):
+        seen["x_t"], seen["t"] = x_t, t
+        return torch.zeros_like(x_t)
+
+    for sigma in (0.0, 0.05):
+        loss = T.loss_fn(net, op, x0, torch.Generator().manual_seed(0), sigma)
+        clean = op.apply(x0, seen["t"])
+        assert abs(float((seen["x_t"] - clean).std()) - sigma) < 0.003
+        assert float(loss) == pytest.approx(float(x0.abs().mean()))  # L1 of R's (zero) output against x0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--op", "blur", "--preset", "generation", "--train-noise", "-0.1"], "--train-noise must be in [0, 1)"),
+    (["--op", "blurdiff", "--train-noise", "0.02"], "--train-noise applies to cold diffusion"),
+])
+def test_train_noise_is_checked(cli, fmnist_split, tmp_path, args, message):
+    r = cli("train", fmnist_split[0], "-o", tmp_path / "m.safetensors", *args, "--net", "tiny", "--steps", "1")
+    assert r.returncode == 1 and message in r.stderr.decode() and not (tmp_path / "m.safetensors").exists()
