@@ -557,7 +557,13 @@ def generate(
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
     results = []
     with Progress("generating", n, "images", quiet=quiet) as progress:
-        for lo, images in generative.generate(sampling, n, batch, seed, dev, break_noise):
+        per_batch = sampling.calls(sampling.op.T)
+
+        def after_call():  # within a batch: images done ~ the share of its network calls made
+            progress.update(min(n, progress.done + min(batch, n) / per_batch))
+
+        watched = sampling.watched(after_call)
+        for lo, images in generative.generate(watched, n, batch, seed, dev, break_noise):
             images = to_uint8(images).cpu()
             if folder:
                 for i, img in enumerate(images, start=lo):

@@ -83,7 +83,8 @@ class Progress:
 
     On a terminal: a rich bar. In a pipe or a log: a start line, then a plain line at most every
     `every` seconds (done/total, rate, time left, and the caller's `info`), and a last line.
-    quiet: nothing. `update(done, info=...)` is cheap enough to call per step."""
+    quiet: nothing. `update(done, info=...)` is cheap enough to call per step; done may be
+    fractional (generate: the share of a batch's network calls made)."""
 
     def __init__(self, what: str, total: int, unit: str, quiet: bool = False, every: float = 10.0):
         import sys
@@ -129,7 +130,7 @@ class Progress:
         rate = (self.done - self.start_done) / max(elapsed, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta = f", {duration(left)} left" if left == left and self.done < self.total else ""
-        return f"{self.what}: {self.done:,}/{self.total:,} {self.unit}, {rate:,.2f} {self.unit}/s{eta}" + (f", {self.info}" if self.info else "")
+        return f"{self.what}: {int(self.done):,}/{self.total:,} {self.unit}, {rate:,.2f} {self.unit}/s{eta}" + (f", {self.info}" if self.info else "")
 
     def _line(self, text: str):
         import sys

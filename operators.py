@@ -69,7 +69,10 @@ class Operator:
     T: int = 1
 
     def params(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        p = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        if p.get("px_scale") == 1.0:  # stored as models trained before fitting existed store them
+            p.pop("px_scale")
+        return p
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> Hidden:
         return None
@@ -99,12 +102,26 @@ class Operator:
     def min_size(self) -> int:
         return 8
 
+    NATIVE: ClassVar[dict] = {"mnist": 28, "cifar10": 32, "celeba": 128, "generation": 128}  # px the presets were made for
+
     def fit_to(self, c: int, h: int, w: int) -> tuple[Operator, str | None]:
         """(operator, note) for degrading a c-channel h x w image: operators whose parameters are
         sizes in pixels scale them from the preset's native size (`NATIVE`) when the image is more
         than twice as large or small, and the note says what changed (or warns, where the image
         makes the operator a no-op). The others are returned as they are."""
         return self, None
+
+    def fit_scale(self, h: int, w: int) -> float | None:
+        """min(h, w) over the preset's native size, or None where it is within 2x (or unknown)."""
+        native = self.NATIVE.get(self.preset)
+        scale = min(h, w) / native if native else 1.0
+        return None if 0.5 <= scale <= 2 else scale
+
+    def scaled(self, scale: float) -> Operator:
+        """A copy whose lengths in pixels (px_scale) are `scale` times longer, under the same preset name."""
+        fitted = dataclasses.replace(self, px_scale=self.px_scale * scale)
+        fitted.preset = self.preset
+        return fitted
 
     def loss(self, pred: torch.Tensor, x0: torch.Tensor, hidden: Hidden) -> torch.Tensor:
         """Cold diffusion's training loss: |R(D(x0, t), t) - x0|, L1 on x0."""
@@ -180,17 +197,35 @@ class Blur(Operator):
     sigma: float = 7.0
     padding: str = "circular"
     flat_last: bool = False  # the generation preset: x_T is the per-channel mean
+    px_scale: float = 1.0  # every kernel's sigma and reach times this (fit_to: photos larger than the preset's images)
 
     def __post_init__(self):
         if self.padding not in ("circular", "reflect"):
             raise UserError(f"blur padding must be circular or reflect, got {self.padding!r}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise UserError(f"blur kernel_size must be odd and positive, got {self.kernel_size}")
+        if not 0 < self.px_scale <= 1000:
+            raise UserError(f"blur px_scale must be in (0, 1000], got {self.px_scale}")
         sigmas = blur_sigmas(self.schedule, self.sigma, self.T)
         if min(sigmas) <= 0:
             raise UserError(f"blur sigmas must be positive; {self.schedule} with sigma={self.sigma} gives {min(sigmas)}")
-        self.kernels = [gaussian_kernel1d(self.kernel_size, s) for s in sigmas]
+        self.kernels = [gaussian_kernel1d(self.taps, s * self.px_scale) for s in sigmas]
         self._axes: dict = {}
+
+    @property
+    def taps(self) -> int:
+        """The kernels' length: kernel_size, its reach scaled by px_scale (kept odd)."""
+        return self.kernel_size if self.px_scale == 1 else 2 * math.ceil((self.kernel_size - 1) / 2 * self.px_scale) + 1
+
+    def fit_to(self, c, h, w):
+        scale = self.fit_scale(h, w)
+        if scale is None:
+            return self, None
+        fitted = self.scaled(scale)
+        last = blur_sigmas(self.schedule, self.sigma, self.T)[-1]
+        return fitted, (f"blur {self.preset} on {w}x{h}: kernels x{scale:.3g} ({self.taps} -> {fitted.taps} taps, last sigma "
+                        f"{last * self.px_scale:.3g} -> {last * fitted.px_scale:.3g} px; the preset is for "
+                        f"{self.NATIVE[self.preset]} px images; --no-fit keeps its values)")
 
     def axis(self, n: int, device) -> AxisBlur:
         key = (n, str(device), n <= spectral.DENSE_MAX)
@@ -302,13 +337,11 @@ class Mask(Operator):
         """(B, 1, h, w) how much of x0 each pixel keeps: inpainting keeps the product itself."""
         return self.cumulative(t, centre, h, w)
 
-    NATIVE: ClassVar[dict] = {"mnist": 28, "cifar10": 32, "celeba": 128, "generation": 128}  # px the presets were made for
-
     def fit_to(self, c, h, w):
-        native = self.NATIVE.get(self.preset)
-        scale = min(h, w) / native if native else 1.0
-        if 0.5 <= scale <= 2:
+        scale = self.fit_scale(h, w)
+        if scale is None:
             return self, None
+        native = self.NATIVE[self.preset]
         fitted = dataclasses.replace(self, std=self.std * scale)
         fitted.preset = self.preset
         sig = lambda op: op.std * (op.T - 1 + op.init)  # noqa: E731
@@ -440,89 +473,6 @@ Pixelate.PRESETS = {
 }
 
 
-# ----------------------------------------------------------------------------- snow
-
-SNOW_LEVELS = {
-    # c0, c1, c2 (zoom), c4 (motion kernel length), threshold start -> end, motion sigma start -> end
-    1: (0.1, 0.3, 3.0, 5, (0.7, 0.3), (0.5, 5.0)),
-    2: (0.55, 0.3, 2.5, 11, (1.15, 0.7), (0.05, 12.0)),
-    3: (0.55, 0.3, 2.5, 11, (1.15, 0.7), (0.05, 16.0)),
-    4: (0.55, 0.3, 2.5, 11, (1.15, 0.55), (0.05, 20.0)),
-}
-
-
-def _ramp(start: float, end: float, t: torch.Tensor, T: int) -> torch.Tensor:
-    """Linear over steps 1..T: start at t=1, end at t=T."""
-    return start + (end - start) * (t.double() - 1).clamp(min=0) / max(T - 1, 1)
-
-
-@register
-@dataclass
-class Snow(Operator):
-    """ImageNet-C snowification, procedural and non-cumulative, built in torch on x0's device.
-
-    A base layer N(c0, c1) is zoomed by c2 (bilinear, centre crop); step t keeps the values
-    above a falling threshold, clips to [0, 1], motion-blurs with a 1-D Gaussian of length c4
-    whose sigma rises over the steps (horizontal or vertical, one direction per image), and
-    x_t = clip(x0 + s_t + rot180(s_t), 0, 1) in [0, 1] pixels. The hidden randomness (layer and
-    direction) is drawn per image from the generator: `--seed` reproduces it."""
-
-    name = "snow"
-    DEFAULT_PRESET = "cifar10"
-    T: int = 200
-    level: int = 3
-
-    def __post_init__(self):
-        if self.level not in SNOW_LEVELS:
-            raise UserError(f"snow level must be one of 1..4, got {self.level}")
-
-    def draw(self, x0, generator=None):
-        B, _, H, W = x0.shape
-        c0, c1, zoom = SNOW_LEVELS[self.level][:3]
-        layer = torch.randn(B, 1, H, W, generator=generator) * c1 + c0
-        ch, cw = max(math.ceil(H / zoom), 1), max(math.ceil(W / zoom), 1)
-        top, left = (H - ch) // 2, (W - cw) // 2
-        crop = layer[..., top : top + ch, left : left + cw]
-        zh, zw = max(round(ch * zoom), H), max(round(cw * zoom), W)
-        big = F.interpolate(crop, size=(zh, zw), mode="bilinear", align_corners=False)
-        top, left = (zh - H) // 2, (zw - W) // 2
-        layer = big[..., top : top + H, left : left + W]
-        vertical = torch.rand(B, generator=generator) < 0.5
-        return {"layer": layer.to(x0.device), "vertical": vertical.to(x0.device)}
-
-    def snow_layer(self, t: torch.Tensor, hidden) -> torch.Tensor:
-        """(B, 1, H, W) snow s_t; zero where t == 0."""
-        k, thr, msig = SNOW_LEVELS[self.level][3:]
-        layer = hidden["layer"]
-        B = layer.shape[0]
-        threshold = _per_image(_ramp(*thr, t, self.T).float())
-        s = torch.where(layer > threshold, layer, torch.zeros_like(layer)).clamp(0, 1)
-        # per-image 1-D Gaussian kernels, applied as one grouped convolution over the batch
-        sig = _ramp(*msig, t, self.T)[:, None]
-        j = torch.arange(k, dtype=torch.float64, device=t.device) - (k - 1) / 2
-        g = torch.exp(-(j**2) / (2 * sig**2))
-        g = (g / g.sum(1, keepdim=True)).float()  # (B, k)
-        s = s.transpose(0, 1)  # (1, B, H, W)
-        pad = k // 2
-        horiz = F.conv2d(F.pad(s, (pad, pad, 0, 0), mode="replicate"), g.view(B, 1, 1, k), groups=B)
-        vert = F.conv2d(F.pad(s, (0, 0, pad, pad), mode="replicate"), g.view(B, 1, k, 1), groups=B)
-        s = torch.where(hidden["vertical"].view(1, B, 1, 1), vert, horiz).transpose(0, 1)
-        return s * _per_image(t > 0)
-
-    def apply(self, x0, t, hidden=None):
-        t = self.check_t(x0, t)
-        s = self.snow_layer(t, self.needs(hidden))
-        x = (_float(x0) + 1) / 2
-        x = (x + s + s.flip(-2, -1)).clamp(0, 1)
-        return torch.where(_per_image(t == 0), _float(x0), x * 2 - 1).to(x0.dtype)
-
-
-Snow.PRESETS = {
-    "cifar10": dict(T=200, level=3),
-    "celeba": dict(T=200, level=4),
-}
-
-
 # ----------------------------------------------------------------------------- desaturate
 
 
@@ -624,6 +574,7 @@ Animorph.PRESETS = {"default": dict(T=200, cosine_s=0.008)}
 # ----------------------------------------------------------------------------- registry
 
 import blurdiff  # noqa: E402, F401  (registers BlurDiff; it builds on the classes above)
+import snow  # noqa: E402, F401  (registers Snow)
 
 
 def _coerce(cls, key: str, value):

@@ -24,6 +24,7 @@ and says whether it jumps in --steps and takes --eta.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -224,3 +225,17 @@ class Sampling:
 
     def __call__(self, x_t, t: int, hidden):
         return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z, self.eta, self.step_noise)
+
+    def calls(self, t: int) -> int:
+        """Network calls per batch from step t: 1 (direct), the jumps, or every step."""
+        fn = SAMPLERS[self.sampler]
+        return 1 if self.sampler == "direct" else len(schedule(t, self.steps)) - 1 if fn.steps else t
+
+    def watched(self, after_call) -> "Sampling":
+        """This sampling, calling after_call() after every network call (progress within a batch)."""
+        def restore(x, s):
+            out = self.restore(x, s)
+            after_call()
+            return out
+
+        return dataclasses.replace(self, restore=restore)

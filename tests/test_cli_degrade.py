@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import operators
@@ -185,3 +186,43 @@ def test_desaturating_a_grey_image_says_so(cli, tmp_path):
     Image.new("L", (20, 20), 100).save(tmp_path / "g.png")
     r = cli("degrade", tmp_path / "g.png", "--op", "desaturate", "-o", tmp_path / "o.png")
     assert r.returncode == 0 and b"warning: desaturating a grey image changes nothing" in r.stderr
+
+
+def test_blur_fits_its_kernels_to_the_image(cli, tmp_path):
+    """Blur's sigmas and kernel reach are pixels too: on an image 4x the preset's size every kernel is
+    the same sampled Gaussian 4x as wide (the slow reference), so the blur spreads an impulse 4x as far."""
+    from operators import blur_sigmas, gaussian_kernel1d
+
+    op = operators.make_operator("blur", "celeba")
+    assert op.fit_to(3, 128, 140) == (op, None) and "px_scale" not in op.params()  # as older models store it
+    fitted, note = op.fit_to(3, 512, 600)
+    assert fitted.px_scale == 4 and fitted.taps == 57 and "15 -> 57 taps" in note and "--no-fit" in note
+    for g, s in zip(fitted.kernels, blur_sigmas("exponential", 0.01, 200)):
+        assert torch.allclose(g, gaussian_kernel1d(57, 4 * s))
+    assert operators.make_operator("blur", **fitted.params()).kernels[-1].equal(fitted.kernels[-1])
+
+    def spread(o, n):
+        x = torch.zeros(1, 1, n, n)
+        x[0, 0, n // 2, n // 2] = 1
+        row = o.apply(x, torch.tensor([60]))[0, 0, n // 2].double()
+        j = torch.arange(n, dtype=torch.float64) - n // 2
+        return float(((row / row.sum()) * j**2).sum().sqrt())
+
+    assert spread(fitted, 512) == pytest.approx(4 * spread(op, 128), rel=0.05)
+    r = cli("degrade", PHOTO, "--op", "blur", "--preset", "mnist", "--t", "3", "-o", tmp_path / "b.png")
+    assert r.returncode == 0 and r.stderr.decode().count("blur mnist on ") == 1, r.stderr
+
+
+def test_snow_fits_its_flakes_to_the_image():
+    """Snow's zoom and motion blur are pixels: fitted to an image 4x the preset's size, its layer is
+    the preset's layer zoomed 4x further and its streaks 4x as long."""
+    op = operators.make_operator("snow", "cifar10")
+    fitted, note = op.fit_to(3, 128, 160)
+    assert fitted.px_scale == 4 and fitted.taps == 41 and "motion blur 11 -> 41 px" in note and "px_scale" not in op.params()
+    x = torch.zeros(1, 3, 128, 160)
+    layer = fitted.draw(x, torch.Generator().manual_seed(0))["layer"]
+    raw = op.draw(x, torch.Generator().manual_seed(0))["layer"]
+    roughness = lambda a: float((a[..., 1:, :] - a[..., :-1, :]).abs().mean())  # noqa: E731
+    assert roughness(layer) < roughness(raw) / 2.5  # flakes several times larger: neighbours alike
+    y = fitted.apply(x, torch.tensor([200]), fitted.draw(x, torch.Generator().manual_seed(0)))
+    assert y.shape == x.shape and torch.isfinite(y).all()

@@ -33,7 +33,7 @@ def sh(script: str, **kw):
 
 def test_closed_stdout_is_quiet_with_sigpipe_status(tmp_path):
     x = noise_png(tmp_path / "x.png", 64, 64)
-    r = sh(f"{COLDDIFF} degrade {x} --op blur --t 3 >&-")
+    r = sh(f"{COLDDIFF} degrade {x} --op blur --t 3 --no-fit >&-")
     assert r.returncode == 141 and r.stderr == b""
 
 
@@ -46,7 +46,7 @@ def test_reader_gone_is_quiet_with_sigpipe_status(tmp_path):
 
 def test_dev_full_is_one_line(tmp_path):
     x = noise_png(tmp_path / "x.png", 64, 64)
-    r = sh(f"{COLDDIFF} degrade {x} --op blur --t 3 > /dev/full")
+    r = sh(f"{COLDDIFF} degrade {x} --op blur --t 3 --no-fit > /dev/full")
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
 
@@ -147,7 +147,7 @@ def on_small_tmpfs(tmp_path, kilobytes: int, script: str):
 def test_full_tmpfs_outputs_are_one_line_and_leave_nothing(tmp_path, gen_model):
     x = noise_png(tmp_path / "x.png", 256, 256)
     r = on_small_tmpfs(tmp_path, 200, f"""
-        {COLDDIFF} degrade {x} --op blur --strip -o $FULL/strip.png; echo "rc=$?" >&2
+        {COLDDIFF} degrade {x} --op blur --no-fit --strip -o $FULL/strip.png; echo "rc=$?" >&2
         {COLDDIFF} generate --model {gen_model} --n 100 -o $FULL/many/ --no-compile; echo "rc=$?" >&2
         echo LISTING >&2; ls -a $FULL $FULL/many >&2""".replace("\n", ";").replace(";;", ";").lstrip(";").strip())
     if r is None:
@@ -186,7 +186,7 @@ def test_an_allocation_failure_is_one_line(cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(operators.Blur, "apply", oom)
     x = noise_png(tmp_path / "x.png", 64, 64)
-    r = cli("degrade", x, "--op", "blur", "-o", tmp_path / "o.png")
+    r = cli("degrade", x, "--op", "blur", "--no-fit", "-o", tmp_path / "o.png")
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "out of memory" in err and "--batch" in err, err
     assert not (tmp_path / "o.png").exists()

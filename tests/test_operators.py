@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import operators as O
+import snow
 from common import UserError
 from conftest import ALL, gen, make, rand_images
 
@@ -253,7 +254,7 @@ def test_pixelate_too_small():
 
 def snow_reference(op, x0, t, hidden):
     """One image at a time, one step's kernel spelled out, loops everywhere."""
-    k, (th0, th1), (s0, s1) = O.SNOW_LEVELS[op.level][3:]
+    k, (th0, th1), (s0, s1) = snow.SNOW_LEVELS[op.level][3:]
     out = []
     for b in range(x0.shape[0]):
         if t == 0:

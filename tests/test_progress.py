@@ -90,3 +90,20 @@ def test_threads_option_and_default(cli, tmp_path):
         assert r.returncode == 1 and b"--threads must be at least 1" in r.stderr
     finally:
         torch.set_num_threads(before)
+
+
+def test_generate_progress_moves_within_a_batch(gen_model):
+    """One batch of generate is every sampling step: progress counts the network calls (the model
+    stores 10 steps), and watching changes no image."""
+    import generative
+    from colddiff import open_model
+
+    sampling = open_model(str(gen_model), torch.device("cpu"))
+    assert sampling.calls(sampling.op.T) == 10
+    seen = []
+    watched = sampling.watched(lambda: seen.append(1))
+    a = torch.cat([x for _, x in generative.generate(watched, 4, 4, 0, torch.device("cpu"))])
+    b = torch.cat([x for _, x in generative.generate(sampling, 4, 4, 0, torch.device("cpu"))])
+    assert len(seen) == 10 and torch.equal(a, b)
+    r = run_cli("generate", "-m", gen_model, "--n", "3")  # the grid to stdout, a pipe here
+    assert r.returncode == 0 and "colddiff: generating: done, 3/3 images" in r.stderr.decode()
