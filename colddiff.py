@@ -352,7 +352,7 @@ def train(
     source: Optional[str] = SourceOpt,
     gmm_components: int = typer.Option(CFG.gmm_components, "--gmm-components", help="Components of the generation prior (blur, pixelate)."),
     sampling_steps: Optional[int] = typer.Option(CFG.sampling_steps, "--sampling-steps", help="Default --steps of restore/eval/generate for this model (default: T)."),
-    train_noise: Optional[float] = typer.Option(None, "--train-noise", metavar="SIGMA", help="Train on D(x0, t) + SIGMA eps (inverse heat dissipation), for generation with --step-noise (default 0; blur generation preset: see README)."),
+    train_noise: Optional[float] = typer.Option(None, "--train-noise", metavar="SIGMA", help="Train on D(x0, t) + SIGMA eps (inverse heat dissipation); generate then adds 1.25 x SIGMA of --step-noise (default 0)."),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 
@@ -519,8 +519,8 @@ def generate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file (default: the bundled Fashion-MNIST blur model)."),
     n: int = typer.Option(64, "--n", help="How many images."),
     symmetry: str = typer.Option("broken", "--symmetry", help="broken (the model's way of breaking the symmetry of a flat x_T) or perfect (no noise)."),
-    break_noise: Optional[float] = typer.Option(None, "--break-noise", metavar="STD", help="Noise added once to x_T (default: the model's; 0.002 for models trained without --train-noise)."),
-    step_noise: Optional[float] = typer.Option(None, "--step-noise", metavar="DELTA", help="Noise added after every naive/tacos step (default: the model's, 1.25 x its --train-noise)."),
+    break_noise: Optional[float] = typer.Option(None, "--break-noise", metavar="STD", help="Noise added once to x_T (default: the model's, 0; the released code used 0.002)."),
+    step_noise: Optional[float] = typer.Option(None, "--step-noise", metavar="DELTA", help="Noise added after every naive/tacos step (default: the model's: 0.025 for a flat x_T, 1.25 x --train-noise if it was trained with one)."),
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
@@ -542,8 +542,9 @@ def generate(
 
     x_T: blur (generation preset) a colour from the stored Gaussian mixture; pixelate a low-res image
     from its mixture; colour a random colour; noise z ~ N(0, I); animorph an image of --source.
-    Broken symmetry: a model trained with --train-noise SIGMA gets N(0, DELTA^2) after every step
-    (inverse heat dissipation); older models N(0, 0.002^2) once, on x_T (the released code)."""
+    Broken symmetry (blur's flat x_T): N(0, DELTA^2) after every step, DELTA 0.025 (1.25 SIGMA for a
+    model trained with --train-noise SIGMA); the released code's N(0, 0.002^2) once on x_T is
+    --step-noise 0 --break-noise 0.002."""
     import torch
 
     import generative

@@ -117,9 +117,9 @@ class Operator:
         scale = min(h, w) / native if native else 1.0
         return None if 0.5 <= scale <= 2 else scale
 
-    def scaled(self, scale: float) -> Operator:
-        """A copy whose lengths in pixels (px_scale) are `scale` times longer, under the same preset name."""
-        fitted = dataclasses.replace(self, px_scale=self.px_scale * scale)
+    def refit(self, **changes) -> Operator:
+        """A copy with `changes` (fit_to's scaled lengths), under the same preset name."""
+        fitted = dataclasses.replace(self, **changes)
         fitted.preset = self.preset
         return fitted
 
@@ -163,6 +163,11 @@ def _per_image(v: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- blur
+
+
+def scaled_taps(k: int, scale: float) -> int:
+    """An odd kernel length k with its reach (k - 1) / 2 scaled by `scale` (rounded up; k itself at 1)."""
+    return k if scale == 1 else 2 * math.ceil((k - 1) / 2 * scale) + 1
 
 
 def blur_sigmas(schedule: str, s: float, T: int) -> list[float]:
@@ -215,13 +220,13 @@ class Blur(Operator):
     @property
     def taps(self) -> int:
         """The kernels' length: kernel_size, its reach scaled by px_scale (kept odd)."""
-        return self.kernel_size if self.px_scale == 1 else 2 * math.ceil((self.kernel_size - 1) / 2 * self.px_scale) + 1
+        return scaled_taps(self.kernel_size, self.px_scale)
 
     def fit_to(self, c, h, w):
         scale = self.fit_scale(h, w)
         if scale is None:
             return self, None
-        fitted = self.scaled(scale)
+        fitted = self.refit(px_scale=self.px_scale * scale)
         last = blur_sigmas(self.schedule, self.sigma, self.T)[-1]
         return fitted, (f"blur {self.preset} on {w}x{h}: kernels x{scale:.3g} ({self.taps} -> {fitted.taps} taps, last sigma "
                         f"{last * self.px_scale:.3g} -> {last * fitted.px_scale:.3g} px; the preset is for "
@@ -342,8 +347,7 @@ class Mask(Operator):
         if scale is None:
             return self, None
         native = self.NATIVE[self.preset]
-        fitted = dataclasses.replace(self, std=self.std * scale)
-        fitted.preset = self.preset
+        fitted = self.refit(std=self.std * scale)
         sig = lambda op: op.std * (op.T - 1 + op.init)  # noqa: E731
         return fitted, (f"{self.name} {self.preset} on {w}x{h}: std {self.std:g} -> {fitted.std:.3g} (sigma_T {sig(self):.3g} -> "
                         f"{sig(fitted):.3g} px; the preset is for {native} px images; --no-fit keeps its values)")

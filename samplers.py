@@ -115,8 +115,8 @@ def _step_noise(hidden, x_t, delta: float):
 
 
 def _noise_streams(hidden, x):
-    """Each image's reverse-process noise, from its own generator (hidden["seed"]): image i never
-    depends on the batch it is sampled in. Drawn in the DCT basis: U^T z ~ N(0, I) too."""
+    """Each image's sampling noise, from its own generator (hidden["seed"]): image i never depends
+    on the batch it is sampled in. (Blur diffusion's steps take it as DCT coefficients: U^T z ~ N(0, I) too.)"""
     rng = ImageRNG(hidden["seed"].tolist())
     return lambda: rng.randn(x.shape[1:], x.device)
 

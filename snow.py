@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError
-from operators import Operator, _float, _per_image, register
+from operators import Operator, _float, _per_image, register, scaled_taps
 
 SNOW_LEVELS = {
     # c0, c1, c2 (zoom), c4 (motion kernel length), threshold start -> end, motion sigma start -> end
@@ -71,14 +71,13 @@ class Snow(Operator):
     @property
     def taps(self) -> int:
         """The motion blur's length: c4, its reach scaled by px_scale (kept odd)."""
-        k = SNOW_LEVELS[self.level][3]
-        return k if self.px_scale == 1 else 2 * math.ceil((k - 1) / 2 * self.px_scale) + 1
+        return scaled_taps(SNOW_LEVELS[self.level][3], self.px_scale)
 
     def fit_to(self, c, h, w):
         scale = self.fit_scale(h, w)
         if scale is None:
             return self, None
-        fitted = self.scaled(scale)
+        fitted = self.refit(px_scale=self.px_scale * scale)
         zoom = SNOW_LEVELS[self.level][2]
         return fitted, (f"snow {self.preset} on {w}x{h}: flakes x{scale:.3g} (zoom {zoom * self.px_scale:.3g} -> {zoom * fitted.px_scale:.3g}, "
                         f"motion blur {self.taps} -> {fitted.taps} px; the preset is for {self.NATIVE[self.preset]} px images; "
