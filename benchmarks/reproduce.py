@@ -101,8 +101,12 @@ def prepare_data(a, out):
 
 
 def train_args(a):
+    """One budget for every model, the EMA included: blurdiff's own (0.9999 every step from step 0)
+    would leave a short run's model mostly its untrained network (train.ema_warning)."""
+    c = T.TrainConfig
     return ["--net", a.net, "--size", a.size, "--steps", a.steps, "--batch", a.batch, "--accumulate", a.accumulate,
-            "--lr", a.lr, "--lr-schedule", a.lr_schedule, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps]
+            "--lr", a.lr, "--lr-schedule", a.lr_schedule, "--ema-decay", c.ema_decay, "--ema-every", c.ema_every,
+            "--ema-start", c.ema_start, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps]
 
 
 def train_all(a, out, train_dir, log):

@@ -75,6 +75,35 @@ def test_the_readme_training_line_on_a_cpu_warns(cli, fmnist_split, tmp_path, mo
     assert "warning: that is" in err and "--net (small, tiny)" in err
 
 
+def test_a_run_too_short_for_its_ema_is_warned_of_with_the_share_the_ema_really_keeps(cli, fmnist_split, tmp_path, monkeypatch):
+    """blurdiff's EMA (0.9999 every step from step 0) over 1,200 steps: the saved model would be
+    mostly the untrained network. The share the warning states is the one update_ema keeps (run here
+    on a one-parameter net), and the decay it suggests clears the warning."""
+    import re
+
+    import train
+
+    cfg = train.TrainConfig(steps=1200, ema_decay=0.9999, ema_every=1, ema_start=400)
+    start, net = torch.nn.Linear(1, 1, bias=False).requires_grad_(False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(start.weight), torch.nn.init.zeros_(net.weight)
+    for step in range(cfg.ema_start + 1, cfg.steps + 1):  # the weights of step 400 are 1, every later step's 0
+        train.update_ema(start, net, step, cfg)
+    warning = train.ema_warning(cfg)
+    assert f"{float(start.weight):.0%} the weights of step 400" in warning
+    suggested = float(re.search(r"--ema-decay \(to ([0-9.]+) or less\)", warning).group(1))
+    assert train.ema_warning(train.TrainConfig(steps=1200, ema_decay=suggested, ema_every=1, ema_start=400)) is None
+    assert train.ema_warning(train.TrainConfig(steps=700_000, ema_decay=0.9999, ema_every=1, ema_start=0)) is None
+    assert train.ema_warning(train.TrainConfig(steps=300, ema_start=2000)) is None  # ends before the EMA starts: its last weights
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "make_step", stop)
+    r = cli("train", fmnist_split[0], "-o", tmp_path / "m.safetensors", "--op", "blurdiff", "--net", "tiny", "--steps", "1200",
+            "--device", "cpu")
+    assert "the saved model will be 89% the weights of step 0" in r.stderr.decode()
+
+
 def test_threads_option_and_default(cli, tmp_path):
     assert 1 <= colddiff.default_threads() <= (os.cpu_count() or 1)
     before = torch.get_num_threads()

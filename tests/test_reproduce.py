@@ -22,6 +22,21 @@ def test_write_results_replaces_only_the_generated_section(tmp_path):
     assert b + "\nfirst\n" + e in fresh.read_text()
 
 
+def test_every_model_trains_with_one_ema_and_the_cpu_budget_is_not_warned_of():
+    """blurdiff's EMA is not the cold models': reproduce gives them all one, fit for its budgets."""
+    import argparse
+
+    import train
+
+    for steps in (1000, 20000):
+        a = argparse.Namespace(net="tiny", size=32, steps=steps, batch=32, accumulate=1, lr=2e-3, lr_schedule="constant")
+        args = [str(x) for x in reproduce.train_args(a)]
+        ema = {k: float(args[args.index(k) + 1]) for k in ("--ema-decay", "--ema-every", "--ema-start")}
+        cfg = train.TrainConfig(steps=steps, ema_decay=ema["--ema-decay"], ema_every=int(ema["--ema-every"]),
+                                ema_start=int(ema["--ema-start"]))
+        assert train.ema_warning(cfg) is None
+
+
 def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
     """A tiny budget through every stage: the report's numbers are those eval and generation wrote."""
     data = fmnist_split[0].parent
