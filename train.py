@@ -190,8 +190,9 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         log(line)
         if seconds > 86400:
             log(f"warning: that is {duration(seconds)}: use a GPU, a smaller --net (small, tiny), fewer --steps or a smaller --size")
-        if ema_warning(cfg):
-            log(ema_warning(cfg))
+        warning = ema_warning(cfg)
+        if warning:
+            log(warning)
     # keep the data on the GPU as uint8 when it fits easily (a quarter of free memory)
     if cuda and data.numel() < torch.cuda.mem_get_info(device)[0] // 4:
         data = data.to(device)
@@ -343,7 +344,6 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
     return step
 
 
-@torch.no_grad()
 def ema_warning(cfg: TrainConfig) -> str | None:
     """A warning when the run ends before its EMA has forgotten the weights of step --ema-start:
     with n updates after it, that step keeps decay^n of the saved model. Past 1/e (fewer updates
@@ -358,9 +358,10 @@ def ema_warning(cfg: TrainConfig) -> str | None:
     return (f"warning: the EMA (decay {cfg.ema_decay} every {cfg.ema_every} step{'s' if cfg.ema_every != 1 else ''}) averages over "
             f"~{horizon:,.0f} steps, but only {updates * cfg.ema_every:,} follow --ema-start {cfg.ema_start:,}: the saved model "
             f"will be {kept:.0%} the weights of step {cfg.ema_start:,}; for a run this short lower --ema-decay "
-            f"(to {1 - 4 * cfg.ema_every / max(updates * cfg.ema_every, 1):.4g} or less) or raise --steps")
+            f"(to {max(0.0, 1 - 4 * cfg.ema_every / max(updates * cfg.ema_every, 1)):.4g} or less) or raise --steps")
 
 
+@torch.no_grad()
 def update_ema(ema, net, step: int, cfg: TrainConfig):
     """The papers' EMA: a copy of the model until `ema_start`, then decay every `ema_every` steps."""
     if step <= cfg.ema_start:
