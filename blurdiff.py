@@ -2,7 +2,7 @@
 
 Its whole method lives here: the forward process in the DCT basis, what R predicts (eps) and its
 loss, x0 recovered from eps, and the reverse steps the samplers take (samplers.py: reverse,
-ancestral, ddim). It is an operator like the others (operators.py registers it).
+ancestral, ddim, dpmpp_2m). It is an operator like the others (operators.py registers it).
 
 In the DCT basis every coefficient is a 1-D Gaussian diffusion with its own per-step factor A_i
 and cumulative Abar_i, so the exact reverse step is DDPM's posterior coefficient by coefficient and
@@ -119,32 +119,77 @@ class BlurDiff(Operator):
         mean = A_i^-1/2 (x_i - B_i (1 - Abar_i)^-1/2 eps_hat), which equals
         Abar_{i-1}^1/2 B_i / (1 - Abar_i) x0_hat + A_i^1/2 (1 - Abar_{i-1}) / (1 - Abar_i) x_i;
         variance B_i (Lee et al.'s choice, "lee") or the posterior's B_i (1 - Abar_{i-1}) / (1 - Abar_i)
-        ("posterior"). Where A_i = 1 - beta_i everywhere (f = 0) this is textbook DDPM."""
+        ("posterior"). Where A_i = 1 - beta_i everywhere (f = 0) this is textbook DDPM. x0_hat is held
+        in range by x0_part (ddim's jumps share it, so ddim at eta 1 over every step stays this)."""
         H, W = x.shape[-2:]
         log_a = self.log_a_step(i, H, W, x.device)
-        B = -torch.expm1(log_a)
-        one_minus_abar = -torch.expm1(self.log_abar_at(i, H, W, x.device))
-        c = (self.to_dct(x) - B / one_minus_abar.sqrt() * self.to_dct(eps_hat)) * (-0.5 * log_a).exp()
+        la, la_prev = self.log_abar_at(i, H, W, x.device), self.log_abar_at(i - 1, H, W, x.device)
+        B, one_minus_abar, one_minus_prev = -torch.expm1(log_a), -torch.expm1(la), -torch.expm1(la_prev)
+        c = self.to_dct(x)
+        u = c - one_minus_abar.sqrt() * self.to_dct(eps_hat)  # Abar_i^1/2 x0_hat
+        c = (B * self.x0_part(u, la, la_prev) + (0.5 * log_a).exp() * one_minus_prev * c) / one_minus_abar
         if noise is not None:
-            var = B if variance == "lee" else B * -torch.expm1(self.log_abar_at(i - 1, H, W, x.device)) / one_minus_abar
+            var = B if variance == "lee" else B * one_minus_prev / one_minus_abar
             c = c + var.sqrt() * noise
         return self.from_dct(c)
 
     def ddim_step(self, x, eps_hat, s: int, s_next: int, eta: float = 0.0, noise=None):
         """DDIM's jump s -> s_next < s per coefficient: x_{s'} = Abar_{s'}^1/2 x0_hat
-        + (1 - Abar_{s'} - sigma^2)^1/2 eps_hat + sigma z, with x0_hat from eps_hat and
-        sigma^2 = eta^2 (1 - Abar_{s'}) / (1 - Abar_s) (1 - Abar_s / Abar_{s'}). eta = 0 is
-        deterministic; eta = 1 with s' = s - 1 is the exact posterior step with the posterior variance.
-        x0_hat is never formed: (Abar_{s'} / Abar_s)^1/2 stays finite where both are tiny."""
+        + (1 - Abar_{s'} - sigma^2)^1/2 eps_hat + sigma z, with x0_hat from eps_hat (held in range by
+        x0_part, eps_hat re-derived from it) and sigma^2 = eta^2 (1 - Abar_{s'}) / (1 - Abar_s)
+        (1 - Abar_s / Abar_{s'}). eta = 0 is deterministic; eta = 1 with s' = s - 1 is the exact
+        posterior step with the posterior variance."""
         H, W = x.shape[-2:]
         la, la_next = self.log_abar_at(s, H, W, x.device), self.log_abar_at(s_next, H, W, x.device)
-        one_minus, one_minus_next = -torch.expm1(la), -torch.expm1(la_next)
-        ratio = (0.5 * (la_next - la)).exp()  # (Abar_{s'} / Abar_s)^1/2
-        var = eta**2 * one_minus_next / one_minus * -torch.expm1(la - la_next)
-        c = ratio * self.to_dct(x) + ((one_minus_next - var).clamp(min=0).sqrt() - ratio * one_minus.sqrt()) * self.to_dct(eps_hat)
+        c = self.to_dct(x)
+        sigma, one_minus_next = (-torch.expm1(la)).sqrt(), -torch.expm1(la_next)
+        u = c - sigma * self.to_dct(eps_hat)  # Abar_s^1/2 x0_hat
+        var = eta**2 * one_minus_next / (sigma * sigma) * -torch.expm1(la - la_next)
+        eps = (c - self.x0_part(u, la, la)) / sigma
+        c_next = self.x0_part(u, la, la_next) + (one_minus_next - var).clamp(min=0).sqrt() * eps
         if noise is not None and eta > 0:
-            c = c + var.sqrt() * noise
-        return self.from_dct(c)
+            c_next = c_next + var.sqrt() * noise
+        return self.from_dct(c_next)
+
+    def dpmpp_2m_step(self, x, eps_hat, s: int, s_next: int, prev=None, eta: float = 0.0, noise=None):
+        """DPM-Solver++(2M)'s jump s -> s_next < s (Lu et al., 2022, Algorithm 2) per coefficient, each in
+        its own log-SNR lambda = log(Abar^1/2 / (1 - Abar)^1/2): x_{s'} = sigma_{s'}/sigma_s x_s
+        + alpha_{s'} (1 - e^-h) D, h = lambda_{s'} - lambda_s, D = (1 + 1/2r) x0_hat_s - 1/2r x0_hat_prev,
+        r = (lambda_s - lambda_prev) / h. With no previous step, or into s' = 0, D = x0_hat_s: ddim's
+        jump at eta 0. eta > 0 is the SDE variant (k-diffusion's dpmpp_2m_sde, midpoint):
+        sigma_{s'}/sigma_s e^(-eta h) x_s + alpha_{s'} (1 - e^-(1 + eta) h) D + sigma_{s'} (1 - e^(-2 eta h))^1/2 z,
+        which at eta = 1 without a previous step is ddim's jump at eta 1. Returns x_{s'} and what the
+        next jump needs: (s, alpha_s x0_hat_s in DCT)."""
+        H, W = x.shape[-2:]
+        la, la_next = self.log_abar_at(s, H, W, x.device), self.log_abar_at(s_next, H, W, x.device)
+        c, sigma = self.to_dct(x), (-torch.expm1(la)).sqrt()
+        u = c - sigma * self.to_dct(eps_hat)  # alpha_s x0_hat_s, as ddim_step forms it
+        D = self.x0_part(u, la, la_next)  # alpha_{s'} x0_hat_s
+        if s_next == 0:
+            return self.from_dct(D), (s, u)
+        log_sigma, log_sigma_next = sigma.log(), 0.5 * torch.log(-torch.expm1(la_next))
+        lam = 0.5 * la - log_sigma
+        h = 0.5 * la_next - log_sigma_next - lam
+        if prev is not None:
+            s_prev, u_prev = prev
+            la_prev = self.log_abar_at(s_prev, H, W, x.device)
+            half_over_r = 0.5 * h / (lam - 0.5 * la_prev + 0.5 * torch.log(-torch.expm1(la_prev)))
+            D = (1 + half_over_r) * D - half_over_r * self.x0_part(u_prev, la_prev, la_next)
+        c_next = (log_sigma_next - log_sigma - eta * h).exp() * c - torch.expm1(-(1 + eta) * h) * D
+        if eta > 0 and noise is not None:
+            c_next = c_next + (log_sigma_next.exp() * (-torch.expm1(-2 * eta * h)).sqrt()) * noise
+        return self.from_dct(c_next), (s, u)
+
+    @staticmethod
+    def x0_part(u, la, la_to):
+        """Abar_to^1/2 x0_hat from u = Abar^1/2 x0_hat (DCT coefficients; la, la_to: log Abar of u's
+        step and of the target), with every coefficient of x0_hat held to (HW)^1/2, the most an image in
+        [-1, 1] can have. Where Abar is tiny, u / Abar^1/2 is the network's error (or float32's
+        rounding) blown up, by up to e^369 on the log preset's finest frequencies, and a long jump
+        would carry it into x_{s'}: the `log` model's 10-step ddim drew NaN without the bound. Computed
+        in logs, as Abar^-1/2 alone overflows float32 there."""
+        log_bound = 0.5 * la_to + 0.5 * math.log(u.shape[-1] * u.shape[-2])
+        return torch.sign(u) * torch.minimum(torch.log(u.abs()) + 0.5 * (la_to - la), log_bound).exp()
 
     def draw(self, x0, generator=None):
         """z: the noise's DCT coefficients U^T eps. U is orthonormal, so they are i.i.d. N(0, 1) as eps

@@ -7,8 +7,9 @@ pattern, mask centre, noise z, ...), reused by every D inside the loop.
     direct   x0_hat = R(x_t, t)
     naive    (Algorithm 1)  x0_hat = R(x_s, s);  x_{s'} = D(x0_hat, s')
     tacos    (Algorithm 2)  x0_hat = R(x_s, s);  x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s')
-    reverse, ancestral, ddim   blur diffusion (R predicts eps): Lee et al.'s published step, the
-             exact posterior step, and DDIM jumps; the steps themselves are blurdiff.py's
+    reverse, ancestral, ddim, dpmpp_2m   blur diffusion (R predicts eps): Lee et al.'s published
+             step, the exact posterior step, DDIM jumps and DPM-Solver++(2M) jumps; the steps
+             themselves are blurdiff.py's
 
 s runs down from t to 0 in `steps` jumps (default t: s' = s - 1). naive and tacos take `step_noise`
 delta: N(0, delta^2) is added after every jump but the last, from each image's own stream, the
@@ -147,10 +148,22 @@ def ancestral(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=
 def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
     """DDIM for the non-isotropic diffusion (gDDIM): K = --steps jumps s -> s' (op.ddim_step),
     deterministic at eta = 0; eta = 1 with every step is ancestral sampling with the posterior variance."""
-    noise, x = _noise_streams(hidden, x_t), x_t.float()
+    noise, x = _noise_streams(hidden, x_t) if eta > 0 else None, x_t.float()
     path = schedule(t, steps)
     for s, s_next in zip(path, path[1:]):
         x = op.ddim_step(x, restore(x, s), s, s_next, eta, noise() if eta > 0 and s_next > 0 else None)
+    return x
+
+
+@sampler(predicts="eps", eta=True)
+def dpmpp_2m(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
+    """DPM-Solver++(2M) (Lu et al., 2022) per DCT coefficient (op.dpmpp_2m_step): second order by
+    reusing the previous jump's x0_hat; deterministic at eta = 0, the SDE variant above it. The first
+    jump is ddim's (at the same eta), and the last (into s = 0) is x0_hat, as in the paper."""
+    noise, x, prev = _noise_streams(hidden, x_t) if eta > 0 else None, x_t.float(), None
+    path = schedule(t, steps)
+    for s, s_next in zip(path, path[1:]):
+        x, prev = op.dpmpp_2m_step(x, restore(x, s), s, s_next, prev, eta, noise() if eta > 0 and s_next > 0 else None)
     return x
 
 
