@@ -139,15 +139,17 @@ def attach_source(op, folder: str | None, device):
     op.source = torch.cat(imgs).to(device)
 
 
-def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True, eta=0.0):
+def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True, eta=None):
     """A model ready to sample (samplers.Sampling), every choice checked before any work:
-    the operator's default sampler and z mode unless given; for samplers that jump, --steps, else
-    the model's recommended steps, else the operator's default (at most t)."""
+    the operator's default sampler (with its default eta) and z mode unless given; for samplers
+    that jump, --steps, else the model's recommended steps, else the operator's default (at most t)."""
     import checkpoint
     import samplers
 
     net, op, meta = checkpoint.load_model(path, device)
     attach_source(op, source, device)
+    if eta is None:
+        eta = op.default_eta if sampler is None else 0.0
     sampler = sampler or op.default_sampler
     z = z or op.z_modes[0]
     t = op.T if t is None else t
@@ -219,7 +221,7 @@ ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
 SamplerOpt = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator); default: the operator's.")
-EtaOpt = typer.Option(0.0, "--eta", help="ddim, dpmpp_2m: 0 deterministic .. 1 stochastic (ddim over every step at 1: ancestral, posterior variance).")
+EtaOpt = typer.Option(None, "--eta", help="ddim, dpmpp_2m: 0 deterministic .. 1 stochastic (ddim over every step at 1: ancestral, posterior variance); default 0, or the operator's with its default sampler.")
 StepsOpt = typer.Option(None, "--steps", help="Sampling steps K <= t (Algorithm 2 jumps s -> s'); default: the model's, else t.")
 ZOpt = typer.Option(None, "--z", help="noise/animorph/colour: fixed z, or estimated z (the DDIM choice); default: the operator's.")
 CompileOpt = typer.Option(True, "--compile/--no-compile", help="torch.compile + CUDA graphs (CUDA only).")
@@ -390,7 +392,7 @@ def restore(
     t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: the model's T)."),
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
-    eta: float = EtaOpt,
+    eta: Optional[float] = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the operator's hidden randomness: pass the --seed that `degrade` used."),
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
@@ -463,7 +465,7 @@ def evaluate(
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
-    eta: float = EtaOpt,
+    eta: Optional[float] = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Image i's hidden randomness is seeded from (seed, i), as in generate."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Folder for eval.json and grid.png."),
     batch: int = typer.Option(64, "--batch"),
@@ -524,7 +526,7 @@ def generate(
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
-    eta: float = EtaOpt,
+    eta: Optional[float] = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Image i is drawn from its own generator, seeded from (seed, i)."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="A grid PNG, or DIR/ for one PNG per image (default: grid to stdout)."),
     ncol: Optional[int] = typer.Option(None, "--ncol", help="Grid columns (default: square-ish)."),

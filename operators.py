@@ -14,7 +14,7 @@ is one class here plus one entry in OPERATORS.
     op.predicts, op.loss(pred, x0, hidden), op.x0_hat(x_t, t, pred)
                                         what R predicts ("x0", or "eps" for blurdiff), the
                                         training loss, and x0 recovered from R's output
-    op.default_sampler, op.default_steps, op.z_modes
+    op.default_sampler, op.default_steps, op.default_eta, op.z_modes
                                         the sampler used when none is named (the samplers whose
                                         `predicts` matches apply), its steps when neither --steps
                                         nor the model names any, and the z modes it accepts
@@ -60,6 +60,7 @@ class Operator:
     predicts = "x0"
     default_sampler = "tacos"
     default_steps: ClassVar[int | None] = None  # sampling steps when neither --steps nor the model names any (None: t)
+    default_eta: ClassVar[float] = 0.0  # --eta of the default sampler (an explicit --sampler starts from 0)
     z_modes: ClassVar[tuple[str, ...]] = ("fixed",)  # interpolation operators add "estimated"
     needs_source = False
     generation: ClassVar[str | None] = None

@@ -85,7 +85,7 @@ def features(net, images):
 def generate(spec, n, device):
     """n images of `colddiff generate --seed S` (default 0) with the options of `spec` (MODEL:opt:opt...)."""
     path, *opts = spec.split(":")
-    o = {"symmetry": "broken", "z": None, "steps": None, "sampler": None, "eta": 0.0, "break_noise": None, "step_noise": None, "seed": 0}
+    o = {"symmetry": "broken", "z": None, "steps": None, "sampler": None, "eta": None, "break_noise": None, "step_noise": None, "seed": 0}
     for opt in opts:
         key, _, value = opt.partition("=")
         if opt == "perfect":

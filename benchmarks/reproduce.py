@@ -176,7 +176,7 @@ def generation_all(a, out, train_dir, test_dir, log):
         reverse = op_name == "blurdiff"  # Lee et al.'s sampler: all 1000 steps
         n, steps = (a.blurdiff_n, 1000) if reverse else (a.gen_n, min(a.gen_steps, operators.make_operator(op_name, preset).T))
         spec = ":".join([str(out / "models" / f"{name}.safetensors")] + ([option] if option else [])
-                        + ([f"steps={steps}"] if steps and not reverse else []))
+                        + (["sampler=reverse"] if reverse else [f"steps={steps}"] if steps else []))
         t1 = time.time()
         images, _ = G.generate(spec, n, device)
         fcd = metrics.frechet_distance(G.features(clf, images.float()), ref[:n])

@@ -145,6 +145,14 @@ def test_train_and_generate_blurdiff_end_to_end(cli, fmnist_split, tmp_path):
     assert b.returncode == 0, b.stderr.decode()
     for i in range(3):  # per-image noise streams: the batch does not matter
         assert (tmp_path / "g" / f"0_{i:06d}.png").read_bytes() == (tmp_path / "h" / f"0_{i:06d}.png").read_bytes()
+    # the default is the operator's sampler at its eta and steps; a named sampler starts from eta 0
+    op = O.OPERATORS["blurdiff"]
+    spelled = ["--sampler", op.default_sampler, "--eta", str(op.default_eta), "--steps", str(min(op.default_steps, 50))]
+    for name, extra in (("default", []), ("spelled", spelled), ("named", ["--sampler", "ddim"]), ("eta0", ["--sampler", "ddim", "--eta", "0"])):
+        r = cli("generate", "--model", out, "--n", "2", *extra, "-o", tmp_path / f"{name}.png")
+        assert r.returncode == 0, (extra, r.stderr.decode())
+    assert (tmp_path / "default.png").read_bytes() == (tmp_path / "spelled.png").read_bytes()
+    assert (tmp_path / "named.png").read_bytes() == (tmp_path / "eta0.png").read_bytes()
     r = cli("generate", "--model", out, "--n", "2", "--sampler", "tacos", "-o", tmp_path / "x.png")
     assert r.returncode == 1 and b"reverse" in r.stderr
     for extra in (["--steps", "5"], ["--sampler", "ddim", "--steps", "7", "--eta", "0.5"], ["--sampler", "ancestral"], ["--sampler", "direct"]):
