@@ -59,6 +59,7 @@ class TrainConfig:
     gmm_components: int = 1
     sampling_steps: int | None = None  # the model's default sampling steps (None: all T)
     train_noise: float = 0.0  # sigma of N(0, sigma^2) added to every x_t (inverse heat dissipation's)
+    step_noise: float | None = None  # the model's default generate --step-noise (None: symmetry_defaults')
 
     def check(self, op):
         if not self.lr > 0:
@@ -74,6 +75,11 @@ class TrainConfig:
             raise UserError(f"--train-noise must be in [0, 1), got {self.train_noise}")
         if self.train_noise and op.predicts != "x0":
             raise UserError(f"--train-noise applies to cold diffusion (networks that predict x0), not {op.name}")
+        if self.step_noise is not None:
+            if not 0 <= self.step_noise < 1:
+                raise UserError(f"--step-noise must be in [0, 1), got {self.step_noise}")
+            if not flat_start(op):
+                raise UserError(f"--step-noise breaks the symmetry of a flat x_T (blur's generation preset); {op.name} ({op.preset}) has none")
 
 
 NET_DEFAULT = "paper"
@@ -136,7 +142,7 @@ def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
     return op.loss(net(x_t, t), x0, hidden)
 
 
-CPU_FLOPS_PER_THREAD = 15e9  # what a training step achieves on one CPU thread (measured 17-18 G: small net, 28 px)
+CPU_FLOPS_PER_THREAD = 30e9  # a training step on one CPU thread: measured 24-58 G (small net, 28 px) as the shared machine's load varied
 CUDA_FLOPS = 100e12  # a guess for a recent GPU in bf16, until benchmarks/train.py measures one
 
 
@@ -177,7 +183,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         "image": {"channels": C, "height": H, "width": W},
         "train": dataclasses.asdict(cfg) | {"images": N, "world_size": world, "distributed": backend},
         "prior": fit_prior(op, data, cfg.gmm_components, cfg.seed, device),
-        "symmetry": symmetry_defaults(cfg.train_noise, flat_start(op)),
+        "symmetry": symmetry_defaults(cfg.train_noise, flat_start(op), cfg.step_noise),
     }
     step = 0
     if resume and checkpoint.state_path(out).exists():
