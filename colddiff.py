@@ -355,6 +355,7 @@ def train(
     gmm_components: int = typer.Option(CFG.gmm_components, "--gmm-components", help="Components of the generation prior (blur, pixelate)."),
     sampling_steps: Optional[int] = typer.Option(CFG.sampling_steps, "--sampling-steps", help="Default --steps of restore/eval/generate for this model (default: T)."),
     train_noise: Optional[float] = typer.Option(None, "--train-noise", metavar="SIGMA", help="Train on D(x0, t) + SIGMA eps (inverse heat dissipation); generate then adds 1.25 x SIGMA of --step-noise (default 0)."),
+    step_noise: Optional[float] = typer.Option(CFG.step_noise, "--step-noise", metavar="DELTA", help="The model's default generate --step-noise (default 0.025, or 1.25 x --train-noise); set it to what measures best for this model."),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 
@@ -522,7 +523,7 @@ def generate(
     n: int = typer.Option(64, "--n", help="How many images."),
     symmetry: str = typer.Option("broken", "--symmetry", help="broken (the model's way of breaking the symmetry of a flat x_T) or perfect (no noise)."),
     break_noise: Optional[float] = typer.Option(None, "--break-noise", metavar="STD", help="Noise added once to x_T (default: the model's, 0; the released code used 0.002)."),
-    step_noise: Optional[float] = typer.Option(None, "--step-noise", metavar="DELTA", help="Noise added after every naive/tacos step (default: the model's: 0.025 for a flat x_T, 1.25 x --train-noise if it was trained with one)."),
+    step_noise: Optional[float] = typer.Option(None, "--step-noise", metavar="DELTA", help="Noise added after every naive/tacos step (default: the model's own: its train --step-noise, else 0.025 for a flat x_T or 1.25 x --train-noise if it was trained with one)."),
     sampler: Optional[str] = SamplerOpt,
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,

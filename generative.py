@@ -125,15 +125,17 @@ STEP_NOISE_PER_TRAIN_NOISE = 1.25
 NUDGE = 0.002
 
 
-def symmetry_defaults(train_noise: float, flat_start: bool) -> dict:
+def symmetry_defaults(train_noise: float, flat_start: bool, step_noise: float | None = None) -> dict:
     """How a model breaks the symmetry of its x_T by default (stored in its metadata): "step-noise"
     (delta = STEP_NOISE), "ihdm" (trained with sigma, delta = 1.25 sigma), or "none" where x_T is
-    not flat and there is no symmetry to break."""
+    not flat and there is no symmetry to break. `step_noise` (train --step-noise) sets delta
+    instead: the delta that suits a model depends on how much it has learnt, so it is measured."""
     if not flat_start:
         return {"method": "none", "train_noise": train_noise, "step_noise": 0.0, "break_noise": 0.0}
     if train_noise > 0:
-        return {"method": "ihdm", "train_noise": train_noise, "step_noise": STEP_NOISE_PER_TRAIN_NOISE * train_noise, "break_noise": 0.0}
-    return {"method": "step-noise", "train_noise": 0.0, "step_noise": STEP_NOISE, "break_noise": 0.0}
+        delta = STEP_NOISE_PER_TRAIN_NOISE * train_noise if step_noise is None else step_noise
+        return {"method": "ihdm", "train_noise": train_noise, "step_noise": delta, "break_noise": 0.0}
+    return {"method": "step-noise", "train_noise": 0.0, "step_noise": STEP_NOISE if step_noise is None else step_noise, "break_noise": 0.0}
 
 
 def model_symmetry(meta: dict, op) -> dict:

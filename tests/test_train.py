@@ -269,7 +269,36 @@ def test_train_noise_is_added_to_what_the_network_sees():
 @pytest.mark.parametrize("args,message", [
     (["--op", "blur", "--preset", "generation", "--train-noise", "-0.1"], "--train-noise must be in [0, 1)"),
     (["--op", "blurdiff", "--train-noise", "0.02"], "--train-noise applies to cold diffusion"),
+    (["--op", "blur", "--preset", "generation", "--step-noise", "-0.1"], "--step-noise must be in [0, 1)"),
+    (["--op", "blur", "--step-noise", "0.01"], "--step-noise breaks the symmetry of a flat x_T"),
 ])
-def test_train_noise_is_checked(cli, fmnist_split, tmp_path, args, message):
+def test_train_and_step_noise_are_checked(cli, fmnist_split, tmp_path, args, message):
     r = cli("train", fmnist_split[0], "-o", tmp_path / "m.safetensors", *args, "--net", "tiny", "--steps", "1")
     assert r.returncode == 1 and message in r.stderr.decode() and not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_step_noise_is_the_models_default_and_generate_can_override_it(cli, fmnist_split, tmp_path):
+    """train --step-noise DELTA stores the model's own symmetry-breaking noise; generate uses it
+    unless told otherwise, and it changes the samples (0 gives what --symmetry perfect gives)."""
+    from colddiff import open_model
+    import generative as G
+
+    outs = {}
+    for delta in ("0", "0.01"):
+        out = outs[delta] = tmp_path / f"m{delta}.safetensors"
+        r = cli("train", fmnist_split[0], "-o", out, "--op", "blur", "--preset", "generation", "--param", "T=10",
+                "--net", "tiny", "--steps", "2", "--batch", "4", "--accumulate", "1", "--no-augment", "--step-noise", delta)
+        assert r.returncode == 0, r.stderr.decode()
+        sampling = open_model(str(out), torch.device("cpu"))
+        assert G.model_symmetry(sampling.meta, sampling.op) == {"method": "step-noise", "train_noise": 0.0, "step_noise": float(delta), "break_noise": 0.0}
+        G.break_symmetry(sampling, "broken")
+        assert sampling.step_noise == float(delta)
+    grids = {}
+    for name, model, extra in (("zero", outs["0"], []), ("zero-perfect", outs["0"], ["--symmetry", "perfect"]),
+                               ("delta", outs["0"], ["--step-noise", "0.01"])):
+        grids[name] = tmp_path / f"{name}.png"
+        r = cli("generate", "--model", model, "--n", "4", "-o", grids[name], *extra)
+        assert r.returncode == 0, r.stderr.decode()
+    assert grids["zero"].read_bytes() == grids["zero-perfect"].read_bytes()
+    assert grids["zero"].read_bytes() != grids["delta"].read_bytes()
+
