@@ -132,10 +132,10 @@ def symmetry_defaults(train_noise: float, flat_start: bool, step_noise: float | 
     instead: the delta that suits a model depends on how much it has learnt, so it is measured."""
     if not flat_start:
         return {"method": "none", "train_noise": train_noise, "step_noise": 0.0, "break_noise": 0.0}
-    if train_noise > 0:
-        delta = STEP_NOISE_PER_TRAIN_NOISE * train_noise if step_noise is None else step_noise
-        return {"method": "ihdm", "train_noise": train_noise, "step_noise": delta, "break_noise": 0.0}
-    return {"method": "step-noise", "train_noise": 0.0, "step_noise": STEP_NOISE if step_noise is None else step_noise, "break_noise": 0.0}
+    ihdm = train_noise > 0
+    if step_noise is None:
+        step_noise = STEP_NOISE_PER_TRAIN_NOISE * train_noise if ihdm else STEP_NOISE
+    return {"method": "ihdm" if ihdm else "step-noise", "train_noise": train_noise if ihdm else 0.0, "step_noise": step_noise, "break_noise": 0.0}
 
 
 def model_symmetry(meta: dict, op) -> dict:

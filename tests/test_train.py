@@ -301,4 +301,3 @@ def test_train_step_noise_is_the_models_default_and_generate_can_override_it(cli
         assert r.returncode == 0, r.stderr.decode()
     assert grids["zero"].read_bytes() == grids["zero-perfect"].read_bytes()
     assert grids["zero"].read_bytes() != grids["delta"].read_bytes()
-
