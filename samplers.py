@@ -184,6 +184,8 @@ def check(name: str, op, t: int, z: str, eta: float = 0.0, steps: int | None = N
         raise UserError(f"{op.name} samples with {' or '.join(applicable(op))}, not {name}")
     if steps not in (None, t) and not SAMPLERS[name].steps:
         raise UserError(f"{name} runs every step: leave --steps out ({', '.join(n for n, f in SAMPLERS.items() if f.steps)} take --steps)")
+    if steps is not None and t > 0 and SAMPLERS[name].steps:
+        schedule(t, steps)  # a UserError for K outside 1..t, before any work starts
     if eta != 0 and not SAMPLERS[name].eta:
         raise UserError(f"--eta applies to {', '.join(n for n, f in SAMPLERS.items() if f.eta)}, not {name}")
     if not 0 <= eta <= 1:

@@ -177,10 +177,13 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     (["--step-noise", "-1"], "--step-noise must be at least 0"),
     (["--symmetry", "perfect", "--step-noise", "0.1"], "--symmetry perfect adds no noise"),
     (["--sampler", "direct", "--step-noise", "0.1"], "--step-noise applies to naive, tacos, not direct"),
+    (["--steps", "0"], "--steps must be in 1..30,"),
+    (["--steps", "31"], "--steps must be in 1..30,"),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")
-    assert r.returncode == 1 and message in r.stderr.decode()
+    err = r.stderr.decode()
+    assert r.returncode == 1 and message in err and err.count("\n") == 1, err  # refused before any work starts
 
 
 def test_generate_needs_an_output_name_that_says_its_format(cli, gen_model, tmp_path):
