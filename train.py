@@ -142,7 +142,7 @@ def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
     return op.loss(net(x_t, t), x0, hidden)
 
 
-CPU_FLOPS_PER_THREAD = 30e9  # a training step on one CPU thread: measured 24-58 G (small net, 28 px) as the shared machine's load varied
+CPU_FLOPS_PER_THREAD = 50e9  # a training step on one CPU thread: measured 24-64 G (small net, 28 px; 64 in both 2-thread bundled-model runs) as the shared machine's load varied
 CUDA_FLOPS = 100e12  # a guess for a recent GPU in bf16, until benchmarks/train.py measures one
 
 
