@@ -94,8 +94,16 @@ def load_training_state(path, net, ema, opt, rng: torch.Generator) -> int:
     if metadata.get("format") != FORMAT + "-state":
         raise UserError(f"{state_path(path)}: not a colddiff training state")
     info = json.loads(metadata["colddiff"])
-    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    saved = info.get("meta", {}).get("network")
+    wanted = json.loads(json.dumps(net.config))
+    if saved is not None and saved != wanted:
+        differ = ", ".join(f"{k} {saved.get(k)} not {wanted.get(k)}" for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k))
+        raise UserError(f"{path}: its training state is for another network ({differ}); resume with the --net and --net-param it was trained with")
+    try:
+        net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    except RuntimeError as e:
+        raise UserError(f"{state_path(path)}: weights do not fit the network ({str(e).splitlines()[0][:100]})") from None
     state: dict = {}
     for k, v in tensors.items():
         if k.startswith("opt."):

@@ -331,6 +331,7 @@ def train(
     preset: Optional[str] = PresetOpt,
     param: Optional[list[str]] = ParamOpt,
     net: Optional[str] = typer.Option(None, "--net", help="Network preset: paper (the released ConvNeXt UNet, 56.6 M), small, tiny, ddpm (Ho et al., 35.7 M), adm (Lee et al., 121 M), adm-small. Default: paper; cifar10 presets: ddpm; blurdiff: adm."),
+    net_param: Optional[list[str]] = typer.Option(None, "--net-param", help="Override a network preset's setting, KEY=VALUE (repeatable): dim=48, mults=1,2,4,8, heads, dim_head; ddpm/adm also blocks, attn_levels, dropout."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize (short side) and centre-crop images to SIZE."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: from the data)."),
     steps: int = typer.Option(CFG.steps, "--steps", help="Optimizer steps."),
@@ -371,8 +372,7 @@ def train(
     net = given["net"]
     cfg = TrainConfig(**{f.name: given[f.name] for f in dataclasses.fields(TrainConfig)})
     cfg.check(operator)
-    if net not in unet.PRESETS:
-        raise UserError(f"unknown network preset {net!r}; choose from {', '.join(unet.PRESETS)}")
+    net_overrides = unet.parse_overrides(net, net_param or [])
     training.check_output(out, operator, resume, force)
     # one writer per model file (under torchrun, rank 0 holds it for all)
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
@@ -381,7 +381,7 @@ def train(
         images = load_folder(data, size, channels)
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
-        training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, quiet=quiet)
+        training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, net_overrides=net_overrides, quiet=quiet)
     log(f"wrote {out}")
 
 

@@ -378,14 +378,64 @@ def from_config(config: dict) -> Net:
 
 
 def build(channels: int, preset: str = "paper", **overrides) -> Net:
-    if preset not in PRESETS:
-        from common import UserError
+    from common import UserError
 
+    if preset not in PRESETS:
         raise UserError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}")
     config = {**PRESETS[preset], **overrides, "channels": channels}
     if config["arch"] == "convnext":
         config.setdefault("variant", "released")
-    return from_config(config)
+    try:
+        return from_config(config)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as e:
+        given = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in overrides.items())
+        raise UserError(f"network {preset} {given}: {str(e).splitlines()[0][:100]}") from None
+
+
+def parse_overrides(preset: str, pairs: list[str]) -> dict:
+    """`--net-param KEY=VALUE` pairs as typed overrides of `preset` (dim=48, mults=1,2,4,8): each
+    value takes the type of the architecture's default, and integers must be positive."""
+    import inspect
+
+    from common import UserError
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cls = ConvNeXtUNet if PRESETS[preset]["arch"] == "convnext" else ResidualUNet
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if k not in ("channels", "arch", "variant")}
+    defaults |= {k: v for k, v in PRESETS[preset].items() if k in defaults}
+    overrides = {}
+    for pair in pairs:
+        key, eq, value = (part.strip() for part in pair.partition("="))
+        if not eq or key not in defaults:
+            raise UserError(f"--net-param takes KEY=VALUE with KEY one of {', '.join(defaults)} ({preset}), got {pair!r}")
+        default = defaults[key]
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                parsed = value.lower() in ("true", "1")
+            elif isinstance(default, (tuple, list)):
+                parsed = tuple(int(v) for v in value.split(",")) if value else ()
+            else:
+                parsed = type(default)(value)
+        except ValueError:
+            raise UserError(f"--net-param {key}: {value!r} is not like its default {default!r}") from None
+        if key == "dropout":
+            fits = 0 <= parsed < 1
+        elif key == "attn_levels":
+            fits = all(v >= 0 for v in parsed)
+        elif isinstance(parsed, tuple):
+            fits = bool(parsed) and all(v >= 1 for v in parsed)
+        else:
+            fits = isinstance(parsed, bool) or parsed >= 1
+        if not fits:
+            raise UserError(f"--net-param {key}: {value!r} is out of range")
+        overrides[key] = parsed
+    levels = len(overrides.get("mults", defaults["mults"]))
+    if any(v >= levels for v in overrides.get("attn_levels", ())):
+        raise UserError(f"--net-param attn_levels: levels are 0..{levels - 1}")
+    return overrides
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -114,11 +114,37 @@ def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tm
     (["--lr-schedule", "linear"], "unknown --lr-schedule"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--channels", "2"], "--channels must be 1 or 3"),
+    (["--net-param", "width=48"], "KEY one of dim, mults, heads, dim_head"),
+    (["--net-param", "dim=0"], "dim: '0' is out of range"),
+    (["--net-param", "mults=1,two"], "not like its default"),
+    (["--net", "adm-small", "--net-param", "attn_levels=5"], "levels are 0..2"),
+    (["--net", "adm-small", "--net-param", "dim=20"], "network adm-small dim=20: num_channels (20) must be divisible"),
 ])
 def test_train_bad_options(cli, tmp_path, args, message):
     r = cli("train", ROOT / "tests" / "data" / "fmnist", "-o", tmp_path / "m.safetensors", *args)
     assert r.returncode == 1 and message in r.stderr.decode(), r.stderr.decode()
+    assert len(r.stderr.decode().strip().splitlines()) == 1, r.stderr.decode()
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_net_param_builds_and_records_the_network(cli, fmnist_split, tmp_path):
+    """--net-param changes the network the model holds, the metadata says so, every command
+    rebuilds it from the file alone, and resuming with another network is one clear error."""
+    out = tmp_path / "m.safetensors"
+    args = ["train", fmnist_split[0], "-o", out, "--net", "tiny", "--batch", "4", "--accumulate", "1", "--no-augment"]
+    r = cli(*args, "--steps", "2", "--save-every", "1", "--net-param", "dim=8", "--net-param", "mults=1,2,4")
+    assert r.returncode == 0, r.stderr.decode()
+    net, _, meta = checkpoint.load_model(out)
+    assert meta["network"]["dim"] == 8 and meta["network"]["mults"] == [1, 2, 4] and meta["network_preset"] == "tiny"
+    assert unet.count_parameters(net) == unet.count_parameters(unet.build(1, "tiny", dim=8, mults=(1, 2, 4)))
+    assert unet.count_parameters(net) != unet.count_parameters(unet.build(1, "tiny"))
+    r = cli("restore", sorted(fmnist_split[1].iterdir())[0], "--model", out, "-o", tmp_path / "y.png")
+    assert r.returncode == 0 and (tmp_path / "y.png").exists(), r.stderr.decode()
+    r = cli(*args, "--steps", "4", "--resume", "--net-param", "dim=8")  # mults back to tiny's 1,2
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "another network (mults [1, 2, 4] not [1, 2])" in err and len(err.strip().splitlines()) == 1, err
+    r = cli(*args, "--steps", "4", "--resume", "--net-param", "dim=8", "--net-param", "mults=1,2,4")
+    assert r.returncode == 0 and checkpoint.load_model(out)[2]["step"] == 4, r.stderr.decode()
 
 
 def train_process(tmp_path, *extra):
