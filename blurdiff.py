@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import UserError
+from common import UserError, to_device
 from operators import Operator, _float, _per_image, register
 from spectral import dct, dct_matrix, gaussian_kernel1d, idct  # noqa: F401 (dct_matrix: tests)
 
@@ -70,7 +70,10 @@ class BlurDiff(Operator):
         self.f = f
         self.cum_log_alpha = torch.cat([zero, torch.cumsum(self.log_alpha, 0)])  # (T+1,)
         self.cum_f = torch.cat([zero, torch.cumsum(f, 0)])
+        # the same numbers as Python floats, for the samplers' per-step scalars (no tensor read per step)
+        self._steps = {k: getattr(self, k).tolist() for k in ("log_alpha", "f", "cum_log_alpha", "cum_f")}
         self._axes: dict = {}
+        self._tables: dict = {}
 
     def log_lambda(self, n: int, device):
         """(n,) log of the blur's eigenvalues along an axis of length n."""
@@ -93,17 +96,19 @@ class BlurDiff(Operator):
 
     def log_abar(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, 1, h, w) log Abar_t per frequency."""
-        a = self.cum_log_alpha.to(t.device)[t].float()
-        f = self.cum_f.to(t.device)[t].float()
+        key = str(t.device)
+        if key not in self._tables:  # kept on the device: a copy per call would wait for the GPU
+            self._tables[key] = (self.cum_log_alpha.float().to(t.device), self.cum_f.float().to(t.device))
+        a, f = (table[t] for table in self._tables[key])
         return (a[:, None, None] + 2 * f[:, None, None] * self.log_d(h, w, t.device))[:, None]
 
     def log_a_step(self, i: int, h: int, w: int, device) -> torch.Tensor:
         """(h, w) log A_i of step i (1..T)."""
-        return float(self.log_alpha[i - 1]) + 2 * float(self.f[i - 1]) * self.log_d(h, w, device)
+        return self._steps["log_alpha"][i - 1] + 2 * self._steps["f"][i - 1] * self.log_d(h, w, device)
 
     def log_abar_at(self, i: int, h: int, w: int, device) -> torch.Tensor:
         """(h, w) log Abar_i of a single step i (0..T)."""
-        return float(self.cum_log_alpha[i]) + 2 * float(self.cum_f[i]) * self.log_d(h, w, device)
+        return self._steps["cum_log_alpha"][i] + 2 * self._steps["cum_f"][i] * self.log_d(h, w, device)
 
     def lee_step(self, x, eps_hat, i: int, noise=None):
         """Lee et al.'s published step (SPEC section 5), first order in the blur:
@@ -202,7 +207,7 @@ class BlurDiff(Operator):
         and eps = U z is formed only where training needs it as the target."""
         z = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
         seed = torch.randint(2**31, (x0.shape[0],), generator=generator)  # the reverse sampler's noise
-        return {"z": z.to(x0.device), "seed": seed.to(x0.device)}
+        return {"z": to_device(z, x0.device), "seed": seed}  # seeds are read on the host only: they stay there
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)

@@ -319,7 +319,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev) -> No
     for i in range(0, len(steps), per_call):
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
-        frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk, device=dev), h)))
+        frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)))
     write_image(torch.cat(frames, dim=-1), dest)
 
 

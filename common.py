@@ -74,8 +74,55 @@ class ImageRNG:
         return cat_hidden([op.draw(x0[i : i + 1], g) for i, g in enumerate(self.generators)])
 
     def randn(self, shape, device=None) -> torch.Tensor:
-        """(B, *shape) standard normal, row i from image i's generator."""
-        return torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(device)
+        """(B, *shape) standard normal, row i from image i's generator. Each generator draws on one
+        core (64 x 3 x 128 x 128 takes 50 ms), so large batches are drawn on worker threads, one
+        image each; on CUDA straight into pinned memory, so that the copy need not wait for the GPU
+        (a sampler's step noise is drawn while the GPU runs the step before)."""
+        device = torch.device(device or "cpu")
+        out = torch.empty((len(self.generators), *shape), pin_memory=device.type == "cuda")
+
+        def fill(i):
+            torch.randn(shape, generator=self.generators[i], out=out[i])
+
+        workers = min(len(self.generators), torch.get_num_threads())
+        if workers > 1 and out.numel() >= PARALLEL_DRAW:
+            list(_pool(workers).map(fill, range(len(self.generators))))
+        else:
+            for i in range(len(self.generators)):
+                fill(i)
+        return to_device(out, device)
+
+
+PARALLEL_DRAW = 1 << 19  # numbers in one ImageRNG.randn from which threads pay (2 cores: 64 x 64 x 64 is as fast alone, 64 x 3 x 128 x 128 1.6x faster on two)
+_POOLS: dict = {}
+
+
+def _pool(workers: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="colddiff-draw")
+    return _POOLS[workers]
+
+
+def bf16(device):
+    """bf16 autocast on CUDA; elsewhere nothing (the CPU computes in float32)."""
+    import contextlib
+
+    return torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """x (drawn on the CPU) on `device`, without making the host wait. A plain .to("cuda") of
+    pageable memory waits until every kernel already queued has run, so a step's draws on the CPU
+    (t, crops, noise, ...) could not overlap the GPU's work on the step before; on CUDA the copy
+    goes through pinned memory instead, which the caching host allocator keeps until the copy is done."""
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        x = x.contiguous().pin_memory()
+    return x.to(device, non_blocking=True)  # from the host that is always safe: the device waits for the copy
 
 
 class Progress:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from common import ImageRNG, UserError
+from common import ImageRNG, UserError, to_device
 
 
 def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -110,9 +110,10 @@ def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float
     for lo in range(0, n, batch):
         rng = ImageRNG.numbered(seed, lo, min(batch, n - lo))
         starts = [start(op, meta.get("prior"), shape, g, break_noise) for g in rng.generators]
-        x_T = torch.cat([x for x, _ in starts]).to(device)
+        x_T = to_device(torch.cat([x for x, _ in starts]), device)
         hidden = cat_hidden([h for _, h in starts])
-        hidden = None if hidden is None else {k: v.to(device) for k, v in hidden.items()}
+        # the noise seeds are read on the host (samplers.py): only the rest moves
+        hidden = None if hidden is None else {k: v if k == "seed" else to_device(v, device) for k, v in hidden.items()}
         yield lo, sampling(x_T, op.T, hidden)
 
 

@@ -28,7 +28,8 @@ is one class here plus one entry in OPERATORS.
     op.prior_features(x0), op.start(shape, generator, features, break_noise)
                                         the prior's training features, and (x_T, hidden)
 
-Images are (B, C, H, W) in [-1, 1]; `t` is a long tensor with one step per image. One call
+Images are (B, C, H, W) in [-1, 1]; `t` is one step for the batch (an int) or a long tensor with
+one step per image (best on the CPU: check_t reads it there, never waiting for the GPU). One call
 handles the whole batch: no Python loop over the batch or over diffusion steps (pixelate's
 fixed chain of at most log2(size) resizes is the one exception, see there). Arithmetic is
 float32 whatever the input dtype; the result has the input's dtype.
@@ -46,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import spectral
-from common import UserError
+from common import UserError, to_device
 from spectral import AxisBlur, gaussian_kernel1d
 
 Hidden = dict[str, torch.Tensor] | None
@@ -91,14 +92,23 @@ class Operator:
         return hidden
 
     def check_t(self, x0: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x0.device, dtype=torch.long)
+        """t (an int, a list or a tensor) as one long step per image on x0's device, each in 0..T.
+        An int or a CPU tensor is checked on the host before it moves, so the samplers' and the
+        training step's calls never wait for the GPU; a tensor already on the GPU is checked there,
+        which does."""
+        B = x0.shape[0]
+        if isinstance(t, int):
+            if not 0 <= t <= self.T:
+                raise UserError(f"t must be in 0..{self.T} for {self.name}, got {t}")
+            return torch.full((B,), t, device=x0.device, dtype=torch.long)
+        t = torch.as_tensor(t, dtype=torch.long)  # a tensor stays where it is
         if t.ndim == 0:
-            t = t.expand(x0.shape[0])
-        if t.shape != (x0.shape[0],):
+            t = t.expand(B)
+        if t.shape != (B,):
             raise UserError(f"t must hold one step per image, got shape {tuple(t.shape)}")
         if bool(((t < 0) | (t > self.T)).any()):
             raise UserError(f"t must be in 0..{self.T} for {self.name}, got {t.tolist()}")
-        return t
+        return to_device(t, x0.device)
 
     def min_size(self) -> int:
         return 8
@@ -360,7 +370,7 @@ class Mask(Operator):
         else:
             u = torch.rand(B, 2, generator=generator, dtype=torch.float64)
             centre = (u * torch.tensor([h, w])).long()
-        return {"centre": centre.to(x0.device)}
+        return {"centre": to_device(centre, x0.device)}
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
@@ -402,7 +412,7 @@ class Colour(Mask):
     def draw(self, x0, generator=None):
         hidden = super().draw(x0, generator)
         c = torch.rand(x0.shape[0], x0.shape[1], 1, 1, generator=generator) - 0.5
-        return {**hidden, "z": c.to(x0.device).expand_as(x0).float()}
+        return {**hidden, "z": to_device(c, x0.device).expand_as(x0).float()}
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
@@ -454,11 +464,12 @@ class Pixelate(Operator):
         return levels, small
 
     def apply(self, x0, t, hidden=None):
-        t = self.check_t(x0, t)
+        steps = self.check_t(x0, t)
+        last = t if isinstance(t, int) else int(torch.as_tensor(t).max())  # from where t came: an int or the CPU needs no wait
         x = _float(x0)
         out = x
-        for i, level in enumerate(self.chain(x, int(t.max()))[0][1:], 1):
-            out = torch.where(_per_image(t == i), level, out)
+        for i, level in enumerate(self.chain(x, last)[0][1:], 1):
+            out = torch.where(_per_image(steps == i), level, out)
         return out.to(x0.dtype)
 
     def prior_features(self, x0):
@@ -526,14 +537,20 @@ class Noise(Operator):
     T: int = 200
     cosine_s: float = 0.008
 
+    def __post_init__(self):
+        self._abar: dict = {}
+
     def coefficients(self, t, x0, hidden=None):
         """(a, b) with D = a x0 + b z, for the samplers' estimated-z update."""
-        abar = cosine_alpha_bar(self.T, self.cosine_s).float().to(t.device)[t]
+        key = str(t.device)
+        if key not in self._abar:  # kept on the device: a copy per call would wait for the GPU
+            self._abar[key] = cosine_alpha_bar(self.T, self.cosine_s).float().to(t.device)
+        abar = self._abar[key][t]
         return _per_image(abar.sqrt()), _per_image((1 - abar).sqrt())
 
     def draw(self, x0, generator=None):
         z = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
-        return {"z": z.to(x0.device)}
+        return {"z": to_device(z, x0.device)}
 
     def apply(self, x0, t, hidden=None):
         t = self.check_t(x0, t)
@@ -565,12 +582,12 @@ class Animorph(Noise):
         if self.source is None or len(self.source) == 0:
             raise UserError("animorph needs a folder of source images (--source DIR)")
         idx = torch.randint(len(self.source), (x0.shape[0],), generator=generator)
-        z = self.source[idx].float()
+        z = self.source[to_device(idx, self.source.device)].float()
         if z.shape[1] != x0.shape[1]:  # grey <-> colour
             z = z.mean(1, keepdim=True).expand(-1, x0.shape[1], -1, -1)
         if z.shape[-2:] != x0.shape[-2:]:
             z = F.interpolate(z, size=x0.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-        return {"z": z.to(x0.device)}
+        return {"z": to_device(z, x0.device)}
 
 
 Animorph.PRESETS = {"default": dict(T=200, cosine_s=0.008)}

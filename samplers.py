@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import ImageRNG, UserError
+from common import ImageRNG, UserError, bf16
 
 SAMPLERS: dict = {}
 Z_MODES = ("fixed", "estimated")
@@ -89,7 +89,7 @@ def naive(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0,
     for s, s_next in zip(path, path[1:]):
         x0_hat = restore(x, s)
         h = with_z(op, hidden, x, x0_hat, s, z)
-        x = noise(op.apply(x0_hat, _step_tensor(x, s_next), h), s_next)
+        x = noise(op.apply(x0_hat, s_next, h), s_next)
     return x
 
 
@@ -101,7 +101,7 @@ def tacos(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0,
     for s, s_next in zip(path, path[1:]):
         x0_hat = restore(x, s)
         h = with_z(op, hidden, x, x0_hat, s, z)
-        x = noise(x - op.apply(x0_hat, _step_tensor(x, s), h) + op.apply(x0_hat, _step_tensor(x, s_next), h), s_next)
+        x = noise(x - op.apply(x0_hat, s, h) + op.apply(x0_hat, s_next, h), s_next)
     return x
 
 
@@ -217,7 +217,7 @@ def make_restorer(net, device, compile: bool = False):
 
     @torch.no_grad()
     def restore(x, s: int):
-        with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+        with bf16(device):
             out = model(x, _step_tensor(x, s))
         # a copy: CUDA-graph replays overwrite their output buffer on the next call
         return out.to(torch.float32, copy=True)

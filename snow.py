@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import UserError
+from common import UserError, to_device
 from operators import Operator, _float, _per_image, register, scaled_taps
 
 SNOW_LEVELS = {
@@ -96,7 +96,7 @@ class Snow(Operator):
         top, left = (zh - H) // 2, (zw - W) // 2
         layer = big[..., top : top + H, left : left + W]
         vertical = torch.rand(B, generator=generator) < 0.5
-        return {"layer": layer.to(x0.device), "vertical": vertical.to(x0.device)}
+        return {"layer": to_device(layer, x0.device), "vertical": to_device(vertical, x0.device)}
 
     def snow_layer(self, t: torch.Tensor, hidden) -> torch.Tensor:
         """(B, 1, H, W) snow s_t; zero where t == 0."""

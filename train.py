@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import unet
-from common import Progress, Stop, UserError, duration
+from common import Progress, Stop, UserError, bf16, duration, to_device
 from generative import fit_prior, flat_start, symmetry_defaults
 
 def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -26,12 +26,12 @@ def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     B, _, H, W = x.shape
     h, w = round(H * 1.12), round(W * 1.12)
     big = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    oy = torch.randint(h - H + 1, (B,), generator=rng).to(x.device)
-    ox = torch.randint(w - W + 1, (B,), generator=rng).to(x.device)
+    oy = to_device(torch.randint(h - H + 1, (B,), generator=rng), x.device)
+    ox = to_device(torch.randint(w - W + 1, (B,), generator=rng), x.device)
     rows = (oy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, None, :]
     crop = big[torch.arange(B, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    flip = (torch.rand(B, generator=rng) < 0.5).to(x.device)[:, None, None, None]
+    flip = to_device(torch.rand(B, generator=rng) < 0.5, x.device)[:, None, None, None]
     return torch.where(flip, crop.flip(-1), crop)
 
 
@@ -134,12 +134,12 @@ def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
     """op.loss of R's output on x_t = D(x0, t), t uniform in 1..T (L1 on x0 for cold diffusion);
     with train_noise sigma, on D(x0, t) + sigma eps, so that R meets the noise that sampling with
     --step-noise adds (inverse heat dissipation, Rissanen et al.)."""
-    t = torch.randint(1, op.T + 1, (x0.shape[0],), generator=rng).to(x0.device)
+    t = torch.randint(1, op.T + 1, (x0.shape[0],), generator=rng)  # checked on the CPU by apply, no wait for the GPU
     hidden = op.draw(x0, rng)
     x_t = op.apply(x0, t, hidden)
     if train_noise:
-        x_t = x_t + train_noise * torch.randn(x_t.shape, generator=rng).to(x_t.device)
-    return op.loss(net(x_t, t), x0, hidden)
+        x_t = x_t + train_noise * to_device(torch.randn(x_t.shape, generator=rng), x_t.device)
+    return op.loss(net(x_t, to_device(t, x0.device)), x0, hidden)
 
 
 CPU_FLOPS_PER_THREAD = 50e9  # a training step on one CPU thread: measured 24-64 G (small net, 28 px; 64 in both 2-thread bundled-model runs) as the shared machine's load varied
@@ -298,7 +298,7 @@ class RunLog:
     def sample(self, step, loss, rate):
         from image_io import atomic_write, encode_image, grid_image, to_uint8
 
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+        with bf16(self.device):
             pred = self.ema(self.xt, self.t).float()
         direct = self.op.x0_hat(self.xt, self.t, pred)  # blurdiff: x0 from eps, noisy at t = T (a sanity view)
         rmse_direct = float(((direct.clamp(-1, 1) - self.x0) / 2).pow(2).mean().sqrt())
@@ -333,12 +333,12 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
         total = 0.0
         for _ in range(cfg.accumulate):
             idx = torch.randint(len(data), (cfg.batch,), generator=rng)
-            x0 = data[idx.to(data.device)].to(device, non_blocking=True).float() / 127.5 - 1
+            x0 = to_device(data[to_device(idx, data.device)], device).float() / 127.5 - 1
             if cfg.augment:
                 x0 = augment(x0, rng)
             if cuda:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, torch.bfloat16, enabled=cuda):
+            with bf16(device):
                 loss = loss_fn(model, op, x0, rng, cfg.train_noise) / cfg.accumulate
             loss.backward()
             total += loss.detach()

@@ -6,6 +6,8 @@
 Uses the same path as `colddiff restore`: samplers.make_restorer (bf16 autocast, channels_last,
 torch.compile with CUDA graphs unless --no-compile) and samplers.tacos. Untrained weights: the
 time does not depend on them. Reports the median of --repeat runs after a warm-up run.
+--step-noise DELTA adds `colddiff generate`'s noise after every step, drawn on the host from each
+image's own generator (the default way generation breaks the symmetry of a flat x_T).
 """
 import argparse
 import sys
@@ -28,10 +30,12 @@ def bench(case, a, device):
     net = unet.build(channels, a.net).to(device).eval()
     restore = samplers.make_restorer(net, device, compile=device.type == "cuda" and not a.no_compile)
     x0 = torch.rand(a.n, channels, size, size, device=device) * 2 - 1
-    x_t = op.apply(x0, torch.full((a.n,), op.T, device=device))
+    x_t = op.apply(x0, op.T)
+    delta = getattr(a, "step_noise", 0.0)
+    hidden = {"seed": torch.arange(a.n)} if delta else None  # each image's noise stream, as generate draws it
 
     def run():
-        out = samplers.tacos(restore, op, x_t, op.T, steps=a.steps)
+        out = samplers.tacos(restore, op, x_t, op.T, hidden, steps=a.steps, step_noise=delta)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return out
@@ -47,7 +51,8 @@ def bench(case, a, device):
         run()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return dict(case=f"{case} {op_name} T={op.T}", n=a.n, size=size, steps=a.steps or op.T, time=sorted(times)[len(times) // 2], peak=peak,
+    noise = f", step noise {delta:g}" if delta else ""
+    return dict(case=f"{case} {op_name} T={op.T}{noise}", n=a.n, size=size, steps=a.steps or op.T, time=sorted(times)[len(times) // 2], peak=peak,
                 first_call=first, run=run)
 
 
@@ -60,6 +65,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", default="celeba,mnist")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--step-noise", type=float, default=0.0, help="noise after every step, as colddiff generate adds it")
     a = ap.parse_args()
     device = torch.device(a.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

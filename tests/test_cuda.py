@@ -106,3 +106,50 @@ def test_one_process_torchrun_ddp_with_nccl(fmnist_split, tmp_path):
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     _, _, meta = checkpoint.load_model(model)
     assert meta["step"] == 6 and meta["train"]["world_size"] == 1 and meta["train"]["distributed"] == "nccl"
+
+
+def test_graphed_algorithm_2_with_step_noise_never_waits_for_the_gpu():
+    """After a warm-up (compilation, graph capture, the operator's tables, pinned buffers), a whole
+    Algorithm 2 loop with step noise makes no call that synchronises: the host queues step s + 1 and
+    draws its noise while the GPU runs step s (tests/test_host_sync.py checks the same on the CPU)."""
+    op = operators.make_operator("blur", "generation", T=30)
+    restore = samplers.make_restorer(unet.build(3, "small").to(CUDA).eval(), CUDA, compile=True)
+    x_t = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(CUDA) * 2 - 1
+
+    def run():
+        return samplers.tacos(restore, op, x_t, op.T, {"seed": torch.arange(8)}, steps=10, step_noise=0.01)
+
+    warm = run()
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out, warm)  # the same noise streams, the same images
+
+
+def test_compiled_training_step_waits_once_for_its_loss():
+    """A compiled bf16 training step (data on the GPU, augmentation, fused Adam) synchronises once:
+    float() of the loss it returns."""
+    import warnings
+
+    op = operators.make_operator("blur", "mnist")
+    net = unet.build(1, "small").to(CUDA).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
+    step = T.make_step(torch.compile(net), opt, op, T.TrainConfig(batch=16, accumulate=2, augment=True, train_noise=0.01), CUDA)
+    data = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8, device=CUDA)
+    rng = torch.Generator().manual_seed(0)
+    step(data, rng), step(data, rng)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                step(data, rng)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0] for w in seen if "synchroniz" in str(w.message)]
+    assert len(syncs) == 3, syncs

@@ -60,12 +60,25 @@ def test_grey_bf16_non_square(name, preset):
     assert (y.float() - ref).abs().max() < 0.02
 
 
+@pytest.mark.parametrize("name,preset", ALL)
+def test_one_int_step_is_that_step_for_every_image(name, preset):
+    """The samplers pass t as an int (checked on the host): the same images as a tensor of it."""
+    op = make(name, preset)
+    x = rand_images(2, 3, 24, 20)
+    hidden = op.draw(x, gen(4))
+    for t in (0, 1, op.T):
+        assert torch.equal(op.apply(x, t, hidden), op.apply(x, torch.full((2,), t), hidden))
+
+
 def test_bad_t_and_names():
     op = make("blur")
     with pytest.raises(UserError, match="0..20"):
         op.degrade(rand_images(), torch.tensor([0, 21, 3]))
     with pytest.raises(UserError, match="-1"):
         op.degrade(rand_images(), torch.tensor([0, -1, 3]))
+    for t in (21, -1):
+        with pytest.raises(UserError, match=f"0..20 for blur, got {t}"):
+            op.degrade(rand_images(), t)
     with pytest.raises(UserError, match="unknown operator"):
         O.make_operator("sharpen")
     with pytest.raises(UserError, match="unknown preset"):
