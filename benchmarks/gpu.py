@@ -1,22 +1,35 @@
 """First contact with a GPU in one command: the CUDA tests, then every speed target of issue #12.
 
-    python benchmarks/gpu.py --json $OUT/gpu.json            # on the lent H100: fits one 10-minute call
-    python benchmarks/gpu.py --tiny --json /tmp/gpu.json     # dry run on the CPU: tiny network and sizes
-    python benchmarks/gpu.py --only train,sample --json ...  # parts: tests, train, sample
+    python benchmarks/gpu.py --json $OUT/gpu.json --deadline 540   # on the lent GPU: one call (below)
+    python benchmarks/gpu.py --tiny --json /tmp/gpu.json           # dry run on the CPU: tiny network and sizes
+    python benchmarks/gpu.py --only train,sample --json ...        # parts: ceilings, tests, train, sample
 
-Runs `python -m pytest -m cuda` (skip with --no-tests), then times, with the `paper` network in bf16,
-compiled (CUDA graphs for sampling): training at 128 px (celeba blur, T=200) and 32 px (mnist blur,
-T=20) with model FLOP utilisation; generation of 64 x 128 px (blur generation preset, T=300,
-Algorithm 2) and restoration of 64 x 128 px (celeba, T=200) and 64 x 32 px (mnist, T=20), with the
-first (compiling) call's time beside each; peak memory of training at batch 128, 128 px. Each row is
-set against the released code's figure on the same H100 and the target. A missed target is
-profiled (torch.profiler, a few steps) and its top kernels are printed and kept in the JSON.
+In this order: the device's two ceilings (a bf16 8192^3 matrix product, a device-to-device copy);
+`python -m pytest -m cuda` (JUnit XML beside the JSON, one test at most --test-timeout s); then,
+with the `paper` network in bf16, compiled (CUDA graphs for sampling): training at 128 px (celeba
+blur, T=200) with its peak memory at batch 128, generation of 64 x 128 px (T=300, Algorithm 2),
+restoration of 64 x 128 px (celeba, T=200) and 64 x 32 px (mnist, T=20), training at 32 px (mnist
+blur, T=20), and generation as `colddiff generate` runs it (step noise drawn on the host). Training
+rows give model FLOP utilisation against the datasheet's 989 TFLOP/s and against the measured
+matrix product; sampling rows give the first (compiling) call's time. Each row is set against the
+released code's figure on the H100 and the target; a missed target is profiled (torch.profiler)
+and its top kernels kept.
+
+A lent GPU comes for minutes, so nothing here may lose what was measured: the JSON is rewritten
+after every row, an exception in one row is recorded there and the next row runs, and a row still
+running when --deadline (seconds from the start) is near is stopped (SIGALRM) and says so. The
+device call (its run tool, timeout_s 600; five files come back):
+
+    export PYTHONUNBUFFERED=1; set -o pipefail; nvidia-smi > $OUT/nvidia-smi.txt;
+    python3 benchmarks/gpu.py --json $OUT/gpu.json --deadline 540 2>&1 | tee $OUT/gpu.log
 """
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from argparse import Namespace
 from pathlib import Path
 
@@ -46,16 +59,88 @@ TARGETS = {
     "restore celeba": (28.4, 2.5),
     "restore mnist": (2.81, 0.1),
     "peak GiB train celeba": (None, 40.0),
+    "generate generation, step noise": (None, 4.0),
 }
+DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
+STEP_NOISE = 0.0125  # the bundled model's
 
 
-def run_tests() -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", str(HERE.parent / "tests")]
+class OutOfTime(Exception):
+    pass
+
+
+class Clock:
+    """Seconds left before --deadline; `limit(reserve)` arms SIGALRM to stop a row that runs into it."""
+
+    def __init__(self, deadline: float):
+        self.start, self.deadline = time.monotonic(), deadline
+
+    def left(self) -> float:
+        return self.deadline - (time.monotonic() - self.start)
+
+    def limit(self, reserve: float):
+        seconds = int(self.left() - reserve)
+        if seconds < 1:
+            raise OutOfTime(f"skipped: {self.left():.0f} s left of --deadline")
+
+        def ring(*_):
+            raise OutOfTime(f"stopped after {seconds} s: --deadline reached")
+
+        signal.signal(signal.SIGALRM, ring)
+        signal.alarm(seconds)
+
+    @staticmethod
+    def disarm():
+        signal.alarm(0)
+
+
+def ceilings(device, tiny: bool) -> dict:
+    """The two numbers every figure is read against: bf16 matrix rate and copy bandwidth (read + write)."""
+    if device.type != "cuda":
+        return {"matmul_tflops": None, "copy_tb_s": None}
+    n = 2048 if tiny else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    x = torch.randn(2**28, device=device)  # 1 GiB
+    y = torch.empty_like(x)
+
+    def timed(fn, reps):
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3 / reps
+
+    mm = timed(lambda: a @ b, 10)
+    cp = timed(lambda: y.copy_(x), 10)
+    return {"matmul_tflops": 2 * n**3 / mm / 1e12, "copy_tb_s": 2 * x.numel() * 4 / cp / 1e12}
+
+
+def run_tests(json_path: Path, timeout: float, per_test: int) -> dict:
+    """`pytest -m cuda`, JUnit XML and durations kept; a test that hangs stops at --test-timeout."""
+    import importlib.util
+
+    xml = json_path.with_name(json_path.stem + "-cuda-tests.xml")
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-rA", "--durations=0", "-p", "no:cacheprovider", f"--junitxml={xml}",
+           str(HERE.parent / "tests")]
+    if importlib.util.find_spec("pytest_timeout"):
+        cmd[5:5] = [f"--timeout={per_test}"]
+    if timeout < 20:
+        raise OutOfTime(f"skipped: {timeout:.0f} s for the tests")
     start = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
-    last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
-    print(r.stdout[-4000:], r.stderr[-2000:], sep="\n", flush=True)
-    return {"command": " ".join(cmd[1:]), "returncode": r.returncode, "summary": last, "seconds": time.time() - start}
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, timeout=timeout)
+        out, code = r.stdout, r.returncode
+    except subprocess.TimeoutExpired as e:
+        out, code = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+    json_path.with_name(json_path.stem + "-cuda-tests.log").write_text(out)
+    lines = out.strip().splitlines() or ["(no output)"]
+    print("\n".join(lines[-40:]), flush=True)
+    counts = [line for line in lines if " in " in line and any(w in line for w in (" passed", " failed", " skipped", " error"))]
+    return {"command": " ".join(cmd[1:]), "returncode": code, "summary": (counts or lines)[-1].strip("= "), "seconds": time.time() - start}
 
 
 def profile(fn, steps: int = 3) -> list:
@@ -76,46 +161,100 @@ def profile(fn, steps: int = 3) -> list:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--json", required=True, help="where to write the results (rewritten after every row)")
     ap.add_argument("--tiny", action="store_true", help="dry run: tiny network, 2 images, few steps (for the CPU)")
-    ap.add_argument("--only", default="tests,train,sample", help="which parts to run (comma-separated), to split the work over calls")
+    ap.add_argument("--only", default="ceilings,tests,train,sample", help="which parts to run (comma-separated)")
+    ap.add_argument("--deadline", type=float, default=540, help="seconds from the start by which everything has stopped")
+    ap.add_argument("--tests-max", type=float, default=240, help="seconds the CUDA tests may take in all")
+    ap.add_argument("--test-timeout", type=int, default=150, help="seconds one CUDA test may take (pytest-timeout, where installed)")
     ap.add_argument("--mnist-batch", type=int, default=1024, help="training batch of the 32 px case")
     a = ap.parse_args()
+    clock = Clock(a.deadline)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    result = {"device": name, "torch": torch.__version__, "command": " ".join(sys.argv), "rows": []}
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"device": name, "torch": torch.__version__, "command": " ".join(sys.argv), "rows": [], "errors": []}
     parts = set(a.only.split(","))
-    if "tests" in parts:
-        result["tests"] = run_tests()
     net = "tiny" if a.tiny else "paper"
     rows = result["rows"]
+
+    def save():
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    def attempt(label, fn, reserve=15.0):
+        """fn() under the clock; an exception or the deadline is recorded, not raised."""
+        try:
+            clock.limit(reserve)
+            return fn()
+        except Exception as e:  # noqa: BLE001 (a row's failure must not cost the rows after it)
+            Clock.disarm()
+            message = f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            result["errors"].append({"row": label, "error": message, "traceback": traceback.format_exc()[-3000:]})
+            print(f"ERROR {message}", flush=True)
+            return None
+        finally:
+            Clock.disarm()
+            save()
 
     def add(workload, value, unit, extra, run, profile_calls=3):
         released, target = TARGETS[workload]
         met = value >= target if unit == "img/s" else value <= target
         row = {"workload": workload, "value": value, "unit": unit, "released": released, "target": target, "met": met, **extra}
-        if not met and run is not None:
-            row["profile"] = profile(run, profile_calls)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+        save()
+        print(json.dumps(row), flush=True)
+        if not met and run is not None and clock.left() > 60:
+            row["profile"] = attempt(f"profile {workload}", lambda: profile(run, profile_calls))
 
-    for case, batch in (("celeba", 128), ("mnist", a.mnist_batch)) if "train" in parts else ():
-        args = Namespace(net=net, batch=4 if a.tiny else batch, steps=2 if a.tiny else 20, warmup=1 if a.tiny else 5, no_compile=False, peak_tflops=989.0)
+    if "ceilings" in parts:
+        result["ceilings"] = attempt("ceilings", lambda: ceilings(device, a.tiny)) or {}
+        print(json.dumps({"ceilings": result["ceilings"]}), flush=True)
+    measured = (result.get("ceilings") or {}).get("matmul_tflops")
+    if "tests" in parts:
+        result["tests"] = attempt("tests", lambda: run_tests(path, min(a.tests_max, clock.left() - 30), a.test_timeout), reserve=5)
+
+    def train_row(case, batch):
+        args = Namespace(net=net, batch=4 if a.tiny else batch, steps=2 if a.tiny else 20, warmup=1 if a.tiny else 5, no_compile=False,
+                         peak_tflops=DATASHEET_TFLOPS)
         r = train_bench.bench(case, args, device)
-        add(f"train {case}", r["rate"], "img/s", {"batch": args.batch, "mfu": r["mfu"], "tflops": r["tflops"]}, r["run"])
+        mfu_measured = r["tflops"] / measured if measured else None
+        add(f"train {case}", r["rate"], "img/s", {"batch": args.batch, "mfu": r["mfu"], "mfu_of_measured_matmul": mfu_measured,
+                                                  "tflops": r["tflops"], "first_steps_s": r["first"]}, r["run"])
         if case == "celeba":
             add("peak GiB train celeba", r["peak"] if r["peak"] == r["peak"] else 0.0, "GiB", {"batch": args.batch}, None)
         del r
-        torch.cuda.empty_cache() if device.type == "cuda" else None
-    for case, workload in (("generation", "generate generation"), ("celeba", "restore celeba"), ("mnist", "restore mnist")) if "sample" in parts else ():
-        args = Namespace(net=net, no_compile=False, n=2 if a.tiny else 64, steps=None, repeat=1 if a.tiny else 3)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def sample_row(case, workload, step_noise=0.0):
+        args = Namespace(net=net, no_compile=False, n=2 if a.tiny else 64, steps=None, repeat=1 if a.tiny else 3, step_noise=step_noise)
         r = sample.bench(case, args, device)
-        add(workload, r["time"], "s", {"images": args.n, "px": r["size"], "network_calls": r["steps"], "first_call_s": r["first_call"]}, r["run"], 1)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{name}, torch {torch.__version__}, net={net}, bf16, compiled")
-    if "tests" in result:
-        print(f"pytest -m cuda: {result['tests']['summary']} (exit {result['tests']['returncode']})")
+        add(workload, r["time"], "s", {"images": args.n, "px": r["size"], "network_calls": r["steps"], "first_call_s": r["first_call"],
+                                       "peak_gib": r["peak"]}, r["run"], 1)
+
+    # the order of what matters most when time runs short; generation and restore celeba share one compiled graph
+    plan = []
+    if "train" in parts:
+        plan.append(("train celeba", lambda: train_row("celeba", 128)))
+    if "sample" in parts:
+        plan += [("generate generation", lambda: sample_row("generation", "generate generation")),
+                 ("restore celeba", lambda: sample_row("celeba", "restore celeba")),
+                 ("restore mnist", lambda: sample_row("mnist", "restore mnist"))]
+    if "train" in parts:
+        plan.append(("train mnist", lambda: train_row("mnist", a.mnist_batch)))
+    if "sample" in parts:
+        plan.append(("generate generation, step noise", lambda: sample_row("generation", "generate generation, step noise", STEP_NOISE)))
+    for label, fn in plan:
+        attempt(label, fn)
+
+    save()
+    print(f"\n{name}, torch {torch.__version__}, net={net}, bf16, compiled; {time.monotonic() - clock.start:.0f} s")
+    c = result.get("ceilings") or {}
+    if c.get("matmul_tflops"):
+        print(f"ceilings: bf16 matmul {c['matmul_tflops']:.0f} TFLOP/s, copy {c['copy_tb_s']:.2f} TB/s")
+    if result.get("tests"):
+        print(f"pytest -m cuda: {result['tests']['summary']} (exit {result['tests']['returncode']}, {result['tests']['seconds']:.0f} s)")
     print("| workload | colddiff | released code (H100) | target | met | notes |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -123,10 +262,12 @@ def main():
                           if k not in ("workload", "value", "unit", "released", "target", "met", "profile"))
         print(f"| {r['workload']} | {r['value']:,.3g} {r['unit']} | {r['released'] or '-'} | {r['target']} | {'yes' if r['met'] else 'NO'} | {notes} |")
     for r in rows:
-        if "profile" in r:
+        if r.get("profile"):
             print(f"\n{r['workload']}: top kernels")
             for e in r["profile"][:6]:
                 print(f"  {e['ms_per_call']:9.3f} ms  x{e['calls']:<5} {e['name']}")
+    for e in result["errors"]:
+        print(f"ERROR {e['error']}")
 
 
 if __name__ == "__main__":

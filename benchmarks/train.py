@@ -4,7 +4,8 @@
     python benchmarks/train.py --device cpu --net tiny --batch 16 --cases mnist
 
 Times the same step `colddiff train` runs (train.make_step: degrade, augment, bf16 autocast,
-channels_last, fused Adam, torch.compile on CUDA). FLOPs of one forward come from
+channels_last, fused Adam, torch.compile on CUDA), with the EMA update as the loop makes it
+after --ema-start (every 10 steps). FLOPs of one forward come from
 unet.forward_flops (torch.utils.flop_counter on the meta device), times 3 for forward and backward;
 MFU divides the achieved rate by --peak-tflops (H100 SXM dense bf16: 989).
 """
@@ -28,6 +29,7 @@ def bench(case, args, device):
     cuda = device.type == "cuda"
     op = operators.make_operator("blur", preset)
     net = unet.build(channels, args.net).to(device)
+    ema = unet.build(channels, args.net).to(device).requires_grad_(False)
     flops = 3 * unet.forward_flops(net.config, size, size)  # forward + backward (twice the forward's work)
     if cuda:
         net = net.to(memory_format=torch.channels_last)
@@ -37,20 +39,23 @@ def bench(case, args, device):
     step = T.make_step(model, opt, op, cfg, device)
     data = torch.randint(0, 256, (4096, channels, size, size), dtype=torch.uint8, device=device)
     rng = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
     for _ in range(args.warmup):
         step(data, rng)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    first = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for i in range(args.steps):
         step(data, rng)  # float(loss) inside synchronises every step, as training does
+        T.update_ema(ema, net, cfg.ema_start + 1 + i, cfg)
     elapsed = time.perf_counter() - start
     rate = args.steps * args.batch / elapsed
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     mfu = rate * flops / (args.peak_tflops * 1e12) if cuda else float("nan")
     return dict(case=f"{case} blur T={op.T}", size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
-                gflop=flops / 1e9, run=lambda: step(data, rng))
+                gflop=flops / 1e9, first=first, run=lambda: step(data, rng))
 
 
 def main():
