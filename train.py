@@ -133,13 +133,17 @@ def _dist(device):
 def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
     """op.loss of R's output on x_t = D(x0, t), t uniform in 1..T (L1 on x0 for cold diffusion);
     with train_noise sigma, on D(x0, t) + sigma eps, so that R meets the noise that sampling with
-    --step-noise adds (inverse heat dissipation, Rissanen et al.)."""
+    --step-noise adds (inverse heat dissipation, Rissanen et al.). Only R runs in bf16 on CUDA: D
+    and the loss stay float32 (under autocast blur's and blurdiff's matmuls would round x_t and the
+    eps target to bf16's 3 digits), as they are on the CPU and in sampling."""
     t = torch.randint(1, op.T + 1, (x0.shape[0],), generator=rng)  # checked on the CPU by apply, no wait for the GPU
     hidden = op.draw(x0, rng)
     x_t = op.apply(x0, t, hidden)
     if train_noise:
         x_t = x_t + train_noise * to_device(torch.randn(x_t.shape, generator=rng), x_t.device)
-    return op.loss(net(x_t, to_device(t, x0.device)), x0, hidden)
+    with bf16(x0.device):
+        pred = net(x_t, to_device(t, x0.device))
+    return op.loss(pred.float(), x0, hidden)
 
 
 CPU_FLOPS_PER_THREAD = 50e9  # a training step on one CPU thread: measured 24-64 G (small net, 28 px; 64 in both 2-thread bundled-model runs) as the shared machine's load varied
@@ -338,8 +342,7 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
                 x0 = augment(x0, rng)
             if cuda:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            with bf16(device):
-                loss = loss_fn(model, op, x0, rng, cfg.train_noise) / cfg.accumulate
+            loss = loss_fn(model, op, x0, rng, cfg.train_noise) / cfg.accumulate
             loss.backward()
             total += loss.detach()
         total = float(total)

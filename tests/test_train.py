@@ -1,5 +1,6 @@
 """Training: it learns, resumes exactly, survives kills and signals, refuses foreign files, runs DDP."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -290,6 +291,243 @@ def test_train_noise_is_added_to_what_the_network_sees():
         clean = op.apply(x0, seen["t"])
         assert abs(float((seen["x_t"] - clean).std()) - sigma) < 0.003
         assert float(loss) == pytest.approx(float(x0.abs().mean()))  # L1 of R's (zero) output against x0
+
+
+@pytest.mark.parametrize("name,preset", [("blur", "mnist"), ("blurdiff", "quartic"), ("mask", "mnist")])
+def test_only_the_network_runs_in_bf16(monkeypatch, name, preset):
+    """A training step's bf16 autocast (CUDA's; the CPU's stands in here) covers R alone: x_t = D(x0, t)
+    and the loss are float32, exactly as without autocast (blur's and blurdiff's matmuls would round)."""
+    monkeypatch.setattr(T, "bf16", lambda device: torch.autocast("cpu", torch.bfloat16))
+    op = operators.make_operator(name, preset)
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 1)
+
+        def forward(self, x_t, t):
+            seen.update(x_t=x_t, t=t, autocast=torch.is_autocast_enabled("cpu"))
+            return self.conv(x_t)  # autocast runs it in bf16
+
+    net = Spy()
+    data = torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8)
+    cfg = T.TrainConfig(batch=4, accumulate=1, augment=False)
+    loss = T.make_step(net, torch.optim.Adam(net.parameters()), op, cfg, torch.device("cpu"))(data, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the step's draws again, outside autocast: batch, t, hidden
+    x0 = data[torch.randint(len(data), (4,), generator=g)].float() / 127.5 - 1
+    t = torch.randint(1, op.T + 1, (4,), generator=g)
+    exact = op.apply(x0, t, op.draw(x0, g))
+    assert seen["autocast"] and torch.equal(seen["t"], t)
+    assert seen["x_t"].dtype == torch.float32 and torch.equal(seen["x_t"], exact)
+    assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--net", "huge"], "unknown network preset"),
+    (["--size", "0"], "--size must be at least 8"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--lr-schedule", "linear"], "unknown --lr-schedule"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--channels", "2"], "--channels must be 1 or 3"),
+    (["--net-param", "width=48"], "KEY one of dim, mults, heads, dim_head"),
+    (["--net-param", "dim=0"], "dim: '0' is out of range"),
+    (["--net-param", "mults=1,two"], "not like its default"),
+    (["--net", "adm-small", "--net-param", "attn_levels=5"], "levels are 0..2"),
+    (["--net", "adm-small", "--net-param", "dim=20"], "network adm-small dim=20: num_channels (20) must be divisible"),
+])
+def test_train_bad_options(cli, tmp_path, args, message):
+    r = cli("train", ROOT / "tests" / "data" / "fmnist", "-o", tmp_path / "m.safetensors", *args)
+    assert r.returncode == 1 and message in r.stderr.decode(), r.stderr.decode()
+    assert len(r.stderr.decode().strip().splitlines()) == 1, r.stderr.decode()
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_net_param_builds_and_records_the_network(cli, fmnist_split, tmp_path):
+    """--net-param changes the network the model holds, the metadata says so, every command
+    rebuilds it from the file alone, and resuming with another network is one clear error."""
+    out = tmp_path / "m.safetensors"
+    args = ["train", fmnist_split[0], "-o", out, "--net", "tiny", "--batch", "4", "--accumulate", "1", "--no-augment"]
+    r = cli(*args, "--steps", "2", "--save-every", "1", "--net-param", "dim=8", "--net-param", "mults=1,2,4")
+    assert r.returncode == 0, r.stderr.decode()
+    net, _, meta = checkpoint.load_model(out)
+    assert meta["network"]["dim"] == 8 and meta["network"]["mults"] == [1, 2, 4] and meta["network_preset"] == "tiny"
+    assert unet.count_parameters(net) == unet.count_parameters(unet.build(1, "tiny", dim=8, mults=(1, 2, 4)))
+    assert unet.count_parameters(net) != unet.count_parameters(unet.build(1, "tiny"))
+    r = cli("restore", sorted(fmnist_split[1].iterdir())[0], "--model", out, "-o", tmp_path / "y.png")
+    assert r.returncode == 0 and (tmp_path / "y.png").exists(), r.stderr.decode()
+    r = cli(*args, "--steps", "4", "--resume", "--net-param", "dim=8")  # mults back to tiny's 1,2
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "another network (mults [1, 2, 4] not [1, 2])" in err and len(err.strip().splitlines()) == 1, err
+    r = cli(*args, "--steps", "4", "--resume", "--net-param", "dim=8", "--net-param", "mults=1,2,4")
+    assert r.returncode == 0 and checkpoint.load_model(out)[2]["step"] == 4, r.stderr.decode()
+
+
+def train_process(tmp_path, *extra):
+    cmd = [sys.executable, "-m", "colddiff", "train", str(ROOT / "tests" / "data" / "fmnist"), "-o", str(tmp_path / "m.safetensors"),
+           "--net", "tiny", "--batch", "2", "--accumulate", "1", "--steps", "100000", "--ema-start", "1", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def wait_for(path, timeout=120):
+    end = time.time() + timeout
+    while not path.exists():
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_exits(tmp_path, sig, code):
+    p = train_process(tmp_path, "--save-every", "1000", "--sample-every", "1")
+    wait_for(tmp_path / "m.run" / "metrics.jsonl")  # training is under way
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err.decode()
+    last = err.decode().strip().splitlines()[-1]
+    assert "interrupted at step" in last and "--resume" in last and "Traceback" not in err.decode()
+    _, _, meta = checkpoint.load_model(tmp_path / "m.safetensors")
+    assert meta["step"] >= 1
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in colddiff catches it."""
+
+
+@pytest.mark.parametrize("die_at", [1, 2, 3, 4, 5])
+def test_death_between_temp_file_and_rename_keeps_loadable_files(tmp_path, monkeypatch, die_at):
+    """The process dies at the die_at-th rename of a checkpoint write (each save renames the state,
+    then the model): whatever was renamed before loads, and --resume continues from it."""
+    data = load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:20]
+    op = operators.make_operator("blur")
+    out = tmp_path / "m.safetensors"
+    real, calls = os.replace, {"n": 0}
+
+    def dying_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == die_at:
+            raise Killed
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(Killed):
+        T.train(data, op, "tiny", str(out), small_cfg(steps=10, save_every=1), torch.device("cpu"), resume=False, log=lambda m: None)
+    monkeypatch.setattr(os, "replace", real)
+    state_step, model_step = (die_at - 1 + 1) // 2, (die_at - 1) // 2  # renames done: state, model, state, ...
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert out.exists() == (model_step > 0) and checkpoint.state_path(out).exists() == (state_step > 0)
+    if model_step:
+        assert checkpoint.load_model(out)[2]["step"] == model_step
+    if state_step:
+        run = T.train(data, op, "tiny", str(out), small_cfg(steps=4, save_every=1), torch.device("cpu"), resume=True, log=lambda m: None)
+        assert len(run.losses) == 4 - state_step and checkpoint.load_model(out)[2]["step"] == 4
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    data = load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:20]
+    op = operators.make_operator("blur")
+    out = tmp_path / "m.safetensors"
+    T.train(data, op, "tiny", str(out), small_cfg(steps=2, save_every=1), torch.device("cpu"), resume=False, log=lambda m: None)
+    real = T.loss_fn
+    calls = {"n": 0}
+
+    def poisoned(*a):
+        calls["n"] += 1
+        return real(*a) * (float("nan") if calls["n"] > 2 else 1)
+
+    monkeypatch.setattr(T, "loss_fn", poisoned)
+    with pytest.raises(Stop, match="loss became nan at step 4"):
+        T.train(data, op, "tiny", str(out), small_cfg(steps=10, save_every=1), torch.device("cpu"), resume=True, log=lambda m: None)
+    _, _, meta = checkpoint.load_model(out)
+    assert meta["step"] == 3  # the step before the bad one, saved; nothing after it
+
+
+DDP_WORKER = r"""
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+import train as T, operators
+from image_io import load_folder
+data = load_folder(os.path.join(sys.argv[1], "tests", "data", "fmnist"), 16, None)[:32]
+cfg = T.TrainConfig(steps=4, batch=4, accumulate=1, lr=1e-3, ema_start=2, ema_every=1, save_every=100, sample_every=100, compile=False)
+run = T.train(data, operators.make_operator("blur"), "tiny", sys.argv[2], cfg, torch.device("cpu"), resume=False, log=lambda m: None)
+from safetensors.torch import save_file
+save_file({k: v.contiguous() for k, v in run.net.state_dict().items()}, sys.argv[2] + f".rank{os.environ['RANK']}")
+"""
+
+
+def test_ddp_two_processes_gloo_identical_weights(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    out = tmp_path / "m.safetensors"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                        str(script), str(ROOT), str(out)], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    from safetensors.torch import load_file
+
+    w0, w1 = load_file(f"{out}.rank0"), load_file(f"{out}.rank1")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    # the ranks saw different data, and the model moved from its initialisation
+    _, _, meta = checkpoint.load_model(out)
+    assert meta["train"]["world_size"] == 2 and meta["step"] == 4
+    fresh = unet.build(1, "tiny")
+    assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)
+
+
+def test_non_finite_weights_are_never_written(cli, fmnist_split, tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = cli("train", fmnist_split[0], "-o", out, "--net", "tiny", "--steps", "3", "--batch", "4", "--accumulate", "1",
+            "--lr", "inf", "--save-every", "1", "--no-augment")
+    assert r.returncode == 1 and b"non-finite" in r.stderr and not out.exists()
+
+
+def test_resume_past_steps_says_there_is_nothing_to_do(cli, fmnist_split, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["train", fmnist_split[0], "-o", out, "--net", "tiny", "--batch", "4", "--accumulate", "1", "--save-every", "2", "--no-augment"]
+    assert cli(*args, "--steps", "4").returncode == 0
+    before = out.read_bytes()
+    r = cli(*args, "--steps", "3", "--resume")
+    assert r.returncode == 0 and b"nothing to do" in r.stderr and b"wrote" not in r.stderr
+    assert out.read_bytes() == before
+
+
+def test_train_noise_is_added_to_what_the_network_sees():
+    """--train-noise sigma: R is trained on D(x0, t) + sigma eps, and the loss still targets x0."""
+    op = operators.make_operator("blur", "generation", T=20)
+    x0 = torch.rand(64, 1, 16, 16) * 2 - 1
+    seen = {}
+
+    def net(x_t, t):
+        seen["x_t"], seen["t"] = x_t, t
+        return torch.zeros_like(x_t)
+
+    for sigma in (0.0, 0.05):
+        loss = T.loss_fn(net, op, x0, torch.Generator().manual_seed(0), sigma)
+        clean = op.apply(x0, seen["t"])
+        assert abs(float((seen["x_t"] - clean).std()) - sigma) < 0.003
+        assert float(loss) == pytest.approx(float(x0.abs().mean()))  # L1 of R's (zero) output against x0
+
+
+@pytest.mark.parametrize("name,preset", [("blur", "mnist"), ("blurdiff", "quartic"), ("mask", "mnist")])
+def test_only_the_network_runs_in_bf16(monkeypatch, name, preset):
+    """bf16 autocast (CUDA's; the CPU's stands in here) covers R alone: x_t = D(x0, t) and the loss
+    are float32, exactly as without autocast (blur's and blurdiff's matmuls would otherwise round)."""
+    monkeypatch.setattr(T, "bf16", lambda device: torch.autocast("cpu", torch.bfloat16))
+    op = operators.make_operator(name, preset)
+    x0 = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    seen = {}
+
+    def net(x_t, t):
+        seen.update(x_t=x_t, t=t, autocast=torch.is_autocast_enabled("cpu"))
+        return torch.nn.functional.conv2d(x_t, torch.ones(1, 1, 1, 1))  # an op autocast runs in bf16
+
+    loss = T.loss_fn(net, op, x0, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the same draws, outside autocast
+    t = torch.randint(1, op.T + 1, (4,), generator=g)
+    exact = op.apply(x0, t, op.draw(x0, g))
+    assert seen["autocast"] and torch.equal(seen["t"], t)
+    assert seen["x_t"].dtype == torch.float32 and torch.equal(seen["x_t"], exact)
+    assert loss.dtype == torch.float32
 
 
 @pytest.mark.parametrize("args,message", [
