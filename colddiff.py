@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from common import ImageRNG, Progress, Stop, UserError, check_seed, generator
-from image_io import atomic_write, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
+from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
 from image_io import read_image, to_model, to_uint8, write_image
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -102,12 +102,17 @@ def pick_device(device: str, threads: int | None = None):
     torch.set_num_threads(at_least(threads, "--threads") if threads is not None else default_threads())
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise UserError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # the devices colddiff is built and tested for
+        raise UserError(f"--device must be auto, cpu or cuda (or cuda:N), got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 def make_op(name: str, preset: str | None, pairs: list[str] | None):
@@ -492,6 +497,7 @@ def evaluate(
     dests = [Path(out) / "eval.json", Path(out) / "grid.png"] if out else []
     if any(p.exists() for p in dests) and not force:
         raise UserError(f"{next(p for p in dests if p.exists())}: output exists; pass --force to overwrite")
+    check_writable(dests)
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
@@ -558,6 +564,7 @@ def generate(
     dev = pick_device(device, threads)
     sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile, eta)
     break_noise = generative.break_symmetry(sampling, symmetry, break_noise, step_noise)
+    generative.check(sampling)
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
     results = []
     with Progress("generating", n, "images", quiet=quiet) as progress:
@@ -603,6 +610,7 @@ def fit_prior(
     dest = out or model
     if Path(dest).exists() and not force:
         raise UserError(f"{dest}: exists; pass --force to overwrite it with the new prior")
+    check_writable([dest])
     if op.prior is None:
         raise UserError(f"{op.name} (this preset) has no fitted generation prior")
     H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]

@@ -101,6 +101,14 @@ def start(op, prior: dict | None, shape, generator: torch.Generator, break_noise
     return x_T, hidden
 
 
+def check(sampling) -> None:
+    """A UserError now, before any work or progress line, if this model cannot generate (an operator
+    whose x_T keeps x0, blur without the generation preset, a missing prior): one throwaway x_T."""
+    meta = sampling.meta
+    start(sampling.op, meta.get("prior"), (1, meta["image"]["channels"], meta["image"]["height"], meta["image"]["width"]),
+          torch.Generator().manual_seed(0))
+
+
 def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float = 0.0):
     """Yield (index of the first image, images) batch by batch, with `sampling` (samplers.Sampling)."""
     from operators import cat_hidden

@@ -114,9 +114,10 @@ def encode_image(u8, fmt: str = "PNG") -> bytes:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    tmp = None
+    try:  # a folder that cannot be made or written to (/proc, a file in the path) is the same one line
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -126,10 +127,12 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs follow the umask
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a read-only folder, a quota: nothing half-written is left
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise UserError(f"{path}: could not write ({e.strerror or e}); nothing was written there") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -175,6 +178,28 @@ def write_image(u8, dest: str) -> None:
     atomic_write(Path(dest), encode_image(u8, fmt))
 
 
+def check_writable(dests) -> None:
+    """Every destination's folder exists or can be made, and takes a new file: a UserError now, not
+    after the work (/proc, a file where a folder should be, a read-only mount). Nothing is left behind:
+    the probe is a temporary file in the deepest folder that already exists."""
+    probed: set = set()
+    for folder in sorted({Path(d).parent for d in dests if d != STDIO}):
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe in probed:
+            continue
+        try:
+            if not probe.is_dir():
+                raise NotADirectoryError(20, f"{probe} is not a folder")
+            fd, tmp = tempfile.mkstemp(prefix=".colddiff-probe.", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise UserError(f"{folder}: cannot write there ({e.strerror or e})") from None
+        probed.add(probe)
+
+
 def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     """Where each input's result goes; checks every destination before anything is written."""
     single = len(items) == 1 and not items[0][2]
@@ -202,6 +227,7 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     if clash and not force:
         more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
         raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
+    check_writable(dests)
     return dests
 
 
@@ -213,6 +239,7 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
         clash = [d for d in dests if Path(d).exists()]
         if clash and not force:
             raise UserError(f"{clash[0]}: output exists; pass --force to overwrite")
+        check_writable(dests[:1])
         return True, dests
     if out is None or out == STDIO:
         if out is None and stdout_is_terminal():
@@ -220,7 +247,8 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
         return False, [STDIO]
     if Path(out).exists() and not force:
         raise UserError(f"{out}: output exists; pass --force to overwrite")
-    return False, [check_suffix(out)]
+    check_writable([check_suffix(out)])
+    return False, [out]
 
 
 def load_folder(folder: str, size: int | None, channels: int | None):

@@ -20,6 +20,7 @@ import checkpoint
 import unet
 from common import Progress, Stop, UserError, bf16, duration, to_device
 from generative import fit_prior, flat_start, symmetry_defaults
+from image_io import check_writable
 
 def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """The papers' augmentation for a float batch: resize to 1.12x, random crop back, random flip."""
@@ -110,6 +111,7 @@ def check_output(out: str, op, resume: bool, force: bool):
     """`out` may be written: a new file, --force, or --resume of a state of this very operator."""
     if not out.endswith(".safetensors"):
         raise UserError(f"{out}: model files end in .safetensors")
+    check_writable([out])  # before the data is loaded and hours are trained
     has_state = checkpoint.state_path(out).exists()
     if Path(out).exists() and not force and not (resume and has_state):
         raise UserError(f"{out}: exists; pass --resume to continue training it or --force to start over")

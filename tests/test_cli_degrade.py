@@ -102,6 +102,10 @@ def test_ops_lists_everything(cli):
     (["--op", "animorph"], "--source"),
     (["--op", "mask", "--param", "std=0"], "std > 0"),
     (["--op", "blur", "--param", "sigma=0"], "sigmas must be positive"),
+    (["--device", "mps"], "--device must be auto, cpu or cuda"),
+    (["--device", "meta"], "--device must be auto, cpu or cuda"),
+    (["--device", "gpu"], "--device must be auto, cpu or cuda"),
+    (["--device", "cuda:x"], "--device must be auto, cpu or cuda"),
 ])
 def test_bad_options_one_line(cli, args, message, tmp_path):
     r = cli("degrade", PHOTO, *args, "-o", tmp_path / "x.png")

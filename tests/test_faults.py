@@ -157,6 +157,24 @@ def test_full_tmpfs_outputs_are_one_line_and_leave_nothing(tmp_path, gen_model):
     assert ".tmp" not in listing and "strip.png" not in listing  # no partial file; the images before the disk filled stay
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, fmnist_split, gen_model, tmp_path):
+    """-o under a file (or in /proc, a read-only mount, ...): one line, before decoding, training or
+    generating, and nothing left behind."""
+    blocker = tmp_path / "a_file"
+    blocker.write_bytes(b"")
+    photo = noise_png(tmp_path / "in.png", 32, 32)
+    for args in (["degrade", photo, "-o", blocker / "x.png"], ["degrade", photo, "-o", f"{blocker}/sub/"],
+                 ["train", fmnist_split[0], "-o", blocker / "m.safetensors", *TINY_TRAIN, "--steps", "2"],
+                 ["generate", "--model", gen_model, "--n", "2", "-o", blocker / "g.png"],
+                 ["generate", "--model", gen_model, "--n", "2", "-o", f"{blocker}/grid/"],
+                 ["eval", fmnist_split[1], "--model", gen_model, "--n", "2", "-o", blocker / "ev"],
+                 ["fit-prior", fmnist_split[0], "--model", gen_model, "-o", blocker / "p.safetensors"]):
+        r = cli(*args)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and err.count("\n") == 1 and "cannot write there" in err and "is not a folder" in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "in.png"]
+
+
 def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur_model, tmp_path, monkeypatch):
     import colddiff
 

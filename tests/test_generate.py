@@ -193,7 +193,8 @@ def test_generate_needs_an_output_name_that_says_its_format(cli, gen_model, tmp_
 
 def test_generate_refuses_a_restoration_model(cli, blur_model, tmp_path):
     r = cli("generate", "--model", blur_model, "-o", tmp_path / "g.png")
-    assert r.returncode == 1 and "--preset generation" in r.stderr.decode()
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "--preset generation" in err and err.count("\n") == 1, err  # before any work starts
     assert not (tmp_path / "g.png").exists()
 
 
