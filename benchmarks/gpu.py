@@ -9,7 +9,9 @@ In this order: the device's two ceilings (a bf16 8192^3 matrix product, a device
 with the `paper` network in bf16, compiled (CUDA graphs for sampling): training at 128 px (celeba
 blur, T=200) with its peak memory at batch 128, generation of 64 x 128 px (T=300, Algorithm 2),
 restoration of 64 x 128 px (celeba, T=200) and 64 x 32 px (mnist, T=20), training at 32 px (mnist
-blur, T=20), and generation as `colddiff generate` runs it (step noise drawn on the host). Training
+blur, T=20), generation as `colddiff generate` runs it (step noise drawn on the host), and the
+rates that size the later GPU runs (the bundled model's recipe, compiled; reproduce.py's, eager),
+and, last, training at 128 px again with cudnn.benchmark on (an A/B: colddiff leaves it off). Training
 rows give model FLOP utilisation against the datasheet's 989 TFLOP/s and against the measured
 matrix product; sampling rows give the first (compiling) call's time. Each row is set against the
 released code's figure on the H100 and the target; a missed target is profiled (torch.profiler)
@@ -60,6 +62,10 @@ TARGETS = {
     "restore mnist": (2.81, 0.1),
     "peak GiB train celeba": (None, 40.0),
     "generate generation, step noise": (None, 4.0),
+    # no target: the rates that size the next sessions' runs (bundled.py probes again; reproduce.py --steps)
+    "train bundled, small, compiled": (None, None),
+    "train reproduce, small, eager": (None, None),
+    "train celeba, cudnn.benchmark": (213, 1600),  # an A/B against "train celeba": colddiff leaves cuDNN's heuristics on
 }
 DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 STEP_NOISE = 0.0125  # the bundled model's
@@ -199,12 +205,12 @@ def main():
 
     def add(workload, value, unit, extra, run, profile_calls=3):
         released, target = TARGETS[workload]
-        met = value >= target if unit == "img/s" else value <= target
+        met = None if target is None else value >= target if unit == "img/s" else value <= target
         row = {"workload": workload, "value": value, "unit": unit, "released": released, "target": target, "met": met, **extra}
         rows.append(row)
         save()
         print(json.dumps(row), flush=True)
-        if not met and run is not None and clock.left() > 60:
+        if met is False and run is not None and clock.left() > 60:
             row["profile"] = attempt(f"profile {workload}", lambda: profile(run, profile_calls))
 
     if "ceilings" in parts:
@@ -214,14 +220,18 @@ def main():
     if "tests" in parts:
         result["tests"] = attempt("tests", lambda: run_tests(path, min(a.tests_max, clock.left() - 30), a.test_timeout), reserve=5)
 
-    def train_row(case, batch):
-        args = Namespace(net=net, batch=4 if a.tiny else batch, steps=2 if a.tiny else 20, warmup=1 if a.tiny else 5, no_compile=False,
-                         peak_tflops=DATASHEET_TFLOPS)
-        r = train_bench.bench(case, args, device)
+    def train_row(case, batch, workload=None, network=None, compile=True, cudnn_benchmark=False):
+        args = Namespace(net=network or net, batch=4 if a.tiny else batch, steps=2 if a.tiny else 20, warmup=1 if a.tiny else 5,
+                         no_compile=not compile, peak_tflops=DATASHEET_TFLOPS)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        try:
+            r = train_bench.bench(case, args, device)
+        finally:
+            torch.backends.cudnn.benchmark = False
         mfu_measured = r["tflops"] / measured if measured else None
-        add(f"train {case}", r["rate"], "img/s", {"batch": args.batch, "mfu": r["mfu"], "mfu_of_measured_matmul": mfu_measured,
-                                                  "tflops": r["tflops"], "first_steps_s": r["first"]}, r["run"])
-        if case == "celeba":
+        add(workload or f"train {case}", r["rate"], "img/s", {"batch": args.batch, "mfu": r["mfu"], "mfu_of_measured_matmul": mfu_measured,
+                                                             "tflops": r["tflops"], "first_steps_s": r["first"]}, r["run"])
+        if case == "celeba" and workload is None:
             add("peak GiB train celeba", r["peak"] if r["peak"] == r["peak"] else 0.0, "GiB", {"batch": args.batch}, None)
         del r
         if device.type == "cuda":
@@ -245,6 +255,11 @@ def main():
         plan.append(("train mnist", lambda: train_row("mnist", a.mnist_batch)))
     if "sample" in parts:
         plan.append(("generate generation, step noise", lambda: sample_row("generation", "generate generation, step noise", STEP_NOISE)))
+    if "train" in parts:
+        small = "tiny" if a.tiny else "small"
+        plan += [("train bundled, small, compiled", lambda: train_row("bundled", 128, "train bundled, small, compiled", small)),
+                 ("train reproduce, small, eager", lambda: train_row("mnist", 128, "train reproduce, small, eager", small, compile=False)),
+                 ("train celeba, cudnn.benchmark", lambda: train_row("celeba", 128, "train celeba, cudnn.benchmark", cudnn_benchmark=True))]
     for label, fn in plan:
         attempt(label, fn)
 
@@ -260,7 +275,8 @@ def main():
     for r in rows:
         notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
                           if k not in ("workload", "value", "unit", "released", "target", "met", "profile"))
-        print(f"| {r['workload']} | {r['value']:,.3g} {r['unit']} | {r['released'] or '-'} | {r['target']} | {'yes' if r['met'] else 'NO'} | {notes} |")
+        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+        print(f"| {r['workload']} | {r['value']:,.3g} {r['unit']} | {r['released'] or '-'} | {r['target'] or '-'} | {met} | {notes} |")
     for r in rows:
         if r.get("profile"):
             print(f"\n{r['workload']}: top kernels")

@@ -17,7 +17,15 @@
    the grids go to results/.
 
 Every stage skips what already exists under --out, so an interrupted run continues where it
-stopped (a model trained for fewer steps is resumed up to --steps).
+stopped (a model trained for fewer steps is resumed up to --steps). --deadline S starts no stage
+after S seconds and reports what finished; --no-compile skips torch.compile (CUDA), whose minutes
+per model do not pay at a short budget. On a lent GPU, one device call (runs/data: the two splits,
+carried), with --steps sized from benchmarks/gpu.py's "train reproduce" rate so that the nine
+models' training takes about 300 s (9 x steps x batch / rate), the rest going to eval and generation:
+
+    python3 benchmarks/reproduce.py --data runs/data --net small --steps 2000 --batch 128 --lr 2e-3 \
+        --lr-schedule cosine --no-compile --deadline 480 --n 2000 --gen-n 2000 --blurdiff-n 500 --gen-steps 50 \
+        --section gpu; tar czf $OUT/reproduce.tgz RESULTS.md results runs/reproduce/results.json
 """
 import argparse
 import json
@@ -106,7 +114,16 @@ def train_args(a):
     c = T.TrainConfig
     return ["--net", a.net, "--size", a.size, "--steps", a.steps, "--batch", a.batch, "--accumulate", a.accumulate,
             "--lr", a.lr, "--lr-schedule", a.lr_schedule, "--ema-decay", c.ema_decay, "--ema-every", c.ema_every,
-            "--ema-start", c.ema_start, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps]
+            "--ema-start", c.ema_start, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps,
+            *([] if getattr(a, "compile", True) else ["--no-compile"])]
+
+
+def out_of_time(a, what: str) -> bool:
+    """Past --deadline: say which stage is left out (the report holds what finished)."""
+    if time.monotonic() < getattr(a, "stop_at", float("inf")):
+        return False
+    print(f"reproduce.py: --deadline reached, {what} left out", file=sys.stderr, flush=True)
+    return True
 
 
 def train_all(a, out, train_dir, log):
@@ -114,6 +131,8 @@ def train_all(a, out, train_dir, log):
     for name, (op, preset) in {**RESTORATION, **GENERATION}.items():
         if name not in a.only:
             continue
+        if out_of_time(a, f"training {name}"):
+            break
         model = out / "models" / f"{name}.safetensors"
         done = log["train"].get(name, {"seconds": 0.0})
         if model.exists() and checkpoint.load_model(str(model), "cpu")[2]["step"] >= a.steps:
@@ -135,10 +154,14 @@ def train_all(a, out, train_dir, log):
 
 def eval_all(a, out, test_dir, log):
     for name in RESTORATION:
-        if name not in a.only or name in log["eval"]:
+        model = out / "models" / f"{name}.safetensors"
+        if name not in a.only or name in log["eval"] or not model.exists():
             continue
+        if out_of_time(a, f"evaluating {name}"):
+            break
         folder = out / "eval" / name
-        cmd, secs = colddiff("eval", test_dir, "--model", out / "models" / f"{name}.safetensors", "--n", a.n, "-o", folder, "--force")
+        cmd, secs = colddiff("eval", test_dir, "--model", model, "--n", a.n, "-o", folder, "--force",
+                             *([] if getattr(a, "compile", True) else ["--no-compile"]))
         table = json.loads((folder / "eval.json").read_text())
         log["eval"][name] = {"table": table, "seconds": secs, "command": cmd}
         shutil.copy(folder / "grid.png", a.results / f"restore_{name}.png")
@@ -146,7 +169,8 @@ def eval_all(a, out, test_dir, log):
 
 
 def generation_all(a, out, train_dir, test_dir, log):
-    todo = [v for v in VARIANTS if v[1] in a.only and v[0] not in log["generation"]]
+    trained = {name for name in {**RESTORATION, **GENERATION} if (out / "models" / f"{name}.safetensors").exists()}  # (--deadline)
+    todo = [v for v in VARIANTS if v[1] in a.only and v[1] in trained and v[0] not in log["generation"]]
     if not todo:  # the floor is written before any variant
         return
     device = torch.device(a.device)
@@ -169,9 +193,11 @@ def generation_all(a, out, train_dir, test_dir, log):
             "classifier": f"{a.classifier_epochs} epochs on {len(tr_x)} train images, test accuracy {acc:.3f}", "seconds": time.time() - t0}}
         safetensors.torch.save_file(clf.state_dict(), str(clf_path))
         save_log(out, log)
-        todo = [v for v in VARIANTS if v[1] in a.only]
+        todo = [v for v in VARIANTS if v[1] in a.only and v[1] in trained]
     ref = G.features(clf, te_x[: a.gen_n])
     for variant, name, option, _ in todo:
+        if out_of_time(a, f"generating {variant}"):
+            break
         op_name, preset = {**RESTORATION, **GENERATION}[name]
         reverse = op_name == "blurdiff"  # Lee et al.'s sampler: all 1000 steps
         n, steps = (a.blurdiff_n, 1000) if reverse else (a.gen_n, min(a.gen_steps, operators.make_operator(op_name, preset).T))
@@ -293,7 +319,11 @@ def main(argv=None):
     ap.add_argument("--gen-steps", type=int, default=None, help="Algorithm-2 jumps for cold generation (default: T)")
     ap.add_argument("--classifier-epochs", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="train and eval without torch.compile (CUDA): "
+                    "its minutes of compiling per model do not pay at a short budget")
+    ap.add_argument("--deadline", type=float, default=None, help="seconds: start no stage after this (the report holds what finished)")
     a = ap.parse_args(argv)
+    a.stop_at = time.monotonic() + a.deadline if a.deadline is not None else float("inf")
     a.only = set(a.only.split(","))
     unknown = a.only - {*RESTORATION, *GENERATION}
     if unknown:

@@ -21,7 +21,7 @@ import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
 
-CASES = {"celeba": ("celeba", 128, 3), "mnist": ("mnist", 32, 1)}
+CASES = {"celeba": ("celeba", 128, 3), "mnist": ("mnist", 32, 1), "bundled": ("generation", 28, 1)}  # bundled: the bundled model's recipe
 
 
 def bench(case, args, device):

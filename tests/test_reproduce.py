@@ -1,3 +1,4 @@
+import argparse
 import json
 import sys
 
@@ -24,8 +25,6 @@ def test_write_results_replaces_only_the_generated_section(tmp_path):
 
 def test_every_model_trains_with_one_ema_and_the_cpu_budget_is_not_warned_of():
     """blurdiff's EMA is not the cold models': reproduce gives them all one, fit for its budgets."""
-    import argparse
-
     import train
 
     for steps in (1000, 20000):
@@ -75,3 +74,17 @@ def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
     assert (out / "eval" / "blur" / "eval.json").stat().st_mtime_ns != evaluated
     table = json.loads((out / "eval" / "blur" / "eval.json").read_text())
     assert longer["eval"]["blur"]["table"] == table and f"| {table['sampled']['ssim']:.3f} |" in md.read_text()
+
+
+def test_deadline_starts_no_stage_after_it_and_still_reports(fmnist_split, tmp_path, capsys):
+    """--deadline 0: nothing is trained, scored or generated, and the report says what there is (nothing)."""
+    out, md = tmp_path / "out", tmp_path / "RESULTS.md"
+    args = ["--data", fmnist_split[0].parent, "--out", out, "--results", tmp_path / "grids", "--results-md", md, "--only", "blur,blur-gen",
+            "--net", "tiny", "--steps", "2", "--batch", "4", "--no-compile", "--deadline", "0"]
+    reproduce.main([str(a) for a in args])
+    assert "--deadline reached, training blur left out" in capsys.readouterr().err
+    assert not (out / "models").exists() and reproduce.markers()[0] in md.read_text()
+    log = json.loads((out / "results.json").read_text())
+    assert log["train"] == {} and log["eval"] == {} and log["generation"] == {}
+    a = argparse.Namespace(net="tiny", size=32, steps=2, batch=4, accumulate=1, lr=1e-3, lr_schedule="constant", compile=False)
+    assert "--no-compile" in [str(x) for x in reproduce.train_args(a)]
