@@ -122,7 +122,7 @@ def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None, prog
     for i in range(0, len(x0), batch):
         x = x0[i : i + batch].to(device)
         hidden = ImageRNG.numbered(seed, i, len(x)).draw(op, x)
-        x_t = op.apply(x, torch.full((len(x),), op.T, device=device), hidden)
+        x_t = op.apply(x, op.T, hidden)
         xt.append(x_t.cpu())
         direct.append(samplers.sample("direct", sampling.restore, op, x_t, op.T, hidden).cpu())
         sampled.append(sampling(x_t, op.T, hidden).cpu())
