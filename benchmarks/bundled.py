@@ -49,7 +49,7 @@ def probe(data, net_preset, batch, lr, steps, device, compile):
     ema = unet.build(data.shape[1], net_preset).to(device).requires_grad_(False)
     cuda = device.type == "cuda"
     if cuda:
-        net = net.to(memory_format=torch.channels_last)
+        net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
         data = data.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, **({"fused": True} if cuda else {}))
     cfg = T.TrainConfig(batch=batch, accumulate=1, lr=lr, augment=False)

@@ -32,7 +32,7 @@ def bench(case, args, device):
     ema = unet.build(channels, args.net).to(device).requires_grad_(False)
     flops = 3 * unet.forward_flops(net.config, size, size)  # forward + backward (twice the forward's work)
     if cuda:
-        net = net.to(memory_format=torch.channels_last)
+        net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=2e-5, **({"fused": True} if cuda else {}))
     model = torch.compile(net) if cuda and not args.no_compile else net
     cfg = T.TrainConfig(batch=args.batch, accumulate=1, augment=True)

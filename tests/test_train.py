@@ -293,6 +293,24 @@ def test_train_noise_is_added_to_what_the_network_sees():
         assert float(loss) == pytest.approx(float(x0.abs().mean()))  # L1 of R's (zero) output against x0
 
 
+def test_ema_is_the_papers_copy_then_decay():
+    """update_ema's multi-tensor calls give exactly the per-tensor formula: a copy until
+    --ema-start, then ema + (1 - decay)(net - ema) every --ema-every steps, else nothing."""
+    import copy
+
+    cfg = T.TrainConfig(ema_start=5, ema_every=2, ema_decay=0.9)
+    net, ema = unet.build(1, "tiny"), unet.build(1, "tiny").requires_grad_(False)
+    for step, what in ((3, "copy"), (7, "none"), (8, "lerp")):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
+        before = copy.deepcopy(ema.state_dict())
+        T.update_ema(ema, net, step, cfg)
+        for k, v in ema.state_dict().items():
+            want = {"copy": net.state_dict()[k], "none": before[k], "lerp": before[k].lerp(net.state_dict()[k], 0.1)}[what]
+            assert torch.equal(v, want), (step, k)
+
+
 @pytest.mark.parametrize("name,preset", [("blur", "mnist"), ("blurdiff", "quartic"), ("mask", "mnist")])
 def test_only_the_network_runs_in_bf16(monkeypatch, name, preset):
     """A training step's bf16 autocast (CUDA's; the CPU's stands in here) covers R alone: x_t = D(x0, t)
@@ -506,6 +524,24 @@ def test_train_noise_is_added_to_what_the_network_sees():
         clean = op.apply(x0, seen["t"])
         assert abs(float((seen["x_t"] - clean).std()) - sigma) < 0.003
         assert float(loss) == pytest.approx(float(x0.abs().mean()))  # L1 of R's (zero) output against x0
+
+
+def test_ema_is_the_papers_copy_then_decay():
+    """update_ema's multi-tensor calls give exactly the per-tensor formula: a copy until
+    --ema-start, then ema + (1 - decay)(net - ema) every --ema-every steps, else nothing."""
+    import copy
+
+    cfg = T.TrainConfig(ema_start=5, ema_every=2, ema_decay=0.9)
+    net, ema = unet.build(1, "tiny"), unet.build(1, "tiny").requires_grad_(False)
+    for step, what in ((3, "copy"), (7, "none"), (8, "lerp")):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
+        before = copy.deepcopy(ema.state_dict())
+        T.update_ema(ema, net, step, cfg)
+        for k, v in ema.state_dict().items():
+            want = {"copy": net.state_dict()[k], "none": before[k], "lerp": before[k].lerp(net.state_dict()[k], 0.1)}[what]
+            assert torch.equal(v, want), (step, k)
 
 
 @pytest.mark.parametrize("name,preset", [("blur", "mnist"), ("blurdiff", "quartic"), ("mask", "mnist")])
