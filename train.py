@@ -22,6 +22,7 @@ from common import Progress, Stop, UserError, bf16, duration, to_device
 from generative import fit_prior, flat_start, symmetry_defaults
 from image_io import check_writable
 
+
 def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """The papers' augmentation for a float batch: resize to 1.12x, random crop back, random flip."""
     B, _, H, W = x.shape
