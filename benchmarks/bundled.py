@@ -7,8 +7,8 @@ The recipe is the README's for `models/fmnist-blur-gen.safetensors` (blur genera
 `small` network, cosine lr, EMA, step noise 0.0125, 50 sampling steps), at a GPU's batch. The
 cosine schedule must know where it ends, so the run is sized before it starts rather than cut off:
 
-1. probe: that training step (train.make_step, compiled, bf16) on the data for --probe-steps steps,
-   timed after the compiling ones;
+1. probe: that training step (benchmarks/train.py's bench: train.make_step, compiled, bf16, and
+   the EMA update) for --probe-steps steps, timed after the compiling ones;
 2. size: --steps = what the probed rate fits into the rest of --budget, less the run's own start
    (loading the data, compiling again from the warm cache, the last save);
 3. train: `colddiff train` with those steps, stopped with SIGTERM (which saves) if it runs over.
@@ -30,40 +30,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import operators  # noqa: E402
-import train as T  # noqa: E402
-import unet  # noqa: E402
-from image_io import load_folder  # noqa: E402
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from gpu import train_bench  # noqa: E402  (benchmarks/train.py, loaded beside the top-level train.py)
 
 RECIPE = ["--op", "blur", "--preset", "generation", "--accumulate", "1", "--lr-schedule", "cosine", "--ema-decay", "0.995",
           "--ema-every", "10", "--ema-start", "2000", "--no-augment", "--seed", "0", "--sampling-steps", "50", "--step-noise", "0.0125"]
 START_SECONDS = 45  # the run's own start: data (6 s for 60,000 PNGs), prior, compiling from the warm cache, the last save
-
-
-def probe(data, net_preset, batch, lr, steps, device, compile):
-    """Training images/s of the recipe's step on this device, after the compiling steps."""
-    op = operators.make_operator("blur", "generation")
-    net = unet.build(data.shape[1], net_preset).to(device)
-    ema = unet.build(data.shape[1], net_preset).to(device).requires_grad_(False)
-    cuda = device.type == "cuda"
-    if cuda:
-        net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
-        data = data.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, **({"fused": True} if cuda else {}))
-    cfg = T.TrainConfig(batch=batch, accumulate=1, lr=lr, augment=False)
-    step = T.make_step(torch.compile(net) if compile else net, opt, op, cfg, device)
-    rng = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
-    for _ in range(3):
-        step(data, rng)
-    compiled = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(steps):
-        step(data, rng)
-        T.update_ema(ema, net, cfg.ema_start + 1 + i, cfg)
-    return steps * batch / (time.perf_counter() - start), compiled
 
 
 def main():
@@ -80,8 +54,9 @@ def main():
     t0 = time.monotonic()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, batch, probe_steps = ("tiny", 8, 5) if a.tiny else (a.net, a.batch, a.probe_steps)
-    data = load_folder(a.data, None, None)
-    rate, compiled = probe(data, net, batch, a.lr, probe_steps, device, compile=device.type == "cuda")
+    probed = train_bench.bench("bundled", argparse.Namespace(net=net, batch=batch, steps=probe_steps, warmup=3, augment=False,
+                                                             no_compile=False, peak_tflops=989.0), device)
+    rate, compiled = probed["rate"], probed["first"]
     left = a.budget - (time.monotonic() - t0) - START_SECONDS
     steps = max(1, int(0.95 * left * rate / batch))
     print(f"probe: {rate:,.0f} img/s at batch {batch} ({compiled:.0f} s to compile); {left:.0f} s left: {steps:,} steps", flush=True)

@@ -35,7 +35,7 @@ def bench(case, args, device):
         net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=2e-5, **({"fused": True} if cuda else {}))
     model = torch.compile(net) if cuda and not args.no_compile else net
-    cfg = T.TrainConfig(batch=args.batch, accumulate=1, augment=True)
+    cfg = T.TrainConfig(batch=args.batch, accumulate=1, augment=getattr(args, "augment", True))
     step = T.make_step(model, opt, op, cfg, device)
     data = torch.randint(0, 256, (4096, channels, size, size), dtype=torch.uint8, device=device)
     rng = torch.Generator().manual_seed(0)
