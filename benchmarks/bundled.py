@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--probe-steps", type=int, default=300)
     ap.add_argument("--tiny", action="store_true", help="dry run on the CPU: tiny network, small batch, few probe steps")
     a = ap.parse_args()
+    if not Path(a.data).is_dir():
+        sys.exit(f"bundled.py: error: {a.data}: no such folder (the train split: shared/tools/fashion_mnist.py --split train)")
     t0 = time.monotonic()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, batch, probe_steps = ("tiny", 8, 5) if a.tiny else (a.net, a.batch, a.probe_steps)

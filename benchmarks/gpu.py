@@ -179,8 +179,12 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
     result = {"device": name, "torch": torch.__version__, "command": " ".join(sys.argv), "rows": [], "errors": []}
+    try:  # before anything is measured: a --json that cannot be written would lose it all
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result) + "\n")
+    except OSError as e:
+        sys.exit(f"gpu.py: error: {path}: cannot write there ({e.strerror or e})")
     parts = set(a.only.split(","))
     net = "tiny" if a.tiny else "paper"
     rows = result["rows"]
