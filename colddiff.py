@@ -159,11 +159,8 @@ def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, sour
     z = z or op.z_modes[0]
     t = op.T if t is None else t
     samplers.check(sampler, op, t, z, eta, steps)
-    default = meta.get("train", {}).get("sampling_steps") or op.default_steps
-    if steps is None and default is not None and samplers.SAMPLERS[sampler].steps:
-        steps = min(default, max(t, 1))
     restore = samplers.make_restorer(net, device, compile and device.type == "cuda")
-    return samplers.Sampling(op, meta, restore, sampler, steps, z, eta)
+    return samplers.Sampling(op, meta, restore, sampler, samplers.steps_for(sampler, op, meta, t, steps), z, eta)
 
 
 def available_memory(device) -> int | None:
@@ -310,12 +307,13 @@ def degrade(
             if note and note not in notes and not quiet and (fit or note.startswith("warning")):
                 notes.add(note)
                 typer.echo(f"colddiff: {note}", err=True)
-            degrade_one(fitted, x0, dest, steps, seed, dev)
+            degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip)
             progress.update(i + 1)
 
 
-def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev) -> None:
-    """One image's x_t (or its strip of frames) to `dest`."""
+def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True) -> None:
+    """One image's x_t (or its strip of frames) to `dest`; a PNG x_t carries a note of how it was
+    made, which `restore` reads (degraded_as)."""
     import torch
 
     hidden = operator.draw(x0, generator(seed))
@@ -325,7 +323,31 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev) -> No
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
         frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)))
-    write_image(torch.cat(frames, dim=-1), dest)
+    said = {"op": operator.name, "params": operator.params(), "t": steps[0], "seed": seed} if note else None
+    write_image(torch.cat(frames, dim=-1), dest, said)
+
+
+def degraded_as(note: dict, op, name: str, model: str) -> tuple[int, int]:
+    """(t, seed) from the note `degrade` wrote into an image, once its operator is the model's."""
+    import operators
+
+    try:
+        made = operators.operator_from_params(note["op"], note["params"])
+        t, seed = note["t"], note["seed"]
+        if not (isinstance(t, int) and isinstance(seed, int) and 0 <= t <= made.T and 0 <= seed < 2**32):
+            raise ValueError
+    except (UserError, KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{name}: its colddiff note (how `degrade` made it) is damaged; pass --t to restore it anyway") from None
+    if made.name != op.name:
+        raise UserError(f"{name}: was degraded by {made.name} (its colddiff note), but {model} restores {op.name}; "
+                        "pass --t to restore it anyway")
+    a, b = made.params(), op.params()
+    diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    if diff:
+        said = ", ".join(f"{k}={getattr(made, k)} (the model's: {getattr(op, k)})" for k in diff[:3])
+        fitted = "; degrade fitted it to the image's size, --no-fit keeps the preset's" if "px_scale" in diff else ""
+        raise UserError(f"{name}: was degraded by {op.name} with {said}{fitted}; pass --t to restore it anyway")
+    return t, seed
 
 
 @command()
@@ -395,11 +417,11 @@ def restore(
     inputs: list[str] = typer.Argument(..., metavar="FILE|FOLDER|-...", help="Degraded image files, folders (recursive) or - for stdin."),
     model: str = ModelOpt,
     sampler: Optional[str] = SamplerOpt,
-    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: the model's T)."),
+    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: what a PNG from `colddiff degrade` says, else the model's T)."),
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
     eta: Optional[float] = EtaOpt,
-    seed: int = typer.Option(0, "--seed", help="Seed of the operator's hidden randomness: pass the --seed that `degrade` used."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the operator's hidden randomness: the --seed that `degrade` used (default: what its PNG says, else 0)."),
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
     source: Optional[str] = SourceOpt,
@@ -415,41 +437,63 @@ def restore(
     colddiff restore blurry/ --model faces.safetensors --sampler tacos -o restored/
 
     Operators with hidden randomness (snow's pattern, mask's random centre, noise's z) redraw it
-    from --seed inside naive/tacos sampling: give the --seed that `colddiff degrade` used to
-    reproduce the exact degradation. direct needs no seed."""
+    from --seed inside naive/tacos sampling, to reproduce the exact degradation. A PNG written by
+    `colddiff degrade` says its operator, t and seed, so none of them need be given; --t and --seed
+    override it. direct needs no seed."""
     import torch
+    from image_io import read_note
 
     at_least(batch, "--batch")
-    check_seed(seed)
+    if seed is not None:
+        check_seed(seed)
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = find_images(inputs)
-    say_t = t is None and not quiet  # nothing in an image says how far it was degraded
-    t = op.T if t is None else t
+    plans, at_t, unsaid = [], {}, 0  # (t, seed) per image; the sampling for each t; images nothing says t of
     for src, _, _ in items:  # every input must decode and fit before anything is written
+        name = "<stdin>" if isinstance(src, bytes) else src
         u8 = read_image(src)
         check_input(u8, C, op, src, model)
-        check_fits(sampling, "<stdin>" if isinstance(src, bytes) else src, *u8.shape[-2:], min(batch, len(items)), dev)
+        check_fits(sampling, name, *u8.shape[-2:], min(batch, len(items)), dev)
+        said_t, said_seed = None, None
+        try:
+            note = read_note(src) if t is None or seed is None else None
+            if note is not None:
+                said_t, said_seed = degraded_as(note, op, name, model)
+        except UserError:
+            if t is None:
+                raise
+            # --t given: restore it anyway, with --seed's (or 0's) randomness
+        unsaid += t is None and said_t is None
+        plan = (t if t is not None else op.T if said_t is None else said_t,
+                seed if seed is not None else 0 if said_seed is None else said_seed)
+        if plan[0] not in at_t:  # steps default to at most t: each t its own (checked here, before any work)
+            try:
+                at_t[plan[0]] = sampling.at(plan[0], steps)
+            except UserError as e:
+                raise UserError(f"{name}: degraded to t = {plan[0]} (its colddiff note): {e}") from None
+        plans.append(plan)
     dests = plan_outputs(items, out, force)
-    if say_t:  # after every check: an error stays the only line
-        typer.echo(f"colddiff: restoring as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
+    if unsaid and not quiet:  # after every check: an error stays the only line
+        which = "" if unsaid == len(items) else f" the {unsaid} images that carry no colddiff note"
+        typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
     pending: list = []
 
     def flush():
-        x_t = torch.cat([x for x, _ in pending])
-        x0_hat = sampling(x_t, t, ImageRNG([seed] * len(x_t)).draw(op, x_t))
-        for img, (_, dest) in zip(x0_hat, pending):
+        x_t, t_, seeds = torch.cat([x for x, _, _ in pending]), pending[0][1][0], [p[1] for _, p, _ in pending]
+        x0_hat = at_t[t_](x_t, t_, ImageRNG(seeds).draw(op, x_t))
+        for img, (_, _, dest) in zip(x0_hat, pending):
             write_image(to_uint8(img), dest)
         progress.update(progress.done + len(pending))
         pending.clear()
 
     with Progress("restoring", len(items), "images", quiet=quiet) as progress:
-        for (src, _, _), dest in zip(items, dests):
+        for (src, _, _), plan, dest in zip(items, plans, dests):
             x = to_model(read_image(src, C))[None].to(dev)
-            if pending and (pending[0][0].shape != x.shape or len(pending) == batch):
+            if pending and (pending[0][0].shape != x.shape or pending[0][1][0] != plan[0] or len(pending) == batch):
                 flush()
-            pending.append((x, dest))
+            pending.append((x, plan, dest))
         flush()
 
 

@@ -6,6 +6,7 @@ model as float in [-1, 1]. Errors are UserError: one line for the user, never a 
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tempfile
@@ -16,6 +17,9 @@ STDIO = "-"
 # The decompression-bomb guard: a 1 KB PNG can claim 100,000 x 100,000 pixels. 128 megapixels
 # passes every camera's photo (a 108 MP phone sensor included); `colddiff --max-megapixels N` raises it.
 MAX_PIXELS = 128_000_000
+# The PNG text chunk in which `colddiff degrade` says how it made an image (operator, parameters,
+# t, seed), so that `colddiff restore` needs no --t or --seed, in a pipe too.
+NOTE_KEY = "colddiff"
 
 
 from common import UserError
@@ -102,14 +106,42 @@ def grid_image(x, ncol: int, pad: int = 2):
     return out
 
 
-def encode_image(u8, fmt: str = "PNG") -> bytes:
+def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
+    """The image file's bytes; a PNG carries `note` (JSON) in its NOTE_KEY text chunk."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     arr = u8.cpu().numpy()
     im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    extra = {}
+    if note is not None and fmt == "PNG":
+        extra["pnginfo"] = PngInfo()
+        extra["pnginfo"].add_text(NOTE_KEY, json.dumps(note, sort_keys=True))
     buf = io.BytesIO()
-    im.save(buf, format=fmt)
+    im.save(buf, format=fmt, **extra)
     return buf.getvalue()
+
+
+def read_note(source: str | bytes) -> dict | None:
+    """The note encode_image wrote, or None (another format, another program, or no note).
+    Only the header is read: the note precedes the pixels, so the image is not decoded."""
+    from PIL import Image
+
+    name = "<stdin>" if isinstance(source, bytes) else source
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            text = im.info.get(NOTE_KEY)
+    except OSError:
+        return None  # read_image says what is wrong with the file
+    if text is None:
+        return None
+    try:
+        note = json.loads(text)
+    except ValueError:
+        note = None
+    if not isinstance(note, dict):
+        raise UserError(f"{name}: its {NOTE_KEY!r} PNG note is not colddiff's (not a JSON object); pass --t to restore it anyway")
+    return note
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -170,12 +202,13 @@ def stdout_is_terminal() -> bool:
     return sys.stdout is not None and sys.stdout.isatty()
 
 
-def write_image(u8, dest: str) -> None:
+def write_image(u8, dest: str, note: dict | None = None) -> None:
+    """To `dest` (- for stdout, as PNG), in the format its suffix names; a PNG carries `note`."""
     if dest == STDIO:
-        write_stdout(encode_image(u8))
+        write_stdout(encode_image(u8, note=note))
         return
     fmt = _FORMATS[Path(check_suffix(dest)).suffix.lower()]
-    atomic_write(Path(dest), encode_image(u8, fmt))
+    atomic_write(Path(dest), encode_image(u8, fmt, note))
 
 
 def check_writable(dests) -> None:

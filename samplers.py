@@ -225,6 +225,15 @@ def make_restorer(net, device, compile: bool = False):
     return restore
 
 
+def steps_for(name: str, op, meta: dict, t: int, steps: int | None) -> int | None:
+    """--steps if given; for samplers that jump, the model's recommended steps, else the
+    operator's default, at most t; else None (every step)."""
+    default = meta.get("train", {}).get("sampling_steps") or op.default_steps
+    if steps is None and default is not None and SAMPLERS[name].steps:
+        return min(default, max(t, 1))
+    return steps
+
+
 @dataclass
 class Sampling:
     """A model opened for sampling: its operator and metadata, R, and the chosen sampler."""
@@ -240,6 +249,13 @@ class Sampling:
 
     def __call__(self, x_t, t: int, hidden):
         return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z, self.eta, self.step_noise)
+
+    def at(self, t: int, steps: int | None = None) -> "Sampling":
+        """This sampling from step t (restoring images degraded less than T): --steps, else the
+        model's steps cut to t; checked, a UserError before any work."""
+        steps = steps_for(self.sampler, self.op, self.meta, t, steps)
+        check(self.sampler, self.op, t, self.z, self.eta, steps, self.step_noise)
+        return dataclasses.replace(self, steps=steps)
 
     def calls(self, t: int) -> int:
         """Network calls per batch from step t: 1 (direct), the jumps, or every step."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA, PHOTO
+from conftest import DATA, PHOTO, png
 
 
 def test_eval_table_direct_and_tacos_beat_degraded(cli, blur_model, fmnist_split, tmp_path, monkeypatch):
@@ -79,3 +79,73 @@ def test_eval_refuses_colour_images_for_a_grey_model_as_restore_does(cli, blur_m
     shutil.copy(PHOTO, tmp_path / "c" / "p.png")
     r = cli("eval", tmp_path / "c", "--model", blur_model)
     assert r.returncode == 1 and "colour (3-channel)" in r.stderr.decode()
+
+
+def test_restore_reads_t_and_seed_from_degrades_note_in_a_pipe(cli, cli_process, blur_model, tmp_path):
+    """The brief's pipe, `degrade - --op … --t 2 | restore - --model m`, restores from t = 2, not T."""
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    deg = cli_process("degrade", "-", "--op", "blur", "--t", "5", "--seed", "3", stdin=img.read_bytes())
+    assert deg.returncode == 0, deg.stderr.decode()
+    piped = cli_process("restore", "-", "--model", blur_model, "--steps", "5", stdin=deg.stdout)
+    assert piped.returncode == 0 and b"as if degraded" not in piped.stderr, piped.stderr.decode()
+    (tmp_path / "d.png").write_bytes(deg.stdout)
+    told = cli("restore", tmp_path / "d.png", "--model", blur_model, "--steps", "5", "--t", "5", "--seed", "3")
+    assert told.returncode == 0 and piped.stdout == told.stdout
+    at_T = cli("restore", tmp_path / "d.png", "--model", blur_model, "--steps", "5", "--t", "20")
+    assert png(at_T.stdout).astype(int).std() != png(told.stdout).astype(int).std()  # t matters: the note was used
+
+
+def test_restore_folder_of_mixed_t_batches_each_t_with_its_own_steps(cli, gen_model, fmnist_split, tmp_path):
+    """Images degraded to different t in one folder: each restored from its own t, and the model's
+    10 sampling steps cut to t where t < 10 (t = 4 runs 4 jumps, not a --steps error)."""
+    files = sorted(fmnist_split[1].iterdir())[:4]
+    op = ["--op", "blur", "--preset", "generation", "--param", "T=30", "--no-fit"]  # the model trained on 28 px, unfitted
+    for f, t in zip(files, (4, 25, 4, 25)):
+        assert cli("degrade", f, *op, "--t", t, "--seed", 7, "-o", tmp_path / "deg" / f.name).returncode == 0
+    r = cli("restore", tmp_path / "deg", "--model", gen_model, "--batch", "4", "-o", tmp_path / "out")
+    assert r.returncode == 0 and b"as if degraded" not in r.stderr, r.stderr.decode()
+    for f, t in zip(files, (4, 25, 4, 25)):
+        one = cli("restore", tmp_path / "deg" / f.name, "--model", gen_model, "--t", t, "--seed", 7)
+        assert one.returncode == 0 and one.stdout == (tmp_path / "out" / f.name).read_bytes()
+
+
+def test_restore_refuses_an_image_another_operator_made_unless_told_t(cli, blur_model, tmp_path):
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    for args, message in ((["--op", "pixelate", "--preset", "mnist", "--t", "2"], "was degraded by pixelate"),
+                          (["--op", "blur", "--preset", "celeba", "--t", "2"], "T=200 (the model's: 20)"),
+                          (["--op", "blur", "--preset", "mnist", "--param", "padding=reflect", "--t", "2"], "padding=reflect")):
+        d = tmp_path / "d.png"
+        assert cli("degrade", img, *args, "-o", d, "--force").returncode == 0
+        r = cli("restore", d, "--model", blur_model, "-o", tmp_path / "r.png")
+        err = r.stderr.decode()
+        assert r.returncode == 1 and message in err and "pass --t" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "r.png").exists()
+        r = cli("restore", d, "--model", blur_model, "--t", "2", "--sampler", "direct")  # told: restores anyway
+        assert r.returncode == 0 and png(r.stdout).shape == (28, 28)
+
+
+def test_restore_a_damaged_note_is_one_line(cli, blur_model, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    for text in ("not json", '["a list"]', '{"op": "blur", "params": {"T": 20}, "t": 99, "seed": 0}',
+                 '{"op": "nosuch", "params": {}, "t": 1, "seed": 0}', '{"op": "blur"}'):
+        info = PngInfo()
+        info.add_text("colddiff", text)
+        Image.open(sorted((DATA / "fmnist").iterdir())[0]).save(tmp_path / "n.png", pnginfo=info)
+        r = cli("restore", tmp_path / "n.png", "--model", blur_model, "-o", tmp_path / "r.png")
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "note" in err and "pass --t" in err and err.count("\n") == 1, (text, err)
+        assert cli("restore", tmp_path / "n.png", "--model", blur_model, "--t", "3", "--sampler", "direct").returncode == 0
+
+
+def test_degrade_notes_only_single_frames_in_png(cli, tmp_path):
+    import io
+
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    r = cli("degrade", img, "--op", "snow", "--t", "7", "--seed", "11")
+    note = json.loads(Image.open(io.BytesIO(r.stdout)).info["colddiff"])
+    assert (note["op"], note["t"], note["seed"], note["params"]["T"]) == ("snow", 7, 11, 200)
+    strip = cli("degrade", img, "--op", "snow", "--strip")
+    assert "colddiff" not in Image.open(io.BytesIO(strip.stdout)).info  # several frames: no one t
+    assert cli("degrade", img, "--op", "snow", "--t", "7", "-o", tmp_path / "d.jpg").returncode == 0
+    assert "colddiff" not in Image.open(tmp_path / "d.jpg").info
