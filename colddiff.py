@@ -177,22 +177,36 @@ def available_memory(device) -> int | None:
 
 
 NET_BYTES_PER_PIXEL_AND_WIDTH = 100  # peak activations of one forward, measured 74-93 (unet.py, float32, CPU)
+AUTO_TILE = 512  # the tiles of an image that cannot fit whole: larger ones cost more per pixel (benchmarks/tiles.py)
 
 
-def check_fits(sampling, name: str, h: int, w: int, batch: int, device) -> None:
-    """Refuse, before any work, a network call that cannot fit (a 12-megapixel photo through R):
-    one line that says what to change, where the allocator would fail mid-way or the kernel kill us."""
-    need = NET_BYTES_PER_PIXEL_AND_WIDTH * sampling.meta["network"]["dim"] * h * w
+def check_fits(sampling, name: str, h: int, w: int, batch: int, device, tile: int | None = 0) -> int | None:
+    """The tile size for h x w images through R at --batch (None: whole), or a UserError that says
+    what to change: a network call that cannot fit (a 12-megapixel photo through R) is refused
+    before any work, where the allocator would fail mid-way or the kernel kill us. tile: --tile
+    (N: tiles of N px; 0: whole or refuse; None: whole, or the largest tiles that fit where one
+    image cannot fit whole)."""
+    per_px = NET_BYTES_PER_PIXEL_AND_WIDTH * sampling.meta["network"]["dim"]
+    side = tile or max(h, w)
+    need = per_px * min(h, side) * min(w, side)  # one image's (or tile's) network call
     free = available_memory(device)
     if free is None or need * batch <= free:
-        return
+        return side if side < max(h, w) else None
     gb = 2**30
+    # the largest tiles that fit, a power of two: the same tiles (the same bytes) however free memory moves
+    fitting = 2 ** int(math.log2(max(math.sqrt(free / (per_px * batch)), 1)))
     if need <= free:
         advice = f"use --batch {free // need}"
+    elif tile is None and fitting >= 64:
+        return min(fitting, AUTO_TILE)
+    elif tile:
+        advice = f"use --tile {fitting}" if fitting >= 64 else "use a smaller --batch"
     else:
         scale = math.sqrt(free / need)
-        advice = f"resize it to about {int(w * scale)}x{int(h * scale)} or smaller" + ("" if device.type == "cpu" else ", or use --device cpu")
-    raise UserError(f"{name}: {w}x{h} at --batch {batch} needs about {need * batch / gb:.1f} GB for the network, "
+        advice = f"restore it in tiles (--tile N) or resize it to about {int(w * scale)}x{int(h * scale)}"
+    advice += "" if device.type == "cpu" else ", or use --device cpu"
+    where = f" in {side} px tiles" if side < max(h, w) else ""
+    raise UserError(f"{name}: {w}x{h}{where} at --batch {batch} needs about {need * batch / gb:.1f} GB for the network, "
                     f"{free / gb:.1f} GB are free on {device.type}; {advice}")
 
 
@@ -424,6 +438,7 @@ def restore(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the operator's hidden randomness: the --seed that `degrade` used (default: what its PNG says, else 0)."),
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
+    tile: Optional[int] = typer.Option(None, "--tile", metavar="N", help="Run R on N x N tiles that overlap by N/8, blended (memory of one tile, time linear in pixels); 0: never. Default: whole images; 512 px tiles (or the largest that fit) for one that cannot fit in memory whole."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -441,21 +456,27 @@ def restore(
     `colddiff degrade` says its operator, t and seed, so none of them need be given; --t and --seed
     override it. direct needs no seed."""
     import torch
+
+    import samplers
     from image_io import read_note
 
     at_least(batch, "--batch")
+    if tile:
+        at_least(tile, "--tile", 32)
     if seed is not None:
         check_seed(seed)
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = find_images(inputs)
-    plans, at_t, unsaid = [], {}, 0  # (t, seed) per image; the sampling for each t; images nothing says t of
+    plans, at_t, unsaid, tiled = [], {}, 0, None  # (t, seed, tile) per image; the sampling for each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = "<stdin>" if isinstance(src, bytes) else src
         u8 = read_image(src)
         check_input(u8, C, op, src, model)
-        check_fits(sampling, name, *u8.shape[-2:], min(batch, len(items)), dev)
+        tile_px = check_fits(sampling, name, *u8.shape[-2:], min(batch, len(items)), dev, tile)
+        if tile_px and not tile and not tiled:
+            tiled = f"{name}: {u8.shape[-1]}x{u8.shape[-2]} cannot fit in memory whole; restoring it in {tile_px} px tiles (--tile N chooses, --tile 0 refuses)"
         said_t, said_seed = None, None
         try:
             note = read_note(src) if t is None or seed is None else None
@@ -467,7 +488,7 @@ def restore(
             # --t given: restore it anyway, with --seed's (or 0's) randomness
         unsaid += t is None and said_t is None
         plan = (t if t is not None else op.T if said_t is None else said_t,
-                seed if seed is not None else 0 if said_seed is None else said_seed)
+                seed if seed is not None else 0 if said_seed is None else said_seed, tile_px)
         if plan[0] not in at_t:  # steps default to at most t: each t its own (checked here, before any work)
             try:
                 at_t[plan[0]] = sampling.at(plan[0], steps)
@@ -478,11 +499,16 @@ def restore(
     if unsaid and not quiet:  # after every check: an error stays the only line
         which = "" if unsaid == len(items) else f" the {unsaid} images that carry no colddiff note"
         typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
+    if tiled and not quiet:
+        typer.echo(f"colddiff: {tiled}", err=True)
     pending: list = []
 
     def flush():
-        x_t, t_, seeds = torch.cat([x for x, _, _ in pending]), pending[0][1][0], [p[1] for _, p, _ in pending]
-        x0_hat = at_t[t_](x_t, t_, ImageRNG(seeds).draw(op, x_t))
+        x_t, (t_, _, tile_px), seeds = torch.cat([x for x, _, _ in pending]), pending[0][1], [p[1] for _, p, _ in pending]
+        sampling_t = at_t[t_]
+        if tile_px:
+            sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px, samplers.tile_overlap(tile_px)))
+        x0_hat = sampling_t(x_t, t_, ImageRNG(seeds).draw(op, x_t))
         for img, (_, _, dest) in zip(x0_hat, pending):
             write_image(to_uint8(img), dest)
         progress.update(progress.done + len(pending))
@@ -491,7 +517,7 @@ def restore(
     with Progress("restoring", len(items), "images", quiet=quiet) as progress:
         for (src, _, _), plan, dest in zip(items, plans, dests):
             x = to_model(read_image(src, C))[None].to(dev)
-            if pending and (pending[0][0].shape != x.shape or pending[0][1][0] != plan[0] or len(pending) == batch):
+            if pending and (pending[0][0].shape != x.shape or pending[0][1][::2] != plan[::2] or len(pending) == batch):
                 flush()
             pending.append((x, plan, dest))
         flush()

@@ -190,10 +190,25 @@ def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur
     r = cli("restore", folder, "-m", blur_model, "-o", tmp_path / "out/", "--batch", "4")
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "use --batch 1" in err and not (tmp_path / "out").exists(), err
-    monkeypatch.setattr(colddiff, "available_memory", lambda device: 20 * 2**20)
-    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r2.png")
+    monkeypatch.setattr(colddiff, "available_memory", lambda device: 20 * 2**20)  # 400x300 cannot fit whole
+    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r2.png", "--tile", "0")
     err = r.stderr.decode()
-    assert r.returncode == 1 and "resize it to about" in err and not (tmp_path / "r2.png").exists(), err
+    assert r.returncode == 1 and "in tiles (--tile N) or resize it to about" in err and not (tmp_path / "r2.png").exists(), err
+    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r2.png", "--tile", "400")  # a tile the whole image
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "use --tile 64" in err and not (tmp_path / "r2.png").exists(), err
+    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "auto.png", "--sampler", "direct")
+    err = r.stderr.decode()  # by default: the largest tiles that fit, and a note saying so
+    assert r.returncode == 0 and "cannot fit in memory whole; restoring it in 64 px tiles" in err, err
+    r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "told.png", "--sampler", "direct", "--tile", "64", "-q")
+    assert r.returncode == 0 and r.stderr == b"" and (tmp_path / "told.png").read_bytes() == (tmp_path / "auto.png").read_bytes()
+    whole = cli("restore", x, "-m", blur_model, "--sampler", "direct", "--tile", "0", "--force", "-o", tmp_path / "whole.png")
+    assert whole.returncode == 1  # still refused: memory is "20 MB"
+    monkeypatch.undo()
+    assert cli("restore", x, "-m", blur_model, "--sampler", "direct", "-o", tmp_path / "whole.png").returncode == 0
+    assert (tmp_path / "whole.png").read_bytes() != (tmp_path / "auto.png").read_bytes()  # tiles are an approximation
+    r = cli("restore", x, "-m", blur_model, "--tile", "16")
+    assert r.returncode == 1 and "--tile must be at least 32" in r.stderr.decode()
 
 
 def test_an_allocation_failure_is_one_line(cli, tmp_path, monkeypatch):

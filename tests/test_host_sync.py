@@ -87,6 +87,19 @@ def test_generate_with_step_noise_runs_where_no_value_can_be_read():
     assert spy.blocking == []
 
 
+def test_tiled_restore_runs_where_no_value_can_be_read():
+    """`restore --tile`'s loop over tiles and its blending weights stay on the device."""
+    op = make("blur", "celeba")
+    x_t = torch.zeros(2, 3, 150, 97, device=META)
+    restore = S.tiled(meta_restorer(op, 3), 64, S.tile_overlap(64))
+    with BlockingCopies():
+        op.apply(x_t, op.T)  # builds the operator's tables on the device, once
+    with BlockingCopies() as spy:
+        out = S.sample("tacos", restore, op, x_t, op.T, None, steps=3)
+    assert out.shape == x_t.shape and out.device == META
+    assert spy.blocking == []
+
+
 TRAINED = [("blur", "mnist"), ("blur", "generation"), ("mask", "mnist"), ("colour", "generation"), ("pixelate", "mnist"),
            ("snow", "cifar10"), ("noise", "default"), ("desaturate", "default"), ("animorph", "default"), ("blurdiff", "quartic")]
 

@@ -124,3 +124,41 @@ def test_step_noise_is_checked():
         S.sample("direct", oracle(x), op, x, 20, None, step_noise=0.1)
     with pytest.raises(UserError, match="noise seed"):
         S.sample("tacos", oracle(x), op, x, 20, None, step_noise=0.1)
+
+
+@pytest.mark.parametrize("n,tile,overlap", [(150, 64, 8), (64, 64, 8), (65, 64, 8), (1000, 256, 32), (97, 40, 5)])
+def test_tiles_cover_every_pixel_with_the_overlap_asked(n, tile, overlap):
+    starts = S.tile_starts(n, tile, overlap)
+    assert starts[0] == 0 and starts[-1] == max(n - tile, 0) and starts == sorted(set(starts))
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours overlap by >= overlap
+    covered = torch.zeros(n)
+    for s in starts:
+        covered[s : s + tile] += S.tile_ramp(min(n, tile), overlap, s == starts[0], s == starts[-1])
+    assert covered.min() > 0.99  # the ramps of neighbours add up to at least a whole weight everywhere
+
+
+@pytest.mark.parametrize("shape,tile", [((2, 3, 150, 97), 64), ((1, 1, 40, 300), 64), ((1, 3, 64, 64), 64), ((1, 1, 129, 130), 32)])
+def test_tiled_restore_of_a_pointwise_R_is_the_whole_images(shape, tile):
+    """R with no context (pixel by pixel) gives the same output tiled or whole: the blend's weights
+    sum to one at every pixel, whatever the tiles' overlaps. (A real R differs near tile edges.)"""
+    x = rand_images(*shape)
+    calls = []
+
+    def restore(x, s):
+        calls.append(tuple(x.shape))
+        return torch.tanh(1.7 * x + 0.1 * s)
+
+    out = S.tiled(restore, tile, S.tile_overlap(tile))(x, 3)
+    assert torch.allclose(out, torch.tanh(1.7 * x + 0.3), atol=1e-6)
+    sizes = {c[-2:] for c in calls}
+    assert len(sizes) == 1 and max(*sizes.pop()) <= tile  # every call one fixed shape (one CUDA graph), no larger than a tile
+    assert len(calls) == len(S.tile_starts(shape[2], tile, S.tile_overlap(tile))) * len(S.tile_starts(shape[3], tile, S.tile_overlap(tile)))
+
+
+def test_tiled_restore_of_an_image_within_one_tile_is_the_whole_call():
+    import unet
+
+    net = unet.build(1, "tiny").eval()
+    restore = S.make_restorer(net, torch.device("cpu"))
+    x = rand_images(2, 1, 48, 40)
+    assert torch.equal(S.tiled(restore, 64, 8)(x, 5), restore(x, 5))
