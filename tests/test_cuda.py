@@ -130,6 +130,27 @@ def test_graphed_algorithm_2_with_step_noise_never_waits_for_the_gpu():
     assert torch.equal(out, warm)  # the same noise streams, the same images
 
 
+def test_graphed_tiled_restore_matches_the_cpu_and_never_waits_for_the_gpu():
+    """`restore --tile`: every tile one shape, so one CUDA graph replays for all of them; the tiled
+    loop matches the CPU's fp32 one to bf16 rounding and makes no call that synchronises."""
+    op = operators.make_operator("blur", "celeba", T=20)
+    net = unet.build(3, "small").eval()
+    x_t = torch.rand(2, 3, 150, 200, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    restore = samplers.tiled(samplers.make_restorer(copy.deepcopy(net).to(CUDA), CUDA, compile=True), 64, 8)
+    cpu = samplers.tacos(samplers.tiled(samplers.make_restorer(net, torch.device("cpu")), 64, 8), op, x_t, op.T, steps=5)
+    x_dev = x_t.to(CUDA)
+    warm = samplers.tacos(restore, op, x_dev, op.T, steps=5)
+    samplers.tacos(restore, op, x_dev, op.T, steps=5)  # graphs are recorded on a later call than the first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = samplers.tacos(restore, op, x_dev, op.T, steps=5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out, warm)
+    assert (warm.cpu() - cpu).abs().mean() < 2e-2
+
+
 def test_compiled_training_step_waits_once_for_its_loss():
     """A compiled bf16 training step (data on the GPU, augmentation, fused Adam) synchronises once:
     float() of the loss it returns."""
