@@ -502,16 +502,25 @@ def restore(
     if tiled and not quiet:
         typer.echo(f"colddiff: {tiled}", err=True)
     pending: list = []
+    written = 0
 
     def flush():
+        nonlocal written
         x_t, (t_, _, tile_px), seeds = torch.cat([x for x, _, _ in pending]), pending[0][1], [p[1] for _, p, _ in pending]
-        sampling_t = at_t[t_]
+        tiles = 1 if not tile_px else math.prod(len(samplers.tile_starts(n, tile_px, samplers.tile_overlap(tile_px))) for n in x_t.shape[-2:])
+        calls = at_t[t_].calls(t_) * tiles
+
+        def after_call():  # within a batch (a photo in tiles takes minutes): images done ~ the share of its calls made
+            progress.update(min(written + len(pending), progress.done + len(pending) / calls))
+
+        sampling_t = at_t[t_].watched(after_call)
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px, samplers.tile_overlap(tile_px)))
         x0_hat = sampling_t(x_t, t_, ImageRNG(seeds).draw(op, x_t))
         for img, (_, _, dest) in zip(x0_hat, pending):
             write_image(to_uint8(img), dest)
-        progress.update(progress.done + len(pending))
+        written += len(pending)
+        progress.update(written)
         pending.clear()
 
     with Progress("restoring", len(items), "images", quiet=quiet) as progress:

@@ -136,3 +136,24 @@ def test_generate_progress_moves_within_a_batch(gen_model):
     assert len(seen) == 10 and torch.equal(a, b)
     r = run_cli("generate", "-m", gen_model, "--n", "3")  # the grid to stdout, a pipe here
     assert r.returncode == 0 and "colddiff: generating: done, 3/3 images" in r.stderr.decode()
+
+
+def test_restore_progress_moves_within_an_image_in_tiles(cli, blur_model, tmp_path, monkeypatch):
+    """A photo in tiles is one image for minutes: progress counts its network calls, tile by tile."""
+    import numpy as np
+    from PIL import Image
+
+    import common
+
+    seen, update = [], common.Progress.update
+
+    def spy(self, done, info=""):
+        seen.append(done)
+        update(self, done, info)
+
+    monkeypatch.setattr(common.Progress, "update", spy)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 150), dtype=np.uint8)).save(tmp_path / "x.png")
+    r = cli("restore", tmp_path / "x.png", "-m", blur_model, "--tile", "64", "--steps", "5", "-o", tmp_path / "r.png")
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(seen) == 5 * 6 + 1  # 5 jumps x 6 tiles (2 x 3 of 64 px over 100 x 150), then the image written
+    assert seen == sorted(seen) and 0 < seen[0] < 0.05 and seen[-2] == pytest.approx(1) and seen[-1] == 1
