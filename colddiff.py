@@ -337,7 +337,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
         frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)))
-    said = {"op": operator.name, "params": operator.params(), "t": steps[0], "seed": seed} if note else None
+    said = {"command": "degrade", "op": operator.name, "params": operator.params(), "t": steps[0], "seed": seed} if note else None
     write_image(torch.cat(frames, dim=-1), dest, said)
 
 
@@ -480,7 +480,7 @@ def restore(
         said_t, said_seed = None, None
         try:
             note = read_note(src) if t is None or seed is None else None
-            if note is not None:
+            if note is not None and note.get("command") == "degrade":  # not another command's output
                 said_t, said_seed = degraded_as(note, op, name, model)
         except UserError:
             if t is None:
@@ -517,8 +517,9 @@ def restore(
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px, samplers.tile_overlap(tile_px)))
         x0_hat = sampling_t(x_t, t_, ImageRNG(seeds).draw(op, x_t))
-        for img, (_, _, dest) in zip(x0_hat, pending):
-            write_image(to_uint8(img), dest)
+        made = {"command": "restore", "model": Path(model).name, **at_t[t_].describe(), "t": t_, "tile": tile_px}
+        for img, (_, (_, seed_, _), dest) in zip(x0_hat, pending):
+            write_image(to_uint8(img), dest, {**made, "seed": seed_})
         written += len(pending)
         progress.update(written)
         pending.clear()
@@ -653,17 +654,18 @@ def generate(
             progress.update(min(n, progress.done + min(batch, n) / per_batch))
 
         watched = sampling.watched(after_call)
+        made = {"command": "generate", "model": Path(model or BUNDLED_MODEL).name, **sampling.describe(), "break_noise": break_noise, "seed": seed}
         for lo, images in generative.generate(watched, n, batch, seed, dev, break_noise):
             images = to_uint8(images).cpu()
             if folder:
                 for i, img in enumerate(images, start=lo):
-                    write_image(img, names[i])
+                    write_image(img, names[i], {**made, "image": i})
             else:
                 results.append(images)
             progress.update(lo + len(images))
     if not folder:
         grid = grid_image(torch.cat(results).float() / 127.5 - 1, ncol=ncol or math.ceil(math.sqrt(n)))
-        write_image(to_uint8(grid), names[0])
+        write_image(to_uint8(grid), names[0], {**made, "n": n})
 
 
 @command("fit-prior")

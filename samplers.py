@@ -309,6 +309,10 @@ class Sampling:
         check(self.sampler, self.op, t, self.z, self.eta, steps, self.step_noise)
         return dataclasses.replace(self, steps=steps)
 
+    def describe(self) -> dict:
+        """The choices that make its images, for the note in each output PNG."""
+        return {"sampler": self.sampler, "steps": self.steps, "z": self.z, "eta": self.eta, "step_noise": self.step_noise}
+
     def calls(self, t: int) -> int:
         """Network calls per batch from step t: 1 (direct), the jumps, or every step."""
         fn = SAMPLERS[self.sampler]

@@ -127,8 +127,8 @@ def test_restore_refuses_an_image_another_operator_made_unless_told_t(cli, blur_
 def test_restore_a_damaged_note_is_one_line(cli, blur_model, tmp_path):
     from PIL.PngImagePlugin import PngInfo
 
-    for text in ("not json", '["a list"]', '{"op": "blur", "params": {"T": 20}, "t": 99, "seed": 0}',
-                 '{"op": "nosuch", "params": {}, "t": 1, "seed": 0}', '{"op": "blur"}'):
+    for text in ("not json", '["a list"]', '{"command": "degrade", "op": "blur", "params": {"T": 20}, "t": 99, "seed": 0}',
+                 '{"command": "degrade", "op": "nosuch", "params": {}, "t": 1, "seed": 0}', '{"command": "degrade", "op": "blur"}'):
         info = PngInfo()
         info.add_text("colddiff", text)
         Image.open(sorted((DATA / "fmnist").iterdir())[0]).save(tmp_path / "n.png", pnginfo=info)
@@ -144,8 +144,26 @@ def test_degrade_notes_only_single_frames_in_png(cli, tmp_path):
     img = sorted((DATA / "fmnist").iterdir())[0]
     r = cli("degrade", img, "--op", "snow", "--t", "7", "--seed", "11")
     note = json.loads(Image.open(io.BytesIO(r.stdout)).info["colddiff"])
-    assert (note["op"], note["t"], note["seed"], note["params"]["T"]) == ("snow", 7, 11, 200)
+    assert (note["command"], note["op"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", "snow", 7, 11, 200)
     strip = cli("degrade", img, "--op", "snow", "--strip")
     assert "colddiff" not in Image.open(io.BytesIO(strip.stdout)).info  # several frames: no one t
     assert cli("degrade", img, "--op", "snow", "--t", "7", "-o", tmp_path / "d.jpg").returncode == 0
     assert "colddiff" not in Image.open(tmp_path / "d.jpg").info
+
+
+def test_restore_and_generate_say_how_they_made_each_png_and_restore_reads_only_degrades(cli, blur_model, gen_model, tmp_path):
+    import io
+
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    assert cli("degrade", img, "--op", "blur", "--t", "6", "--seed", "4", "-o", tmp_path / "d.png").returncode == 0
+    assert cli("restore", tmp_path / "d.png", "--model", blur_model, "--steps", "3", "-o", tmp_path / "r.png").returncode == 0
+    note = json.loads(Image.open(tmp_path / "r.png").info["colddiff"])
+    assert note == {"command": "restore", "model": blur_model.name, "sampler": "tacos", "steps": 3, "z": "fixed", "eta": 0.0,
+                    "step_noise": 0.0, "t": 6, "seed": 4, "tile": None}
+    again = cli("restore", tmp_path / "r.png", "--model", blur_model, "--steps", "3", "-o", tmp_path / "rr.png")
+    assert again.returncode == 0 and b"as if degraded to t = T = 20" in again.stderr  # a restored image is not a degraded one
+    r = cli("generate", "-m", gen_model, "--n", "3", "--seed", "5")
+    note = json.loads(Image.open(io.BytesIO(r.stdout)).info["colddiff"])
+    assert (note["command"], note["model"], note["seed"], note["n"], note["steps"]) == ("generate", gen_model.name, 5, 3, 10)
+    assert cli("generate", "-m", gen_model, "--n", "2", "-o", f"{tmp_path / 'g'}/").returncode == 0
+    assert json.loads(Image.open(tmp_path / "g" / "0_000001.png").info["colddiff"])["image"] == 1
