@@ -419,7 +419,7 @@ def train(
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
         dev = pick_device(device, threads)
-        images = load_folder(data, size, channels)
+        images = load_folder(data, size, channels, quiet=quiet)
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, net_overrides=net_overrides, quiet=quiet)
@@ -582,7 +582,7 @@ def evaluate(
     sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
     check_input(read_image(find_images([data])[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
-    images = load_folder(data, H if H == W else None, C)[:n]
+    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet)
     check_fits(sampling, data, *images.shape[-2:], min(batch, len(images)), dev)
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
@@ -695,7 +695,7 @@ def fit_prior(
     if op.prior is None:
         raise UserError(f"{op.name} (this preset) has no fitted generation prior")
     H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]
-    images = load_folder(data, H if H == W else None, C)
+    images = load_folder(data, H if H == W else None, C, quiet=quiet)
     prior = generative.fit_prior(op, images, gmm_components, seed, pick_device(device, threads))
     checkpoint.save_model(dest, net, meta | {"prior": prior})
     typer.echo(f"wrote {dest}: {gmm_components}-component prior over {len(images)} images", err=True)

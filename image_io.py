@@ -284,26 +284,45 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
     return False, [out]
 
 
-def load_folder(folder: str, size: int | None, channels: int | None):
-    """Every image of a folder as one uint8 tensor (N, C, S, S) (or the images' own size)."""
+def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True):
+    """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
+    or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
+    into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
+
+    from common import Progress
 
     if channels not in (None, 1, 3):
         raise UserError(f"--channels must be 1 or 3, got {channels}")
     if size is not None and size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
-    items = find_images([folder])
+    items = find_images([folder])[:limit]
     first = read_image(items[0][0], channels)
     C = channels or first.shape[0]
-    imgs = []
-    for src, _, _ in items:
-        im = read_image(src, C)
-        if size is not None and im.shape[-2:] != (size, size):
-            im = resize_square(im, size)
-        elif size is None and im.shape != first.shape:
-            raise UserError(f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}; pass --size to resize all")
-        imgs.append(im)
-    return torch.stack(imgs)
+    out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
+
+    def load(chunk: range) -> int:
+        for i in chunk:
+            src = items[i][0]
+            im = read_image(src, C)
+            if size is not None and im.shape[-2:] != (size, size):
+                im = resize_square(im, size)
+            elif size is None and im.shape != first.shape:
+                raise UserError(f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}; pass --size to resize all")
+            out[i] = im
+        return len(chunk)
+
+    chunks = [range(i, min(i + 64, len(items))) for i in range(0, len(items), 64)]
+    pool = ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(chunks))))
+    try:
+        with Progress("loading", len(items), "images", quiet=quiet or len(items) < 5000) as progress:
+            for n in pool.map(load, chunks):  # in order: an error names the first bad image by name
+                progress.update(progress.done + n)
+    finally:
+        pool.shutdown(cancel_futures=True)  # Ctrl-C or an error: the images not started are dropped
+    return out
 
 
 def resize_square(im, size: int):
