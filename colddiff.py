@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import typer
 
@@ -458,7 +458,6 @@ def restore(
     import torch
 
     import samplers
-    from image_io import read_note
 
     at_least(batch, "--batch")
     if tile:
@@ -469,7 +468,7 @@ def restore(
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = find_images(inputs)
-    plans, at_t, unsaid, tiled = [], {}, 0, None  # (t, seed, tile) per image; the sampling for each t; ...
+    plans, at_t, unsaid, tiled = [], {}, 0, None  # a Plan per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = "<stdin>" if isinstance(src, bytes) else src
         u8 = read_image(src)
@@ -477,49 +476,38 @@ def restore(
         tile_px = check_fits(sampling, name, *u8.shape[-2:], min(batch, len(items)), dev, tile)
         if tile_px and not tile and not tiled:
             tiled = f"{name}: {u8.shape[-1]}x{u8.shape[-2]} cannot fit in memory whole; restoring it in {tile_px} px tiles (--tile N chooses, --tile 0 refuses)"
-        said_t, said_seed = None, None
-        try:
-            note = read_note(src) if t is None or seed is None else None
-            if note is not None and note.get("command") == "degrade":  # not another command's output
-                said_t, said_seed = degraded_as(note, op, name, model)
-        except UserError:
-            if t is None:
-                raise
-            # --t given: restore it anyway, with --seed's (or 0's) randomness
-        unsaid += t is None and said_t is None
-        plan = (t if t is not None else op.T if said_t is None else said_t,
-                seed if seed is not None else 0 if said_seed is None else said_seed, tile_px)
-        if plan[0] not in at_t:  # steps default to at most t: each t its own (checked here, before any work)
+        t_i, seed_i, said = degradation_of(src, name, op, model, t, seed)
+        unsaid += t is None and not said
+        if t_i not in at_t:  # steps default to at most t: each t its own (checked here, before any work)
             try:
-                at_t[plan[0]] = sampling.at(plan[0], steps)
+                at_t[t_i] = sampling.at(t_i, steps)
             except UserError as e:
-                raise UserError(f"{name}: degraded to t = {plan[0]} (its colddiff note): {e}") from None
-        plans.append(plan)
+                raise UserError(f"{name}: degraded to t = {t_i} (its colddiff note): {e}") from None
+        plans.append(Plan(t_i, seed_i, tile_px))
     dests = plan_outputs(items, out, force)
     if unsaid and not quiet:  # after every check: an error stays the only line
         which = "" if unsaid == len(items) else f" the {unsaid} images that carry no colddiff note"
         typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
     if tiled and not quiet:
         typer.echo(f"colddiff: {tiled}", err=True)
-    pending: list = []
+    pending: list = []  # (x_t, plan, dest) of the images of one network call: one size, t and tile
     written = 0
 
     def flush():
         nonlocal written
-        x_t, (t_, _, tile_px), seeds = torch.cat([x for x, _, _ in pending]), pending[0][1], [p[1] for _, p, _ in pending]
-        tiles = 1 if not tile_px else math.prod(len(samplers.tile_starts(n, tile_px, samplers.tile_overlap(tile_px))) for n in x_t.shape[-2:])
-        calls = at_t[t_].calls(t_) * tiles
+        x_t, (t_, _, tile_px) = torch.cat([x for x, _, _ in pending]), pending[0][1]
+        calls = at_t[t_].calls(t_) * (samplers.tile_count(*x_t.shape[-2:], tile_px) if tile_px else 1)
 
         def after_call():  # within a batch (a photo in tiles takes minutes): images done ~ the share of its calls made
             progress.update(min(written + len(pending), progress.done + len(pending) / calls))
 
         sampling_t = at_t[t_].watched(after_call)
         if tile_px:
-            sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px, samplers.tile_overlap(tile_px)))
-        x0_hat = sampling_t(x_t, t_, ImageRNG(seeds).draw(op, x_t))
+            sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
+        x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, _ in pending]).draw(op, x_t))
         made = {"command": "restore", "model": Path(model).name, **at_t[t_].describe(), "t": t_, "tile": tile_px}
-        for img, (_, (_, seed_, _), dest) in zip(x0_hat, pending):
-            write_image(to_uint8(img), dest, {**made, "seed": seed_})
+        for img, (_, plan, dest) in zip(x0_hat, pending):
+            write_image(to_uint8(img), dest, {**made, "seed": plan.seed})
         written += len(pending)
         progress.update(written)
         pending.clear()
@@ -527,10 +515,38 @@ def restore(
     with Progress("restoring", len(items), "images", quiet=quiet) as progress:
         for (src, _, _), plan, dest in zip(items, plans, dests):
             x = to_model(read_image(src, C))[None].to(dev)
-            if pending and (pending[0][0].shape != x.shape or pending[0][1][::2] != plan[::2] or len(pending) == batch):
+            first = pending[0] if pending else None
+            if first and (first[0].shape != x.shape or (first[1].t, first[1].tile) != (plan.t, plan.tile) or len(pending) == batch):
                 flush()
             pending.append((x, plan, dest))
         flush()
+
+
+class Plan(NamedTuple):
+    """How restore runs one image: from step t, with the hidden randomness of seed, whole or in tiles."""
+
+    t: int
+    seed: int
+    tile: int | None
+
+
+def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | None) -> tuple[int, int, bool]:
+    """(t, seed, said) to restore an image from: --t and --seed where given, else what the note of
+    `degrade` in its PNG says (said), else T and 0. With --t given, a note that does not fit the
+    model is passed over."""
+    from image_io import read_note
+
+    said_t = said_seed = None
+    if t is None or seed is None:
+        try:
+            note = read_note(src)
+            if note is not None and note.get("command") == "degrade":  # not another command's output
+                said_t, said_seed = degraded_as(note, op, name, model)
+        except UserError:
+            if t is None:
+                raise
+    return (t if t is not None else op.T if said_t is None else said_t,
+            seed if seed is not None else 0 if said_seed is None else said_seed, said_t is not None)
 
 
 def check_input(u8, channels: int, op, src, model, least: int = 0):

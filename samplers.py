@@ -261,10 +261,17 @@ def tile_overlap(tile: int) -> int:
     return max(8, tile // 8)
 
 
-def tiled(restore, tile: int, overlap: int):
+def tile_count(h: int, w: int, tile: int) -> int:
+    """Network calls per R call on an h x w image in tiles of `tile` px."""
+    return len(tile_starts(h, tile, tile_overlap(tile))) * len(tile_starts(w, tile, tile_overlap(tile)))
+
+
+def tiled(restore, tile: int, overlap: int | None = None):
     """R over overlapping tile x tile windows, blended by linear ramps: peak memory that of one tile
     and time linear in the pixels (the whole image costs memory in proportion to its pixels, and time
     quadratic in them in the middle attention). Images no larger than a tile go through whole."""
+
+    overlap = tile_overlap(tile) if overlap is None else overlap
 
     def restore_tiled(x, s: int):
         H, W = x.shape[-2:]

@@ -35,7 +35,7 @@ def one_call(a) -> dict:
     net = unet.build(3, a.net).eval()
     restore = samplers.make_restorer(net, torch.device("cpu"))
     if a.tile:
-        restore = samplers.tiled(restore, a.tile, samplers.tile_overlap(a.tile))
+        restore = samplers.tiled(restore, a.tile)
     x = torch.rand(1, 3, h, w) * 2 - 1
     start = time.perf_counter()
     restore(x, 10)
@@ -58,7 +58,7 @@ def cost(a):
                                capture_output=True, text=True)
             row.append(json.loads(p.stdout.splitlines()[-1]) if p.returncode == 0 else None)
         whole, tiled = row
-        n = len(samplers.tile_starts(h, a.tile, samplers.tile_overlap(a.tile))) * len(samplers.tile_starts(w, a.tile, samplers.tile_overlap(a.tile)))
+        n = samplers.tile_count(h, w, a.tile)
         fmt = lambda r, k: "not run" if r is None else f"{r[k]:.1f}" if k == "seconds" else f"{r[k]:.2f}"
         print(f"| {size} | {fmt(whole, 'seconds')} | {fmt(whole, 'peak_gb')} | {n} x {a.tile} px | {fmt(tiled, 'seconds')} | {fmt(tiled, 'peak_gb')} |")
 
@@ -83,7 +83,7 @@ def agreement(a):
         for tile in (64, 128, 256):
             if tile >= max(x0.shape[-2:]):
                 continue
-            out = samplers.sample(sampler, samplers.tiled(restore, tile, samplers.tile_overlap(tile)), op, x_t, a.t, hidden, steps)
+            out = samplers.sample(sampler, samplers.tiled(restore, tile), op, x_t, a.t, hidden, steps)
             print(f"| {sampler}{'' if steps is None else f' ({steps} steps)'} | {tile} px | {samplers.tile_overlap(tile)} px | "
                   f"{rmse(out, whole):.4f} | {float(((out.clamp(-1, 1) - whole.clamp(-1, 1)) / 2).abs().max()):.3f} | "
                   f"{rmse(out, x0):.4f} | {rmse(whole, x0):.4f} |")

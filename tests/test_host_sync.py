@@ -91,7 +91,7 @@ def test_tiled_restore_runs_where_no_value_can_be_read():
     """`restore --tile`'s loop over tiles and its blending weights stay on the device."""
     op = make("blur", "celeba")
     x_t = torch.zeros(2, 3, 150, 97, device=META)
-    restore = S.tiled(meta_restorer(op, 3), 64, S.tile_overlap(64))
+    restore = S.tiled(meta_restorer(op, 3), 64)
     with BlockingCopies():
         op.apply(x_t, op.T)  # builds the operator's tables on the device, once
     with BlockingCopies() as spy:
