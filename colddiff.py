@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 import typer
 
+import notes
 from common import ImageRNG, Progress, Stop, UserError, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
 from image_io import read_image, to_model, to_uint8, write_image
@@ -327,7 +328,7 @@ def degrade(
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True) -> None:
     """One image's x_t (or its strip of frames) to `dest`; a PNG x_t carries a note of how it was
-    made, which `restore` reads (degraded_as)."""
+    made, which `restore` reads (notes.py)."""
     import torch
 
     hidden = operator.draw(x0, generator(seed))
@@ -337,31 +338,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
         frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)))
-    said = {"command": "degrade", "op": operator.name, "params": operator.params(), "t": steps[0], "seed": seed} if note else None
-    write_image(torch.cat(frames, dim=-1), dest, said)
-
-
-def degraded_as(note: dict, op, name: str, model: str) -> tuple[int, int]:
-    """(t, seed) from the note `degrade` wrote into an image, once its operator is the model's."""
-    import operators
-
-    try:
-        made = operators.operator_from_params(note["op"], note["params"])
-        t, seed = note["t"], note["seed"]
-        if not (isinstance(t, int) and isinstance(seed, int) and 0 <= t <= made.T and 0 <= seed < 2**32):
-            raise ValueError
-    except (UserError, KeyError, TypeError, ValueError, AttributeError):
-        raise UserError(f"{name}: its colddiff note (how `degrade` made it) is damaged; pass --t to restore it anyway") from None
-    if made.name != op.name:
-        raise UserError(f"{name}: was degraded by {made.name} (its colddiff note), but {model} restores {op.name}; "
-                        "pass --t to restore it anyway")
-    a, b = made.params(), op.params()
-    diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-    if diff:
-        said = ", ".join(f"{k}={getattr(made, k)} (the model's: {getattr(op, k)})" for k in diff[:3])
-        fitted = "; degrade fitted it to the image's size, --no-fit keeps the preset's" if "px_scale" in diff else ""
-        raise UserError(f"{name}: was degraded by {op.name} with {said}{fitted}; pass --t to restore it anyway")
-    return t, seed
+    write_image(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None)
 
 
 @command()
@@ -476,7 +453,7 @@ def restore(
         tile_px = check_fits(sampling, name, *u8.shape[-2:], min(batch, len(items)), dev, tile)
         if tile_px and not tile and not tiled:
             tiled = f"{name}: {u8.shape[-1]}x{u8.shape[-2]} cannot fit in memory whole; restoring it in {tile_px} px tiles (--tile N chooses, --tile 0 refuses)"
-        t_i, seed_i, said = degradation_of(src, name, op, model, t, seed)
+        t_i, seed_i, said = notes.degradation_of(src, name, op, model, t, seed)
         unsaid += t is None and not said
         if t_i not in at_t:  # steps default to at most t: each t its own (checked here, before any work)
             try:
@@ -505,7 +482,7 @@ def restore(
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, _ in pending]).draw(op, x_t))
-        made = {"command": "restore", "model": Path(model).name, **at_t[t_].describe(), "t": t_, "tile": tile_px}
+        made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px)
         for img, (_, plan, dest) in zip(x0_hat, pending):
             write_image(to_uint8(img), dest, {**made, "seed": plan.seed})
         written += len(pending)
@@ -528,25 +505,6 @@ class Plan(NamedTuple):
     t: int
     seed: int
     tile: int | None
-
-
-def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | None) -> tuple[int, int, bool]:
-    """(t, seed, said) to restore an image from: --t and --seed where given, else what the note of
-    `degrade` in its PNG says (said), else T and 0. With --t given, a note that does not fit the
-    model is passed over."""
-    from image_io import read_note
-
-    said_t = said_seed = None
-    if t is None or seed is None:
-        try:
-            note = read_note(src)
-            if note is not None and note.get("command") == "degrade":  # not another command's output
-                said_t, said_seed = degraded_as(note, op, name, model)
-        except UserError:
-            if t is None:
-                raise
-    return (t if t is not None else op.T if said_t is None else said_t,
-            seed if seed is not None else 0 if said_seed is None else said_seed, said_t is not None)
 
 
 def check_input(u8, channels: int, op, src, model, least: int = 0):
@@ -670,7 +628,7 @@ def generate(
             progress.update(min(n, progress.done + min(batch, n) / per_batch))
 
         watched = sampling.watched(after_call)
-        made = {"command": "generate", "model": Path(model or BUNDLED_MODEL).name, **sampling.describe(), "break_noise": break_noise, "seed": seed}
+        made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed)
         for lo, images in generative.generate(watched, n, batch, seed, dev, break_noise):
             images = to_uint8(images).cpu()
             if folder:
