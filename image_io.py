@@ -30,6 +30,8 @@ def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
 
     The source is a path, or the bytes read from stdin for `-`."""
     items = []
+    if inputs.count(STDIO) > 1:
+        raise UserError("- (standard input) can be given once")
     for arg in inputs:
         if arg == STDIO:
             data = sys.stdin.buffer.read()

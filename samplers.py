@@ -323,6 +323,8 @@ class Sampling:
     def calls(self, t: int) -> int:
         """Network calls per batch from step t: 1 (direct), the jumps, or every step."""
         fn = SAMPLERS[self.sampler]
+        if t == 0:  # x_0 is the image itself: sample() returns it
+            return 0
         return 1 if self.sampler == "direct" else len(schedule(t, self.steps)) - 1 if fn.steps else t
 
     def watched(self, after_call) -> "Sampling":

@@ -167,3 +167,15 @@ def test_restore_and_generate_say_how_they_made_each_png_and_restore_reads_only_
     assert (note["command"], note["model"], note["seed"], note["n"], note["steps"]) == ("generate", gen_model.name, 5, 3, 10)
     assert cli("generate", "-m", gen_model, "--n", "2", "-o", f"{tmp_path / 'g'}/").returncode == 0
     assert json.loads(Image.open(tmp_path / "g" / "0_000001.png").info["colddiff"])["image"] == 1
+
+
+def test_restore_an_image_degraded_to_t_0_gives_it_back(cli, blur_model, tmp_path):
+    """t = 0 from a note (or --t 0) is x_0 itself, for every sampler: no network call, no --steps error."""
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    assert cli("degrade", img, "--op", "blur", "--t", "0", "-o", tmp_path / "d.png").returncode == 0
+    for args in ([], ["--sampler", "naive"], ["--sampler", "direct"], ["--t", "0"]):
+        r = cli("restore", tmp_path / "d.png", "--model", blur_model, *args)
+        assert r.returncode == 0, (args, r.stderr.decode())
+        assert (png(r.stdout) == np.asarray(Image.open(img))).all()
+    r = cli("restore", "-", "-", "--model", blur_model, "-o", tmp_path / "o/", stdin=img.read_bytes())
+    assert r.returncode == 1 and "standard input) can be given once" in r.stderr.decode()
