@@ -642,6 +642,18 @@ def generate(
         write_image(to_uint8(grid), names[0], {**made, "n": n})
 
 
+@command()
+def info(
+    files: list[str] = typer.Argument(..., metavar="FILE...", help="Model files (.safetensors) or images colddiff wrote."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file, on one line each."),
+):
+    """What a model file or an image says of how colddiff made it: a model's operator, network,
+    training and prior; an image's note (degrade: operator, t, seed; restore, generate: model and sampling)."""
+    for path in files:
+        text, data = notes.describe(path)
+        typer.echo(json.dumps({"file": path, **data}) if as_json else text)
+
+
 @command("fit-prior")
 def fit_prior(
     data: str = typer.Argument(..., metavar="FOLDER", help="Folder of the training images."),

@@ -59,3 +59,65 @@ def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | No
                 raise
     return (t if t is not None else op.T if said_t is None else said_t,
             seed if seed is not None else 0 if said_seed is None else said_seed, said_t is not None)
+
+
+def describe(path: str) -> tuple[str, dict]:
+    """(text, data) of what a file says of how colddiff made it: a model's metadata, or the note
+    in an image (`colddiff info`)."""
+    from image_io import read_image
+
+    if Path(path).suffix.lower() == ".safetensors":
+        return describe_model(path)
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    read_image(path)  # one clear line for a file that is neither a model nor an image
+    note = read_note(path)
+    if note is None:
+        return f"{path}: an image with no colddiff note", {}
+    rows = [row(k, v) for k, v in note.items() if k not in ("command", "params")]
+    rows += [row("parameters", settings(note["params"]))] if isinstance(note.get("params"), dict) else []
+    return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), note
+
+
+def describe_model(path: str) -> tuple[str, dict]:
+    import checkpoint
+    import unet
+
+    net, op, meta = checkpoint.load_model(path)
+    img, train, n = meta["image"], meta.get("train", {}), unet.count_parameters(net)
+    steps = train.get("sampling_steps") or op.default_steps
+    lines = [f"{path}: colddiff model, step {meta.get('step', '?')}",
+             row("operator", f"{op.name}, {preset_of(op)}"),
+             row("network", f"{meta.get('network_preset', 'custom')}, {n / 1e6:.2f} M parameters ({settings(meta['network'])})"),
+             row("images", f"{img['width']}x{img['height']} {'grey' if img['channels'] == 1 else 'colour'}"),
+             row("training", settings(train)),
+             row("sampling", f"default {op.default_sampler}, " + (f"{steps} steps" if steps else "every step"))]
+    if meta.get("prior"):
+        p = meta["prior"]
+        lines.append(row("prior", f"{p.get('kind')}, {p.get('components')} component(s) over {p.get('features')}"))
+    if meta.get("symmetry"):
+        lines.append(row("symmetry", settings(meta["symmetry"])))
+    state = checkpoint.state_path(path)
+    lines.append(row("resume", f"{state.name} beside it" if state.is_file() else "no training state beside it (cannot --resume)"))
+    return "\n".join(lines), {**meta, "parameters": n}
+
+
+def preset_of(op) -> str:
+    """The preset the operator is, or the nearest one and what differs from it."""
+    cls, mine = type(op), op.params()
+
+    def diff(preset):
+        theirs = operators.make_operator(op.name, preset).params()
+        return {k: v for k, v in mine.items() if theirs.get(k) != v}
+
+    best = min(cls.PRESETS, key=lambda p: len(diff(p)))
+    changed = diff(best)
+    return f"preset {best}" + (f" with {settings(changed)}" if changed else "") + f" ({settings(mine)})"
+
+
+def row(key: str, value) -> str:
+    return f"  {key:<12}{value}"
+
+
+def settings(d: dict) -> str:
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in d.items())

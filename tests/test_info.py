@@ -1,0 +1,40 @@
+"""`colddiff info`: what a model file or an image says of how colddiff made it."""
+import json
+
+from conftest import DATA, PHOTO, ROOT
+
+BUNDLED = ROOT / "models" / "fmnist-blur-gen.safetensors"
+
+
+def test_info_of_a_model_names_its_operator_network_training_and_prior(cli, gen_model):
+    r = cli("info", BUNDLED, gen_model)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert "fmnist-blur-gen.safetensors: colddiff model, step 6000" in out
+    assert "blur, preset generation (T=300" in out and "small, 3.62 M parameters" in out and "28x28 grey" in out
+    assert "default tacos, 50 steps" in out and "gmm, 1 component(s)" in out
+    assert "no training state beside it" in out
+    assert "blur, preset generation with T=30 (T=30" in out and "gen.state.safetensors beside it" in out  # the test model
+    rows = [json.loads(line) for line in cli("info", "--json", BUNDLED, gen_model).stdout.decode().splitlines()]
+    assert rows[0]["operator"]["params"]["T"] == 300 and abs(rows[0]["parameters"] / 3.62e6 - 1) < 0.01
+    assert rows[1]["train"]["sampling_steps"] == 10 and rows[1]["file"] == str(gen_model)
+
+
+def test_info_of_an_image_is_its_note(cli, tmp_path):
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    assert cli("degrade", img, "--op", "mask", "--t", "9", "--seed", "2", "-o", tmp_path / "d.png").returncode == 0
+    r = cli("info", tmp_path / "d.png", PHOTO)
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "made by colddiff degrade" in out and "  t           9" in out and "  op          mask" in out
+    assert f"{PHOTO}: an image with no colddiff note" in out
+    note = json.loads(cli("info", "--json", tmp_path / "d.png").stdout)
+    assert (note["command"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", 9, 2, 50)
+
+
+def test_info_of_anything_else_is_one_line(cli, tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    for path, message in ((ROOT / "README.md", "not a readable image"), (tmp_path / "x.safetensors", "not a safetensors file"),
+                          (tmp_path / "none.png", "no such file"), (tmp_path / "none.safetensors", "no such model file")):
+        r = cli("info", path)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and message in err and err.count("\n") == 1 and r.stdout == b"", (path, err)
