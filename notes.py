@@ -3,6 +3,7 @@
 `degrade` says how it made an image (operator with every parameter, t, seed), so that `restore`
 needs no --t or --seed, in a pipe or for a folder of images degraded to different t; `restore` and
 `generate` say which model and sampling made theirs. restore reads only degrade's notes.
+`colddiff info` prints them, and what a model file's metadata says (describe).
 """
 from __future__ import annotations
 
