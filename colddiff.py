@@ -396,7 +396,7 @@ def train(
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
         dev = pick_device(device, threads)
-        images = load_folder(data, size, channels, quiet=quiet)
+        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else lambda m: typer.echo(f"colddiff: {m}", err=True))
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, net_overrides=net_overrides, quiet=quiet)

@@ -286,10 +286,12 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
     return False, [out]
 
 
-def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True):
+def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None):
     """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
     or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
-    into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking."""
+    into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking.
+    channels None: the images' own, and where grey and colour images mix, the majority's (ties:
+    colour), which say() is told; not the first image's, which could turn a colour folder grey."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -305,10 +307,15 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     C = channels or first.shape[0]
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
 
+    own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels (channels None)
+
     def load(chunk: range) -> int:
         for i in chunk:
             src = items[i][0]
-            im = read_image(src, C)
+            im = read_image(src, channels)
+            own[i] = im.shape[0]
+            if im.shape[0] != C:
+                im = read_image(src, C)
             if size is not None and im.shape[-2:] != (size, size):
                 im = resize_square(im, size)
             elif size is None and im.shape != first.shape:
@@ -324,6 +331,14 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
                 progress.update(progress.done + n)
     finally:
         pool.shutdown(cancel_futures=True)  # Ctrl-C or an error: the images not started are dropped
+    colour = int((own == 3).sum())
+    if channels is None and 0 < colour < len(items):
+        majority = 3 if 2 * colour >= len(items) else 1
+        if say:
+            say(f"{folder}: {colour} images are colour and {len(items) - colour} grey: using them as "
+                f"{'colour' if majority == 3 else 'grey'} (--channels chooses)")
+        if majority != C:
+            return load_folder(folder, size, majority, limit, quiet)
     return out
 
 

@@ -36,3 +36,18 @@ def test_the_first_bad_image_by_name_is_the_error(tmp_path):
             load_folder(str(folder), 24, None)
     with pytest.raises(UserError, match="differs from .* pass --size"):
         load_folder(str(folder), None, None, limit=20)
+
+
+def test_a_folder_of_mixed_grey_and_colour_is_the_majoritys_not_the_first_images(tmp_path):
+    folder = photos(tmp_path / "p", n=12)
+    Image.open(folder / "0000.jpg").convert("L").save(folder / "0000.jpg")  # the first image (by name) grey
+    said = []
+    x = load_folder(str(folder), 24, None, say=said.append)
+    assert x.shape[1] == 3 and "11 images are colour and 1 grey: using them as colour" in said[0]
+    assert torch.equal(x[0], resize_square(read_image(str(folder / "0000.jpg"), 3), 24))  # the grey one as 3 equal channels
+    for f in sorted(folder.iterdir())[1:8]:
+        Image.open(f).convert("L").save(f)  # now 8 of 12 grey
+    said.clear()
+    assert load_folder(str(folder), 24, None, say=said.append).shape[1] == 1 and "4 images are colour and 8 grey" in said[0]
+    said.clear()
+    assert load_folder(str(folder), 24, 3, say=said.append).shape[1] == 3 and said == []  # --channels given: no question
