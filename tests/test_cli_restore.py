@@ -179,3 +179,19 @@ def test_restore_an_image_degraded_to_t_0_gives_it_back(cli, blur_model, tmp_pat
         assert (png(r.stdout) == np.asarray(Image.open(img))).all()
     r = cli("restore", "-", "-", "--model", blur_model, "-o", tmp_path / "o/", stdin=img.read_bytes())
     assert r.returncode == 1 and "standard input) can be given once" in r.stderr.decode()
+
+
+def test_restore_redraws_the_hidden_randomness_from_the_notes_seed(cli, fmnist_split, tmp_path):
+    """Snow's pattern comes from the seed: the note's seed gives the bytes of --seed S, not of seed 0."""
+    model = tmp_path / "snow.safetensors"
+    r = cli("train", fmnist_split[0], "-o", model, "--op", "snow", "--preset", "cifar10", "--param", "T=20", "--net", "tiny",
+            "--steps", "10", "--batch", "8", "--accumulate", "1", "--save-every", "10", "--sample-every", "10", "-q")
+    assert r.returncode == 0, r.stderr.decode()
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    assert cli("degrade", img, "--op", "snow", "--preset", "cifar10", "--param", "T=20", "--t", "12", "--seed", "9",
+               "-o", tmp_path / "d.png").returncode == 0
+    noted = cli("restore", tmp_path / "d.png", "-m", model, "--steps", "4")
+    told = cli("restore", tmp_path / "d.png", "-m", model, "--steps", "4", "--t", "12", "--seed", "9")
+    zero = cli("restore", tmp_path / "d.png", "-m", model, "--steps", "4", "--t", "12", "--seed", "0")
+    assert noted.returncode == told.returncode == zero.returncode == 0
+    assert noted.stdout == told.stdout and (png(noted.stdout) != png(zero.stdout)).any()
