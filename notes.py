@@ -81,9 +81,17 @@ def describe(path: str) -> tuple[str, dict]:
 
 
 def describe_model(path: str) -> tuple[str, dict]:
+    import json
+
     import checkpoint
     import unet
 
+    _, metadata = checkpoint.read_safetensors(path)
+    if metadata.get("format") == checkpoint.FORMAT + "-state":  # MODEL.state.safetensors
+        info = json.loads(metadata.get("colddiff", "{}"))
+        model = Path(path).name.removesuffix(".state.safetensors") + ".safetensors"
+        return (f"{path}: a colddiff training state at step {info.get('step', '?')}, what `train --resume` continues "
+                f"{model} from (`colddiff info {model}` describes the model)"), {"training_state": True, "step": info.get("step")}
     net, op, meta = checkpoint.load_model(path)
     img, train, n = meta["image"], meta.get("train", {}), unet.count_parameters(net)
     steps = train.get("sampling_steps") or op.default_steps

@@ -15,6 +15,8 @@ def test_info_of_a_model_names_its_operator_network_training_and_prior(cli, gen_
     assert "default tacos, 50 steps" in out and "gmm, 1 component(s)" in out
     assert "no training state beside it" in out
     assert "blur, preset generation with T=30 (T=30" in out and "gen.state.safetensors beside it" in out  # the test model
+    state = cli("info", gen_model.with_name("gen.state.safetensors"))
+    assert state.returncode == 0 and "a colddiff training state at step 100" in state.stdout.decode()
     rows = [json.loads(line) for line in cli("info", "--json", BUNDLED, gen_model).stdout.decode().splitlines()]
     assert rows[0]["operator"]["params"]["T"] == 300 and abs(rows[0]["parameters"] / 3.62e6 - 1) < 0.01
     assert rows[1]["train"]["sampling_steps"] == 10 and rows[1]["file"] == str(gen_model)
