@@ -218,6 +218,10 @@ def strip_frames(T: int, frames: int | None) -> list[int]:
     return sorted({round(i * T / (n - 1)) for i in range(n)})
 
 
+def say_line(message: str) -> None:
+    typer.echo(f"colddiff: {message}", err=True)
+
+
 def at_least(value: int, flag: str, low: int = 1) -> int:
     if value < low:
         raise UserError(f"{flag} must be at least {low}, got {value}")
@@ -396,7 +400,7 @@ def train(
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
         dev = pick_device(device, threads)
-        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else lambda m: typer.echo(f"colddiff: {m}", err=True))
+        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else say_line)
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, net_overrides=net_overrides, quiet=quiet)
@@ -556,7 +560,7 @@ def evaluate(
     sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
     check_input(read_image(find_images([data])[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
-    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet)
+    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet, say=None if quiet else say_line)
     check_fits(sampling, data, *images.shape[-2:], min(batch, len(images)), dev)
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
@@ -681,7 +685,7 @@ def fit_prior(
     if op.prior is None:
         raise UserError(f"{op.name} (this preset) has no fitted generation prior")
     H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]
-    images = load_folder(data, H if H == W else None, C, quiet=quiet)
+    images = load_folder(data, H if H == W else None, C, quiet=quiet, say=None if quiet else say_line)
     prior = generative.fit_prior(op, images, gmm_components, seed, pick_device(device, threads))
     checkpoint.save_model(dest, net, meta | {"prior": prior})
     typer.echo(f"wrote {dest}: {gmm_components}-component prior over {len(images)} images", err=True)

@@ -291,7 +291,8 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
     into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking.
     channels None: the images' own, and where grey and colour images mix, the majority's (ties:
-    colour), which say() is told; not the first image's, which could turn a colour folder grey."""
+    colour), which say() is told; not the first image's, which could turn a colour folder grey.
+    channels given: say() is told how many images were converted to it."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -307,12 +308,12 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     C = channels or first.shape[0]
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
 
-    own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels (channels None)
+    own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels
 
     def load(chunk: range) -> int:
         for i in chunk:
             src = items[i][0]
-            im = read_image(src, channels)
+            im = read_image(src)
             own[i] = im.shape[0]
             if im.shape[0] != C:
                 im = read_image(src, C)
@@ -339,6 +340,9 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
                 f"{'colour' if majority == 3 else 'grey'} (--channels chooses)")
         if majority != C:
             return load_folder(folder, size, majority, limit, quiet)
+    elif channels is not None and say and bool((own != channels).any()):
+        kind = {1: "grey", 3: "colour"}
+        say(f"{folder}: {int((own != channels).sum())} of the {len(items)} images are {kind[4 - channels]}: using them as {kind[channels]}")
     return out
 
 

@@ -195,3 +195,14 @@ def test_restore_redraws_the_hidden_randomness_from_the_notes_seed(cli, fmnist_s
     zero = cli("restore", tmp_path / "d.png", "-m", model, "--steps", "4", "--t", "12", "--seed", "0")
     assert noted.returncode == told.returncode == zero.returncode == 0
     assert noted.stdout == told.stdout and (png(noted.stdout) != png(zero.stdout)).any()
+
+
+def test_eval_says_when_a_stray_colour_image_is_used_as_grey(cli, blur_model, tmp_path):
+    import shutil
+
+    (tmp_path / "c").mkdir()
+    for f in sorted((DATA / "fmnist").iterdir())[:5]:
+        shutil.copy(f, tmp_path / "c" / f.name)
+    Image.open(PHOTO).convert("RGB").resize((28, 28)).save(tmp_path / "c" / "zz.png")  # sorted last: not the checked first
+    r = cli("eval", tmp_path / "c", "--model", blur_model, "--n", "6", "--steps", "2")
+    assert r.returncode == 0 and "1 of the 6 images are colour: using them as grey" in r.stderr.decode(), r.stderr.decode()

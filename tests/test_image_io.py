@@ -50,4 +50,5 @@ def test_a_folder_of_mixed_grey_and_colour_is_the_majoritys_not_the_first_images
     said.clear()
     assert load_folder(str(folder), 24, None, say=said.append).shape[1] == 1 and "4 images are colour and 8 grey" in said[0]
     said.clear()
-    assert load_folder(str(folder), 24, 3, say=said.append).shape[1] == 3 and said == []  # --channels given: no question
+    assert load_folder(str(folder), 24, 3, say=said.append).shape[1] == 3  # --channels given (or a model's): told, not asked
+    assert said == [f"{folder}: 8 of the 12 images are grey: using them as colour"]
