@@ -44,17 +44,39 @@ def read_safetensors(path) -> tuple[dict, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such model file")
-    data = p.read_bytes()
+    data = _file(path).read_bytes()
     try:
-        tensors = load(data)
-        n = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, OverflowError) as e:
+        return load(data), _metadata(data)
+    except (SafetensorError, ValueError, AttributeError, UnicodeDecodeError, OverflowError) as e:
         raise UserError(f"{path}: not a safetensors file ({str(e).splitlines()[0][:80]})") from None
-    return tensors, metadata
+
+
+def read_metadata(path) -> dict:
+    """The metadata of a .safetensors file from its header alone: no tensor is read (a paper
+    network's training state is 680 MB)."""
+    p = _file(path)
+    with p.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little")
+        if len(head) < 8 or n > p.stat().st_size - 8:
+            raise UserError(f"{path}: not a safetensors file (its header length {n} runs past its end)")
+        data = head + f.read(n)
+    try:
+        return _metadata(data)
+    except (ValueError, AttributeError, UnicodeDecodeError, OverflowError) as e:
+        raise UserError(f"{path}: not a safetensors file ({str(e).splitlines()[0][:80]})") from None
+
+
+def _file(path) -> Path:
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such model file")
+    return Path(path)
+
+
+def _metadata(data: bytes) -> dict:
+    """The `__metadata__` of a safetensors file's bytes (its 8-byte length, then the JSON header)."""
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}
 
 
 def load_model(path, device="cpu"):
@@ -166,5 +188,5 @@ class train_lock:
 
 def saved_operator(path) -> dict:
     """{"name", "params"} of the operator a training state was written for."""
-    _, metadata = read_safetensors(state_path(path))
+    metadata = read_metadata(state_path(path))
     return json.loads(metadata.get("colddiff", "{}")).get("meta", {}).get("operator", {})

@@ -27,19 +27,19 @@ def made(command: str, model: str, sampling, **more) -> dict:
 def degraded_as(note: dict, op, name: str, model: str) -> tuple[int, int]:
     """(t, seed) from the note `degrade` wrote into an image, once its operator is the model's."""
     try:
-        made = operators.operator_from_params(note["op"], note["params"])
+        by = operators.operator_from_params(note["op"], note["params"])
         t, seed = note["t"], note["seed"]
-        if not (isinstance(t, int) and isinstance(seed, int) and 0 <= t <= made.T and 0 <= seed < 2**32):
+        if not (isinstance(t, int) and isinstance(seed, int) and 0 <= t <= by.T and 0 <= seed < 2**32):
             raise ValueError
     except (UserError, KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{name}: its colddiff note (how `degrade` made it) is damaged; pass --t to restore it anyway") from None
-    if made.name != op.name:
-        raise UserError(f"{name}: was degraded by {made.name} (its colddiff note), but {model} restores {op.name}; "
+    if by.name != op.name:
+        raise UserError(f"{name}: was degraded by {by.name} (its colddiff note), but {model} restores {op.name}; "
                         "pass --t to restore it anyway")
-    a, b = made.params(), op.params()
+    a, b = by.params(), op.params()
     diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     if diff:
-        said = ", ".join(f"{k}={getattr(made, k)} (the model's: {getattr(op, k)})" for k in diff[:3])
+        said = ", ".join(f"{k}={getattr(by, k)} (the model's: {getattr(op, k)})" for k in diff[:3])
         fitted = "; degrade fitted it to the image's size, --no-fit keeps the preset's" if "px_scale" in diff else ""
         raise UserError(f"{name}: was degraded by {op.name} with {said}{fitted}; pass --t to restore it anyway")
     return t, seed
@@ -86,7 +86,7 @@ def describe_model(path: str) -> tuple[str, dict]:
     import checkpoint
     import unet
 
-    _, metadata = checkpoint.read_safetensors(path)
+    metadata = checkpoint.read_metadata(path)
     if metadata.get("format") == checkpoint.FORMAT + "-state":  # MODEL.state.safetensors
         info = json.loads(metadata.get("colddiff", "{}"))
         model = Path(path).name.removesuffix(".state.safetensors") + ".safetensors"

@@ -272,22 +272,32 @@ def tiled(restore, tile: int, overlap: int | None = None):
     quadratic in them in the middle attention). Images no larger than a tile go through whole."""
 
     overlap = tile_overlap(tile) if overlap is None else overlap
+    layouts: dict = {}  # (H, W, device) -> the tiles' windows and weights, and their sum: once, not every step
+
+    def layout(H: int, W: int, device):
+        tops, lefts = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
+        h, w = min(H, tile), min(W, tile)
+        tiles, weight = [], torch.zeros(H, W, device=device)
+        for i, top in enumerate(tops):
+            wy = tile_ramp(h, overlap, i == 0, i == len(tops) - 1, device)
+            for j, left in enumerate(lefts):
+                wt = wy[:, None] * tile_ramp(w, overlap, j == 0, j == len(lefts) - 1, device)
+                window = (..., slice(top, top + h), slice(left, left + w))
+                tiles.append((window, wt))
+                weight[window[1:]] += wt
+        return tiles, weight
 
     def restore_tiled(x, s: int):
         H, W = x.shape[-2:]
         if H <= tile and W <= tile:
             return restore(x, s)
-        tops, lefts = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
-        h, w = min(H, tile), min(W, tile)
+        key = (H, W, x.device)
+        if key not in layouts:
+            layouts[key] = layout(H, W, x.device)
+        tiles, weight = layouts[key]
         out = torch.zeros(x.shape, device=x.device)
-        weight = torch.zeros(H, W, device=x.device)
-        for i, top in enumerate(tops):
-            wy = tile_ramp(h, overlap, i == 0, i == len(tops) - 1, x.device)
-            for j, left in enumerate(lefts):
-                wt = wy[:, None] * tile_ramp(w, overlap, j == 0, j == len(lefts) - 1, x.device)
-                y = restore(x[..., top : top + h, left : left + w].contiguous(), s)
-                out[..., top : top + h, left : left + w] += y * wt
-                weight[top : top + h, left : left + w] += wt
+        for window, wt in tiles:
+            out[window] += restore(x[window].contiguous(), s) * wt
         return out / weight
 
     return restore_tiled
