@@ -55,7 +55,7 @@ def fail_cleanly(fn):
         except (MemoryError, RuntimeError) as e:
             if not out_of_memory(e):
                 raise
-            typer.echo(f"colddiff: error: out of memory ({str(e).splitlines()[0][:90]}); use a smaller --batch, "
+            typer.echo(f"colddiff: error: out of memory ({(str(e).splitlines() or [type(e).__name__])[0][:90]}); use a smaller --batch, "
                        "smaller images (--size, or resize them), or --device cpu", err=True)
             raise typer.Exit(1) from None
 

@@ -241,3 +241,16 @@ def test_kill_9_soak_every_file_loads_and_resumes():
     rounds = soak.soak(kills=3, seed=1, low=2.0, high=7.0, log=lambda m: None)
     assert len(rounds) == 4 and all(r["ok"] for r in rounds), rounds
     assert rounds[-1]["state_step"] >= 3
+
+
+def test_an_allocation_failure_without_a_message_is_one_line(cli, tmp_path, monkeypatch):
+    import operators
+
+    def oom(*a, **k):
+        raise MemoryError()  # what Python raises for a buffer it cannot allocate: no message at all
+
+    monkeypatch.setattr(operators.Blur, "apply", oom)
+    x = noise_png(tmp_path / "x.png", 64, 64)
+    r = cli("degrade", x, "--op", "blur", "--no-fit", "-o", tmp_path / "o.png")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "out of memory (MemoryError)" in err, err
