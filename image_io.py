@@ -58,7 +58,7 @@ def read_image(source: str | bytes, channels: int | None = None):
     """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one."""
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = "<stdin>" if isinstance(source, bytes) else source
     Image.MAX_IMAGE_PIXELS = None  # PIL's own guard, replaced by the one below (which names the flag)
@@ -72,11 +72,21 @@ def read_image(source: str | bytes, channels: int | None = None):
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name}: not a readable image ({e})") from None
-    grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    try:  # a phone's JPEG stores its pixels sideways and says so in EXIF: restore it as it is seen
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a damaged EXIF block is no reason to refuse the pixels
+        pass
+    grey = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
     if channels is None:
         channels = 1 if grey else 3
-    if im.mode in ("I", "I;16", "F"):
-        im = im.point(lambda v: v / 256).convert("L") if im.mode != "F" else im.convert("L")
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        # 16-bit grey (I;16, or I with values over 255) is 0..65535; float grey is [0, 1] where it
+        # fits in it (else 0..255, as PIL's own conversion takes it)
+        v = np.asarray(im).astype(np.float64)
+        hi = v.max(initial=0)
+        scale = (255 / 65535 if im.mode != "F" and (im.mode != "I" or hi > 255) else
+                 255 if im.mode == "F" and hi <= 1 else 1)
+        im = Image.fromarray(np.clip(np.rint(v * scale), 0, 255).astype(np.uint8))
     im = im.convert("L" if channels == 1 else "RGB")
     arr = np.asarray(im, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -52,3 +52,32 @@ def test_a_folder_of_mixed_grey_and_colour_is_the_majoritys_not_the_first_images
     said.clear()
     assert load_folder(str(folder), 24, 3, say=said.append).shape[1] == 3  # --channels given (or a model's): told, not asked
     assert said == [f"{folder}: 8 of the 12 images are grey: using them as colour"]
+
+
+def test_a_jpeg_stored_sideways_is_read_as_it_is_seen(tmp_path):
+    """EXIF orientation 6 (the camera was turned 90 degrees): the pixels are stored W x H and shown
+    H x W. colddiff's PNG outputs carry no EXIF, so the input must be turned on reading, or a phone
+    photo comes back on its side."""
+    rng = np.random.default_rng(0)
+    shown = np.kron(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # 64 x 48, blocky for JPEG
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # orientation 6 = turn 270 to show
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95, subsampling=0)
+    x = read_image(str(tmp_path / "phone.jpg"))
+    assert tuple(x.shape) == (3, 64, 48)
+    assert (x.permute(1, 2, 0).int() - torch.from_numpy(shown).int()).abs().float().mean() < 4
+
+
+def test_sixteen_bit_and_float_grey_are_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG is 0..65535 and a float TIFF 0..1: clipped to 0..255 as PIL's convert does, one
+    is white where the other is black."""
+    rng = np.random.default_rng(1)
+    v = rng.integers(0, 256, (20, 30)).astype(np.uint8)
+    Image.fromarray(v.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray((v / 255).astype(np.float32)).save(tmp_path / "f.tif")
+    Image.fromarray(v.astype(np.float32)).save(tmp_path / "f255.tif")
+    for name in ("g16.png", "f.tif", "f255.tif"):
+        x = read_image(str(tmp_path / name))
+        assert tuple(x.shape) == (1, 20, 30), name
+        assert torch.equal(x[0], torch.from_numpy(v)), name
