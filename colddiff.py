@@ -252,9 +252,20 @@ OutOpt = typer.Option(None, "-o", "--out", help="Output file or folder (default:
 # ----------------------------------------------------------------------------- commands
 
 
+def print_version(value: bool):
+    """What a bug report needs: colddiff's version, torch's, and the device torch would use."""
+    if value:
+        from common import versions
+
+        v = versions()
+        typer.echo(f"colddiff {v['colddiff']}, torch {v['torch']}, {v['device']}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     max_megapixels: float = typer.Option(128, "--max-megapixels", min=0.001, help="Refuse images larger than this (a guard against decompression bombs)."),
+    _version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True, help="Print the versions of colddiff and torch, and the GPU, and exit."),
 ):
     """Cold diffusion: degrade, restore, train and generate images with deterministic transforms."""
     import image_io
@@ -298,7 +309,7 @@ def degrade(
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     force: bool = ForceOpt,
-    fit: bool = typer.Option(True, "--fit/--no-fit", help="Scale pixel-size parameters (mask and colour sigmas) from the preset's image size to each image's."),
+    fit: bool = typer.Option(True, "--fit/--no-fit", help="Scale the parameters that are lengths in pixels (blur kernels, mask and colour widths, snow flakes) from the preset's image size to each image's, where they differ more than 2x."),
 ):
     """Degrade images: x_t = D(x_0, t). Each image uses a generator seeded with --seed.
 
@@ -400,11 +411,29 @@ def train(
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
         dev = pick_device(device, threads)
-        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else say_line)
+        images = load_training_images(data, size, channels, operator, quiet)
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, net_overrides=net_overrides, quiet=quiet)
     log(f"wrote {out}")
+
+
+def load_training_images(data: str, size: int | None, channels: int | None, operator, quiet: bool):
+    """The folder at its images' one size, or, where their sizes differ and no --size is given, at
+    the size the operator's preset was made for (celeba: 128 px), as the papers trained it."""
+    from image_io import SizesDiffer
+
+    say = None if quiet else say_line
+    try:
+        return load_folder(data, size, channels, quiet=quiet, say=say)
+    except SizesDiffer as e:
+        native = operator.NATIVE.get(operator.preset)
+        if size is not None or native is None:
+            raise
+        if not quiet:
+            say_line(f"the images differ in size ({e.sizes}): resizing and centre-cropping "
+                     f"them to {native} px, the size the {operator.name} {operator.preset} preset is made for (--size chooses)")
+        return load_folder(data, native, channels, quiet=quiet, say=say)
 
 
 @command()
@@ -441,8 +470,8 @@ def restore(
     import samplers
 
     at_least(batch, "--batch")
-    if tile:
-        at_least(tile, "--tile", 32)
+    if tile is not None and tile != 0 and tile < 32:
+        raise UserError(f"--tile must be 0 (whole images only) or at least 32 px, got {tile}")
     if seed is not None:
         check_seed(seed)
     dev = pick_device(device, threads)
@@ -651,8 +680,10 @@ def info(
     files: list[str] = typer.Argument(..., metavar="FILE...", help="Model files (.safetensors) or images colddiff wrote."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file, on one line each."),
 ):
-    """What a model file or an image says of how colddiff made it: a model's operator, network,
-    training and prior; an image's note (degrade: operator, t, seed; restore, generate: model and sampling)."""
+    """What a model file or an image says of how colddiff made it.
+
+    A model: its operator, network, training and prior. An image: its note (degrade: operator, t,
+    seed; restore, generate: model and sampling)."""
     for path in files:
         text, data = notes.describe(path)
         typer.echo(json.dumps({"file": path, **data}) if as_json else text)

@@ -105,6 +105,21 @@ def _pool(workers: int):
     return _POOLS[workers]
 
 
+def versions(device=None) -> dict:
+    """colddiff's and torch's versions and the device: what a bug report or a model's provenance needs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("colddiff")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own = "not installed"
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {"colddiff": own, "torch": torch.__version__, "device": name}
+
+
 def bf16(device):
     """bf16 autocast on CUDA; elsewhere nothing (the CPU computes in float32)."""
     import contextlib

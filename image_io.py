@@ -296,6 +296,14 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
     return False, [out]
 
 
+class SizesDiffer(UserError):
+    """A folder of images of more than one size, loaded without a size to resize them to."""
+
+    def __init__(self, src, size: tuple, first: tuple):
+        self.sizes = f"{src}: {size} differs from {first}"
+        super().__init__(f"{self.sizes}; pass --size to resize all")
+
+
 def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None):
     """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
     or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
@@ -330,7 +338,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             if size is not None and im.shape[-2:] != (size, size):
                 im = resize_square(im, size)
             elif size is None and im.shape != first.shape:
-                raise UserError(f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}; pass --size to resize all")
+                raise SizesDiffer(src, tuple(im.shape[-2:]), tuple(first.shape[-2:]))
             out[i] = im
         return len(chunk)
 

@@ -106,6 +106,8 @@ def describe_model(path: str) -> tuple[str, dict]:
         lines.append(row("prior", f"{p.get('kind')}, {p.get('components')} component(s) over {p.get('features')}"))
     if meta.get("symmetry"):
         lines.append(row("symmetry", settings(meta["symmetry"])))
+    if meta.get("made_by"):
+        lines.append(row("made by", settings(meta["made_by"])))
     state = checkpoint.state_path(path)
     lines.append(row("resume", f"{state.name} beside it" if state.is_file() else "no training state beside it (cannot --resume)"))
     return "\n".join(lines), {**meta, "parameters": n}

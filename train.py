@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import unet
-from common import Progress, Stop, UserError, bf16, duration, to_device
+from common import Progress, Stop, UserError, bf16, duration, to_device, versions
 from generative import fit_prior, flat_start, symmetry_defaults
 from image_io import check_writable
 
@@ -191,6 +191,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         "train": dataclasses.asdict(cfg) | {"images": N, "world_size": world, "distributed": backend},
         "prior": fit_prior(op, data, cfg.gmm_components, cfg.seed, device),
         "symmetry": symmetry_defaults(cfg.train_noise, flat_start(op), cfg.step_noise),
+        "made_by": versions(device),
     }
     step = 0
     if resume and checkpoint.state_path(out).exists():

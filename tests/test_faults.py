@@ -208,7 +208,7 @@ def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur
     assert cli("restore", x, "-m", blur_model, "--sampler", "direct", "-o", tmp_path / "whole.png").returncode == 0
     assert (tmp_path / "whole.png").read_bytes() != (tmp_path / "auto.png").read_bytes()  # tiles are an approximation
     r = cli("restore", x, "-m", blur_model, "--tile", "16")
-    assert r.returncode == 1 and "--tile must be at least 32" in r.stderr.decode()
+    assert r.returncode == 1 and "--tile must be 0 (whole images only) or at least 32 px, got 16" in r.stderr.decode()
 
 
 def test_an_allocation_failure_is_one_line(cli, tmp_path, monkeypatch):

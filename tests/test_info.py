@@ -1,9 +1,11 @@
 """`colddiff info`: what a model file or an image says of how colddiff made it."""
 import json
+import re
 
 from conftest import DATA, PHOTO, ROOT
 
 BUNDLED = ROOT / "models" / "fmnist-blur-gen.safetensors"
+VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
 
 
 def test_info_of_a_model_names_its_operator_network_training_and_prior(cli, gen_model):
@@ -20,6 +22,17 @@ def test_info_of_a_model_names_its_operator_network_training_and_prior(cli, gen_
     rows = [json.loads(line) for line in cli("info", "--json", BUNDLED, gen_model).stdout.decode().splitlines()]
     assert rows[0]["operator"]["params"]["T"] == 300 and abs(rows[0]["parameters"] / 3.62e6 - 1) < 0.01
     assert rows[1]["train"]["sampling_steps"] == 10 and rows[1]["file"] == str(gen_model)
+    import torch
+
+    assert rows[1]["made_by"] == {"colddiff": VERSION, "torch": torch.__version__, "device": "CPU"}  # the test model's provenance
+    assert f"torch={torch.__version__}, device=CPU" in out and "made_by" not in rows[0]  # the bundled model predates it
+
+
+def test_version_names_colddiff_torch_and_the_device(cli):
+    import torch
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.decode() == f"colddiff {VERSION}, torch {torch.__version__}, CPU\n"
 
 
 def test_info_of_an_image_is_its_note(cli, tmp_path):

@@ -376,3 +376,27 @@ def test_train_step_noise_is_the_models_default_and_generate_can_override_it(cli
         assert r.returncode == 0, r.stderr.decode()
     assert grids["zero"].read_bytes() == grids["zero-perfect"].read_bytes()
     assert grids["zero"].read_bytes() != grids["delta"].read_bytes()
+
+
+def test_a_folder_of_mixed_sizes_trains_at_the_presets_size_or_asks_for_size(cli, tmp_path):
+    """The brief's `colddiff train data/faces --op blur --preset celeba -o faces.safetensors`: photos
+    of many sizes train at 128 px, the size the celeba preset is made for (the papers' CelebA), and
+    the user is told; an operator whose preset names no size asks for --size as before."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(150, 120), (90, 200), (300, 300)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    small = ["--net", "tiny", "--steps", "1", "--batch", "2", "--accumulate", "1"]
+    r = cli("train", folder, "--op", "blur", "--preset", "celeba", "-o", tmp_path / "faces.safetensors", *small)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "the images differ in size" in err and "centre-cropping them to 128 px, the size the blur celeba preset is made for" in err
+    _, _, meta = checkpoint.load_model(tmp_path / "faces.safetensors")
+    assert meta["image"] == {"channels": 3, "height": 128, "width": 128}
+    r = cli("train", folder, "--op", "noise", "-o", tmp_path / "noise.safetensors", *small)
+    assert r.returncode == 1 and "differs from" in r.stderr.decode() and "pass --size to resize all" in r.stderr.decode()
+    assert not (tmp_path / "noise.safetensors").exists()
