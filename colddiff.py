@@ -411,29 +411,13 @@ def train(
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
         dev = pick_device(device, threads)
-        images = load_training_images(data, size, channels, operator, quiet)
+        native = operator.NATIVE.get(operator.preset)  # celeba: 128 px, as the papers trained it
+        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else say_line,
+                             mixed_size=native and (native, f"the size the {operator.name} {operator.preset} preset is made for"))
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
         training.train(images, operator, net, out, cfg, dev, resume=resume, log=log, net_overrides=net_overrides, quiet=quiet)
     log(f"wrote {out}")
-
-
-def load_training_images(data: str, size: int | None, channels: int | None, operator, quiet: bool):
-    """The folder at its images' one size, or, where their sizes differ and no --size is given, at
-    the size the operator's preset was made for (celeba: 128 px), as the papers trained it."""
-    from image_io import SizesDiffer
-
-    say = None if quiet else say_line
-    try:
-        return load_folder(data, size, channels, quiet=quiet, say=say)
-    except SizesDiffer as e:
-        native = operator.NATIVE.get(operator.preset)
-        if size is not None or native is None:
-            raise
-        if not quiet:
-            say_line(f"the images differ in size ({e.sizes}): resizing and centre-cropping "
-                     f"them to {native} px, the size the {operator.name} {operator.preset} preset is made for (--size chooses)")
-        return load_folder(data, native, channels, quiet=quiet, say=say)
 
 
 @command()

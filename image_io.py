@@ -296,21 +296,15 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
     return False, [out]
 
 
-class SizesDiffer(UserError):
-    """A folder of images of more than one size, loaded without a size to resize them to."""
-
-    def __init__(self, src, size: tuple, first: tuple):
-        self.sizes = f"{src}: {size} differs from {first}"
-        super().__init__(f"{self.sizes}; pass --size to resize all")
-
-
-def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None):
+def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None,
+                mixed_size: tuple[int, str] | None = None):
     """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
     or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
     into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking.
     channels None: the images' own, and where grey and colour images mix, the majority's (ties:
     colour), which say() is told; not the first image's, which could turn a colour folder grey.
-    channels given: say() is told how many images were converted to it."""
+    channels given: say() is told how many images were converted to it. size None and images of
+    several sizes: an error, or with mixed_size = (px, why) all resized to px, which say() is told."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -327,9 +321,12 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
 
     own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels
+    mixed = []  # with mixed_size: the first image found whose size differs (the rest is not loaded)
 
     def load(chunk: range) -> int:
         for i in chunk:
+            if mixed:
+                return 0
             src = items[i][0]
             im = read_image(src)
             own[i] = im.shape[0]
@@ -337,8 +334,12 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
                 im = read_image(src, C)
             if size is not None and im.shape[-2:] != (size, size):
                 im = resize_square(im, size)
-            elif size is None and im.shape != first.shape:
-                raise SizesDiffer(src, tuple(im.shape[-2:]), tuple(first.shape[-2:]))
+            elif size is None and im.shape[-2:] != first.shape[-2:]:
+                sizes = f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}"
+                if mixed_size is None:
+                    raise UserError(f"{sizes}; pass --size to resize all")
+                mixed.append(sizes)
+                return 0
             out[i] = im
         return len(chunk)
 
@@ -350,6 +351,11 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
                 progress.update(progress.done + n)
     finally:
         pool.shutdown(cancel_futures=True)  # Ctrl-C or an error: the images not started are dropped
+    if mixed:
+        if say:
+            say(f"the images differ in size ({mixed[0]}): resizing and centre-cropping them to {mixed_size[0]} px, "
+                f"{mixed_size[1]} (--size chooses)")
+        return load_folder(folder, mixed_size[0], channels, limit, quiet, say)
     colour = int((own == 3).sum())
     if channels is None and 0 < colour < len(items):
         majority = 3 if 2 * colour >= len(items) else 1
