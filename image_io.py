@@ -77,6 +77,8 @@ def read_image(source: str | bytes, channels: int | None = None):
     except Exception:  # a damaged EXIF block is no reason to refuse the pixels
         pass
     grey = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
+    if not grey and im.info.get("icc_profile"):
+        im = to_srgb(im, im.info["icc_profile"])
     if channels is None:
         channels = 1 if grey else 3
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
@@ -91,6 +93,23 @@ def read_image(source: str | bytes, channels: int | None = None):
     arr = np.asarray(im, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy())
+
+
+def to_srgb(im, icc: bytes):
+    """A colour image with an embedded profile (a phone's Display P3, a camera's Adobe RGB, a
+    print CMYK) as sRGB, what models are trained on and what a PNG without a profile is shown as:
+    read raw, a P3 photo comes back duller. A damaged profile leaves the pixels as they are."""
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return im  # already sRGB: no transform to pay
+        if im.mode not in ("RGB", "CMYK"):
+            im = im.convert("RGB")
+        return ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return im
 
 
 def to_model(u8):

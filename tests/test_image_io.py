@@ -81,3 +81,62 @@ def test_sixteen_bit_and_float_grey_are_scaled_not_clipped(tmp_path):
         x = read_image(str(tmp_path / name))
         assert tuple(x.shape) == (1, 20, 30), name
         assert torch.equal(x[0], torch.from_numpy(v)), name
+
+
+def _bradford_d65_to_d50():
+    M = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
+    d65, d50 = np.array([0.95047, 1.0, 1.08883]), np.array([0.96422, 1.0, 0.82521])
+    return np.linalg.inv(M) @ np.diag((M @ d50) / (M @ d65)) @ M
+
+
+P3_D65 = np.array([[0.4865709, 0.2656677, 0.1982173], [0.2289746, 0.6917385, 0.0792869], [0.0, 0.0451134, 1.0439444]])
+SRGB_D65 = np.array([[0.4123908, 0.3575843, 0.1804808], [0.2126390, 0.7151687, 0.0721923], [0.0193308, 0.1191948, 0.9505322]])
+
+
+def _icc_profile(rgb_to_xyz_d50, gamma: float) -> bytes:
+    """A minimal ICC v2 matrix/TRC display profile (Display P3's primaries here, gamma curves)."""
+    import struct
+
+    def s15(v):
+        return struct.pack(">i", int(round(v * 65536)))
+
+    def xyz(v):
+        return b"XYZ \0\0\0\0" + b"".join(s15(c) for c in v)
+
+    text = b"P3 test profile"
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(text) + 1) + text + b"\0" + b"\0" * 8 + b"\0" * 70),
+            (b"wtpt", xyz([0.96422, 1.0, 0.82521]))]
+    tags += [(tag, xyz(rgb_to_xyz_d50[:, i])) for i, tag in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, int(round(gamma * 256))) + b"\0\0"
+    tags += [(tag, curve) for tag in (b"rTRC", b"gTRC", b"bTRC")]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"none" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+              + b"\0" * 24 + struct.pack(">I", 0) + xyz([0.96422, 1.0, 0.82521])[8:] + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_a_photo_in_display_p3_is_read_as_srgb(tmp_path):
+    """An iPhone photo is Display P3 with its profile embedded; models train on sRGB and a PNG with
+    no profile is shown as sRGB, so the pixels are converted on reading. Reference: the profile's
+    gamma curve, P3 -> XYZ (D50) -> sRGB matrices and sRGB's transfer curve, in numpy."""
+    rng = np.random.default_rng(2)
+    p3 = rng.integers(40, 216, (16, 16, 3), dtype=np.uint8)  # inside sRGB's gamut once converted, mostly
+    D50 = _bradford_d65_to_d50()
+    icc = _icc_profile(D50 @ P3_D65, 2.2)
+    Image.fromarray(p3).save(tmp_path / "p3.png", icc_profile=icc)
+    Image.fromarray(p3).save(tmp_path / "plain.png")
+    lin = (p3 / 255.0) ** (round(2.2 * 256) / 256)
+    srgb_lin = np.clip(lin @ (np.linalg.inv(D50 @ SRGB_D65) @ (D50 @ P3_D65)).T, 0, 1)
+    ref = np.where(srgb_lin <= 0.0031308, 12.92 * srgb_lin, 1.055 * srgb_lin ** (1 / 2.4) - 0.055) * 255
+    x = read_image(str(tmp_path / "p3.png")).permute(1, 2, 0).numpy().astype(float)
+    assert np.abs(x - ref).max() <= 1 and np.abs(x - ref).mean() < 0.5  # lcms vs numpy: 0.56 and 0.25 levels
+    assert np.abs(p3 - ref).mean() > 5  # read raw, P3 values are 11.8 levels off on average (92 at most)
+    assert torch.equal(read_image(str(tmp_path / "plain.png")), torch.from_numpy(p3).permute(2, 0, 1))  # no profile: as stored
+    Image.fromarray(p3).save(tmp_path / "damaged.png", icc_profile=b"not a profile")
+    assert torch.equal(read_image(str(tmp_path / "damaged.png")), torch.from_numpy(p3).permute(2, 0, 1))
