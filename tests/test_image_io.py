@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from common import UserError
+from conftest import DATA
 from image_io import load_folder, read_image, resize_square
 
 
@@ -140,3 +141,21 @@ def test_a_photo_in_display_p3_is_read_as_srgb(tmp_path):
     assert torch.equal(read_image(str(tmp_path / "plain.png")), torch.from_numpy(p3).permute(2, 0, 1))  # no profile: as stored
     Image.fromarray(p3).save(tmp_path / "damaged.png", icc_profile=b"not a profile")
     assert torch.equal(read_image(str(tmp_path / "damaged.png")), torch.from_numpy(p3).permute(2, 0, 1))
+
+
+def test_a_large_jpeg_for_a_small_size_is_decoded_small_to_the_same_pixels(tmp_path, monkeypatch):
+    """Training at 32 px on 12 MP photos decoded whole paid for 12 MP per image: libjpeg decodes at
+    1/2..1/8 scale instead, never below SHRINK_MARGIN x the size, within a grey level or two of the full decode."""
+    import image_io
+
+    src = Image.open(sorted((DATA / "photos").iterdir())[0]).convert("RGB").resize((1024, 768), Image.BICUBIC)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    src.save(folder / "a.jpg", quality=92)
+    src.transpose(Image.Transpose.ROTATE_90).save(folder / "b.jpg", quality=92)
+    assert tuple(read_image(str(folder / "a.jpg"), shrink_to=32).shape) == (3, 192, 256)  # 1/4: 192 >= 4 x 32 > 96
+    assert tuple(read_image(str(folder / "a.jpg"), shrink_to=400).shape) == (3, 768, 1024)  # no smaller scale keeps 4 x 400
+    small = load_folder(str(folder), 32, None)
+    monkeypatch.setattr(image_io, "SHRINK_MARGIN", 10**9)  # never shrink: the full decode
+    full = load_folder(str(folder), 32, None)
+    assert (small.int() - full.int()).abs().max() <= 2
