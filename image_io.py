@@ -158,6 +158,9 @@ def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
     if note is not None and fmt == "PNG":
         extra["pnginfo"] = PngInfo()
         extra["pnginfo"].add_text(NOTE_KEY, json.dumps(note, sort_keys=True))
+    # PIL's defaults are lossy enough to move SSIM (JPEG quality 75 with 4:2:0 chroma, WebP 80):
+    # JPEG at 95 with full chroma, WebP lossless, as close to the pixels as each format goes
+    extra |= {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
     buf = io.BytesIO()
     im.save(buf, format=fmt, **extra)
     return buf.getvalue()
