@@ -18,9 +18,10 @@ from typing import NamedTuple, Optional
 import typer
 
 import notes
-from common import ImageRNG, Progress, Stop, UserError, check_seed, generator
+from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
 from image_io import read_image, to_model, to_uint8, write_image
+from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
 
@@ -62,58 +63,9 @@ def fail_cleanly(fn):
     return wrapper
 
 
-def out_of_memory(e: BaseException) -> bool:
-    """A failed allocation: MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's RuntimeError."""
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in text \
-        or "can't allocate memory" in text or "not enough memory" in text
-
-
 def command(name: str | None = None):
     """An app command that fails cleanly."""
     return lambda fn: app.command(name)(fail_cleanly(fn))
-
-
-def default_threads() -> int:
-    """The CPU cores other processes are not using right now (/proc/stat over 0.1 s). On a shared
-    machine OpenMP threads that wait for a core another process holds slow every step down
-    (RESULTS.md, "Threads on a shared CPU"); alone, every core."""
-    import time
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-    def ticks():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # all, idle + iowait
-
-    try:
-        (all0, idle0), _ = ticks(), time.sleep(0.1)
-        all1, idle1 = ticks()
-    except (OSError, ValueError, IndexError):
-        return cores
-    machine = os.cpu_count() or cores
-    busy = machine * (1 - (idle1 - idle0) / max(all1 - all0, 1))
-    return max(1, min(cores, round(machine - busy)))
-
-
-def pick_device(device: str, threads: int | None = None):
-    import torch
-
-    torch.set_num_threads(at_least(threads, "--threads") if threads is not None else default_threads())
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):  # the devices colddiff is built and tested for
-        raise UserError(f"--device must be auto, cpu or cuda (or cuda:N), got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return dev
 
 
 def make_op(name: str, preset: str | None, pairs: list[str] | None):
@@ -164,53 +116,6 @@ def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, sour
     return samplers.Sampling(op, meta, restore, sampler, samplers.steps_for(sampler, op, meta, t, steps), z, eta)
 
 
-def available_memory(device) -> int | None:
-    """Bytes free for tensors: the CUDA device's free memory, or the CPU's MemAvailable (None if unknown)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-NET_BYTES_PER_PIXEL_AND_WIDTH = 100  # peak activations of one forward, measured 74-93 (unet.py, float32, CPU)
-AUTO_TILE = 512  # the tiles of an image that cannot fit whole: larger ones cost more per pixel (benchmarks/tiles.py)
-
-
-def check_fits(sampling, name: str, h: int, w: int, batch: int, device, tile: int | None = 0) -> int | None:
-    """The tile size for h x w images through R at --batch (None: whole), or a UserError that says
-    what to change: a network call that cannot fit (a 12-megapixel photo through R) is refused
-    before any work, where the allocator would fail mid-way or the kernel kill us. tile: --tile
-    (N: tiles of N px; 0: whole or refuse; None: whole, or the largest tiles that fit where one
-    image cannot fit whole)."""
-    per_px = NET_BYTES_PER_PIXEL_AND_WIDTH * sampling.meta["network"]["dim"]
-    side = tile or max(h, w)
-    need = per_px * min(h, side) * min(w, side)  # one image's (or tile's) network call
-    free = available_memory(device)
-    if free is None or need * batch <= free:
-        return side if side < max(h, w) else None
-    gb = 2**30
-    # the largest tiles that fit, a power of two: the same tiles (the same bytes) however free memory moves
-    fitting = 2 ** int(math.log2(max(math.sqrt(free / (per_px * batch)), 1)))
-    if need <= free:
-        advice = f"use --batch {free // need}"
-    elif tile is None and fitting >= 64:
-        return min(fitting, AUTO_TILE)
-    elif tile:
-        advice = f"use --tile {fitting}" if fitting >= 64 else "use a smaller --batch"
-    else:
-        scale = math.sqrt(free / need)
-        advice = f"restore it in tiles (--tile N) or resize it to about {int(w * scale)}x{int(h * scale)}"
-    advice += "" if device.type == "cpu" else ", or use --device cpu"
-    where = f" in {side} px tiles" if side < max(h, w) else ""
-    raise UserError(f"{name}: {w}x{h}{where} at --batch {batch} needs about {need * batch / gb:.1f} GB for the network, "
-                    f"{free / gb:.1f} GB are free on {device.type}; {advice}")
-
-
 def strip_frames(T: int, frames: int | None) -> list[int]:
     if frames is not None and frames < 2:
         raise UserError(f"--frames must be at least 2, got {frames}")
@@ -220,12 +125,6 @@ def strip_frames(T: int, frames: int | None) -> list[int]:
 
 def say_line(message: str) -> None:
     typer.echo(f"colddiff: {message}", err=True)
-
-
-def at_least(value: int, flag: str, low: int = 1) -> int:
-    if value < low:
-        raise UserError(f"{flag} must be at least {low}, got {value}")
-    return value
 
 
 # ----------------------------------------------------------------------------- options
@@ -342,7 +241,7 @@ def degrade(
 
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True) -> None:
-    """One image's x_t (or its strip of frames) to `dest`; a PNG x_t carries a note of how it was
+    """One image's x_t (or its strip of frames) to `dest`; a PNG or JPEG x_t carries a note of how it was
     made, which `restore` reads (notes.py)."""
     import torch
 
@@ -425,11 +324,11 @@ def restore(
     inputs: list[str] = typer.Argument(..., metavar="FILE|FOLDER|-...", help="Degraded image files, folders (recursive) or - for stdin."),
     model: str = ModelOpt,
     sampler: Optional[str] = SamplerOpt,
-    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: what a PNG from `colddiff degrade` says, else the model's T)."),
+    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: what a PNG or JPEG from `colddiff degrade` says, else the model's T)."),
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
     eta: Optional[float] = EtaOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the operator's hidden randomness: the --seed that `degrade` used (default: what its PNG says, else 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the operator's hidden randomness: the --seed that `degrade` used (default: what its PNG or JPEG says, else 0)."),
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
     tile: Optional[int] = typer.Option(None, "--tile", metavar="N", help="Run R on N x N tiles that overlap by N/8, blended (memory of one tile, time linear in pixels); 0: never. Default: whole images; 512 px tiles (or the largest that fit) for one that cannot fit in memory whole."),
@@ -446,7 +345,7 @@ def restore(
     colddiff restore blurry/ --model faces.safetensors --sampler tacos -o restored/
 
     Operators with hidden randomness (snow's pattern, mask's random centre, noise's z) redraw it
-    from --seed inside naive/tacos sampling, to reproduce the exact degradation. A PNG written by
+    from --seed inside naive/tacos sampling, to reproduce the exact degradation. A PNG or JPEG written by
     `colddiff degrade` says its operator, t and seed, so none of them need be given; --t and --seed
     override it. direct needs no seed."""
     import torch

@@ -35,6 +35,12 @@ def check_seed(seed: int) -> int:
     return seed
 
 
+def at_least(value: int, flag: str, low: int = 1) -> int:
+    if value < low:
+        raise UserError(f"{flag} must be at least {low}, got {value}")
+    return value
+
+
 def generator(seed: int) -> torch.Generator:
     """The CPU generator one image's draws come from."""
     return torch.Generator().manual_seed(check_seed(seed))

@@ -148,7 +148,7 @@ def grid_image(x, ncol: int, pad: int = 2):
 
 
 def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
-    """The image file's bytes; a PNG carries `note` (JSON) in its NOTE_KEY text chunk."""
+    """The image file's bytes; a PNG carries `note` (JSON) in its NOTE_KEY text chunk, a JPEG in a comment."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -158,6 +158,8 @@ def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
     if note is not None and fmt == "PNG":
         extra["pnginfo"] = PngInfo()
         extra["pnginfo"].add_text(NOTE_KEY, json.dumps(note, sort_keys=True))
+    elif note is not None and fmt == "JPEG":  # a COM marker, behind the key: cameras write comments too
+        extra["comment"] = f"{NOTE_KEY} {json.dumps(note, sort_keys=True)}".encode()
     # PIL's defaults are lossy enough to move SSIM (JPEG quality 75 with 4:2:0 chroma, WebP 80):
     # JPEG at 95 with full chroma, WebP lossless, as close to the pixels as each format goes
     extra |= {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
@@ -174,9 +176,11 @@ def read_note(source: str | bytes) -> dict | None:
     name = "<stdin>" if isinstance(source, bytes) else source
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            text = im.info.get(NOTE_KEY)
+            text, comment = im.info.get(NOTE_KEY), im.info.get("comment")
     except OSError:
         return None  # read_image says what is wrong with the file
+    if text is None and isinstance(comment, bytes) and comment.startswith(f"{NOTE_KEY} ".encode()):
+        text = comment[len(NOTE_KEY) + 1:].decode("utf-8", "replace")
     if text is None:
         return None
     try:
@@ -184,7 +188,7 @@ def read_note(source: str | bytes) -> dict | None:
     except ValueError:
         note = None
     if not isinstance(note, dict):
-        raise UserError(f"{name}: its {NOTE_KEY!r} PNG note is not colddiff's (not a JSON object); pass --t to restore it anyway")
+        raise UserError(f"{name}: its {NOTE_KEY!r} note is not colddiff's (not a JSON object); pass --t to restore it anyway")
     return note
 
 

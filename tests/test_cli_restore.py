@@ -138,7 +138,7 @@ def test_restore_a_damaged_note_is_one_line(cli, blur_model, tmp_path):
         assert cli("restore", tmp_path / "n.png", "--model", blur_model, "--t", "3", "--sampler", "direct").returncode == 0
 
 
-def test_degrade_notes_only_single_frames_in_png(cli, tmp_path):
+def test_degrade_notes_only_single_frames_in_png_and_jpeg(cli, tmp_path):
     import io
 
     img = sorted((DATA / "fmnist").iterdir())[0]
@@ -147,8 +147,14 @@ def test_degrade_notes_only_single_frames_in_png(cli, tmp_path):
     assert (note["command"], note["op"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", "snow", 7, 11, 200)
     strip = cli("degrade", img, "--op", "snow", "--strip")
     assert "colddiff" not in Image.open(io.BytesIO(strip.stdout)).info  # several frames: no one t
-    assert cli("degrade", img, "--op", "snow", "--t", "7", "-o", tmp_path / "d.jpg").returncode == 0
-    assert "colddiff" not in Image.open(tmp_path / "d.jpg").info
+    assert cli("degrade", img, "--op", "snow", "--t", "7", "--seed", "11", "-o", tmp_path / "d.jpg").returncode == 0
+    from image_io import read_note
+
+    assert read_note(str(tmp_path / "d.jpg")) == note  # a JPEG carries it in a comment
+    assert cli("degrade", img, "--op", "snow", "--t", "7", "-o", tmp_path / "d.webp").returncode == 0
+    assert read_note(str(tmp_path / "d.webp")) is None
+    Image.open(img).save(tmp_path / "camera.jpg", comment=b"OLYMPUS DIGITAL CAMERA")
+    assert read_note(str(tmp_path / "camera.jpg")) is None  # another program's comment is not a note
 
 
 def test_restore_and_generate_say_how_they_made_each_png_and_restore_reads_only_degrades(cli, blur_model, gen_model, tmp_path):
@@ -195,6 +201,11 @@ def test_restore_redraws_the_hidden_randomness_from_the_notes_seed(cli, fmnist_s
     zero = cli("restore", tmp_path / "d.png", "-m", model, "--steps", "4", "--t", "12", "--seed", "0")
     assert noted.returncode == told.returncode == zero.returncode == 0
     assert noted.stdout == told.stdout and (png(noted.stdout) != png(zero.stdout)).any()
+    assert cli("degrade", img, "--op", "snow", "--preset", "cifar10", "--param", "T=20", "--t", "12", "--seed", "9",
+               "-o", tmp_path / "d.jpg").returncode == 0  # the note in a JPEG's comment: restore reads it too
+    jpeg_noted = cli("restore", tmp_path / "d.jpg", "-m", model, "--steps", "4")
+    jpeg_told = cli("restore", tmp_path / "d.jpg", "-m", model, "--steps", "4", "--t", "12", "--seed", "9")
+    assert jpeg_noted.returncode == 0 and jpeg_noted.stdout == jpeg_told.stdout and "as if degraded" not in jpeg_noted.stderr.decode()
 
 
 def test_eval_says_when_a_stray_colour_image_is_used_as_grey(cli, blur_model, tmp_path):

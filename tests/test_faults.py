@@ -176,10 +176,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, fmnist
 
 
 def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur_model, tmp_path, monkeypatch):
-    import colddiff
+    import machine
 
     x = noise_png(tmp_path / "x.png", 300, 400, c=1)
-    monkeypatch.setattr(colddiff, "available_memory", lambda device: 200 * 2**20)  # 200 MB free
+    monkeypatch.setattr(machine, "available_memory", lambda device: 200 * 2**20)  # 200 MB free
     r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r.png", "--batch", "4")
     err = r.stderr.decode()  # tiny net (dim 16): ~0.18 GB per 400x300 image
     assert r.returncode == 0, err
@@ -190,7 +190,7 @@ def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur
     r = cli("restore", folder, "-m", blur_model, "-o", tmp_path / "out/", "--batch", "4")
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "use --batch 1" in err and not (tmp_path / "out").exists(), err
-    monkeypatch.setattr(colddiff, "available_memory", lambda device: 20 * 2**20)  # 400x300 cannot fit whole
+    monkeypatch.setattr(machine, "available_memory", lambda device: 20 * 2**20)  # 400x300 cannot fit whole
     r = cli("restore", x, "-m", blur_model, "-o", tmp_path / "r2.png", "--tile", "0")
     err = r.stderr.decode()
     assert r.returncode == 1 and "in tiles (--tile N) or resize it to about" in err and not (tmp_path / "r2.png").exists(), err

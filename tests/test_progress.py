@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-import colddiff
+import machine
 from common import Progress
 from conftest import run_cli
 
@@ -105,13 +105,13 @@ def test_a_run_too_short_for_its_ema_is_warned_of_with_the_share_the_ema_really_
 
 
 def test_threads_option_and_default(cli, tmp_path):
-    assert 1 <= colddiff.default_threads() <= (os.cpu_count() or 1)
+    assert 1 <= machine.default_threads() <= (os.cpu_count() or 1)
     before = torch.get_num_threads()
     try:
         from PIL import Image
 
         Image.new("L", (16, 16)).save(tmp_path / "x.png")
-        colddiff.pick_device("cpu", 1)
+        machine.pick_device("cpu", 1)
         assert torch.get_num_threads() == 1
         r = cli("degrade", tmp_path / "x.png", "--op", "blur", "--threads", "1", "-o", tmp_path / "o.png")
         assert r.returncode == 0
