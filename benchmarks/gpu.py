@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py --json $OUT/gpu.json --deadline 540   # on the lent GPU: one call (below)
     python benchmarks/gpu.py --tiny --json /tmp/gpu.json           # dry run on the CPU: tiny network and sizes
-    python benchmarks/gpu.py --only train,sample --json ...        # parts: ceilings, tests, train, sample
+    python benchmarks/gpu.py --only train,sample --json ...        # parts: ceilings, tests, train, sample, large
 
 In this order: the device's two ceilings (a bf16 8192^3 matrix product, a device-to-device copy);
 `python -m pytest -m cuda` (JUnit XML beside the JSON, one test at most --test-timeout s); then,
@@ -11,7 +11,8 @@ blur, T=200) with its peak memory at batch 128, generation of 64 x 128 px (T=300
 restoration of 64 x 128 px (celeba, T=200) and 64 x 32 px (mnist, T=20), training at 32 px (mnist
 blur, T=20), generation as `colddiff generate` runs it (step noise drawn on the host), and the
 rates that size the later GPU runs (the bundled model's recipe, compiled; reproduce.py's, eager),
-and, last, training at 128 px again with cudnn.benchmark on (an A/B: colddiff leaves it off). Training
+training at 128 px again with cudnn.benchmark on (an A/B: colddiff leaves it off), and, last,
+one R call on a 12 MP photo whole and in 512 px tiles (restore's large-image path, seconds and peak memory). Training
 rows give model FLOP utilisation against the datasheet's 989 TFLOP/s and against the measured
 matrix product; sampling rows give the first (compiling) call's time. Each row is set against the
 released code's figure on the H100 and the target; a missed target is profiled (torch.profiler)
@@ -66,6 +67,9 @@ TARGETS = {
     "train bundled, small, compiled": (None, None),
     "train reproduce, small, eager": (None, None),
     "train celeba, cudnn.benchmark": (213, 1600),  # an A/B against "train celeba": colddiff leaves cuDNN's heuristics on
+    # restore's large-image path on the GPU: one R call on a 12 MP photo, whole and in 512 px tiles
+    "R call 12 MP, whole": (None, None),
+    "R call 12 MP, 512 px tiles": (None, None),
 }
 DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 STEP_NOISE = 0.0125  # the bundled model's
@@ -169,7 +173,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="where to write the results (rewritten after every row)")
     ap.add_argument("--tiny", action="store_true", help="dry run: tiny network, 2 images, few steps (for the CPU)")
-    ap.add_argument("--only", default="ceilings,tests,train,sample", help="which parts to run (comma-separated)")
+    ap.add_argument("--only", default="ceilings,tests,train,sample,large", help="which parts to run (comma-separated)")
     ap.add_argument("--deadline", type=float, default=540, help="seconds from the start by which everything has stopped")
     ap.add_argument("--tests-max", type=float, default=240, help="seconds the CUDA tests may take in all")
     ap.add_argument("--test-timeout", type=int, default=150, help="seconds one CUDA test may take (pytest-timeout, where installed)")
@@ -247,6 +251,36 @@ def main():
         add(workload, r["time"], "s", {"images": args.n, "px": r["size"], "network_calls": r["steps"], "first_call_s": r["first_call"],
                                        "peak_gib": r["peak"]}, r["run"], 1)
 
+    def large_row(tile):
+        """One R call (eager bf16, `net`) on a 4000 x 3000 image (512 x 384 with --tiny), whole or tiled."""
+        import samplers
+        import unet
+
+        w, h, px = (512, 384, 128) if a.tiny else (4000, 3000, 512)
+        restore = samplers.make_restorer(unet.build(3, net).to(device).eval(), device)
+        restore = samplers.tiled(restore, px) if tile else restore
+        x = (torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+
+        def once():
+            out = restore(x, 10)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        once()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        once()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        add(f"R call 12 MP, {'512 px tiles' if tile else 'whole'}", seconds, "s",
+            {"px": f"{w}x{h}", "tiles": samplers.tile_count(h, w, px) if tile else 1, "first_call_s": first, "peak_gib": peak}, None)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # the order of what matters most when time runs short; generation and restore celeba share one compiled graph
     plan = []
     if "train" in parts:
@@ -264,6 +298,8 @@ def main():
         plan += [("train bundled, small, compiled", lambda: train_row("bundled", 128, "train bundled, small, compiled", small, augment=False)),
                  ("train reproduce, small, eager", lambda: train_row("mnist", 128, "train reproduce, small, eager", small, compile=False)),
                  ("train celeba, cudnn.benchmark", lambda: train_row("celeba", 128, "train celeba, cudnn.benchmark", cudnn_benchmark=True))]
+    if "large" in parts:  # last: the whole image may not fit (an OutOfMemoryError is recorded, and the tiles still run)
+        plan += [("R call 12 MP, whole", lambda: large_row(False)), ("R call 12 MP, 512 px tiles", lambda: large_row(True))]
     for label, fn in plan:
         attempt(label, fn)
 
