@@ -71,13 +71,16 @@ def describe(path: str) -> tuple[str, dict]:
         return describe_model(path)
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
-    read_image(path)  # one clear line for a file that is neither a model nor an image
+    u8 = read_image(path)  # one clear line for a file that is neither a model nor an image
+    c, h, w = u8.shape
+    size = {"width": w, "height": h, "channels": c}  # not "image": generate's notes number their images so
+    kind = f"{w}x{h} {'grey' if c == 1 else 'colour'}"  # as colddiff reads it: turned upright, in sRGB
     note = read_note(path)
     if note is None:
-        return f"{path}: an image with no colddiff note", {}
-    rows = [row(k, v) for k, v in note.items() if k not in ("command", "params")]
+        return f"{path}: an image with no colddiff note ({kind})", {"size": size}
+    rows = [row("size", kind)] + [row(k, v) for k, v in note.items() if k not in ("command", "params")]
     rows += [row("parameters", settings(note["params"]))] if isinstance(note.get("params"), dict) else []
-    return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), note
+    return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), {**note, "size": size}
 
 
 def describe_model(path: str) -> tuple[str, dict]:

@@ -41,9 +41,10 @@ def test_info_of_an_image_is_its_note(cli, tmp_path):
     r = cli("info", tmp_path / "d.png", PHOTO)
     out = r.stdout.decode()
     assert r.returncode == 0 and "made by colddiff degrade" in out and "  t           9" in out and "  op          mask" in out
-    assert f"{PHOTO}: an image with no colddiff note" in out
+    assert f"{PHOTO}: an image with no colddiff note (192x128 colour)" in out and "  size        28x28 grey" in out
     note = json.loads(cli("info", "--json", tmp_path / "d.png").stdout)
     assert (note["command"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", 9, 2, 50)
+    assert note["size"] == {"width": 28, "height": 28, "channels": 1}
 
 
 def test_info_of_anything_else_is_one_line(cli, tmp_path):
