@@ -357,6 +357,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
 
     own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels
+    upscaled = torch.zeros(len(items), dtype=torch.bool)  # short side under `size`: stretched, not sharp
     mixed = []  # with mixed_size: the first image found whose size differs (the rest is not loaded)
 
     def load(chunk: range) -> int:
@@ -369,6 +370,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             if im.shape[0] != C:
                 im = read_image(src, C, shrink_to=size)
             if size is not None and im.shape[-2:] != (size, size):
+                upscaled[i] = min(im.shape[-2:]) < size
                 im = resize_square(im, size)
             elif size is None and im.shape[-2:] != first.shape[-2:]:
                 sizes = f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}"
@@ -392,6 +394,10 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             say(f"the images differ in size ({mixed[0]}): resizing and centre-cropping them to {mixed_size[0]} px, "
                 f"{mixed_size[1]} (--size chooses)")
         return load_folder(folder, mixed_size[0], channels, limit, quiet, say)
+    if say and bool(upscaled.any()):
+        n = int(upscaled.sum())
+        say(f"{folder}: {n} of the {len(items)} images {'is' if n == 1 else 'are'} smaller than {size} px on the short side "
+            f"and upscaled to it (blurrier than {'the rest' if n < len(items) else 'the size promises'})")
     colour = int((own == 3).sum())
     if channels is None and 0 < colour < len(items):
         majority = 3 if 2 * colour >= len(items) else 1

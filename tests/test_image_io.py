@@ -159,3 +159,15 @@ def test_a_large_jpeg_for_a_small_size_is_decoded_small_to_the_same_pixels(tmp_p
     monkeypatch.setattr(image_io, "SHRINK_MARGIN", 10**9)  # never shrink: the full decode
     full = load_folder(str(folder), 32, None)
     assert (small.int() - full.int()).abs().max() <= 2
+
+
+def test_images_smaller_than_the_size_are_counted_when_upscaled(tmp_path):
+    """--size 64 over a folder with 20 px images stretches them: blurrier training data, so say so."""
+    folder = photos(tmp_path / "mixed", n=10, seed=4)  # 20..59 px
+    said = []
+    x = load_folder(str(folder), 64, None, say=said.append)
+    assert tuple(x.shape) == (10, 3, 64, 64)
+    assert len(said) == 1 and "10 of the 10 images are smaller than 64 px on the short side and upscaled" in said[0]
+    said.clear()
+    load_folder(str(folder), 16, None, say=said.append)
+    assert said == []  # every image is shrunk: nothing to say
