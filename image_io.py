@@ -96,8 +96,10 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
         # fits in it (else 0..255, as PIL's own conversion takes it)
         v = np.asarray(im).astype(np.float64)
         hi = v.max(initial=0)
-        scale = (255 / 65535 if im.mode != "F" and (im.mode != "I" or hi > 255) else
-                 255 if im.mode == "F" and hi <= 1 else 1)
+        if im.mode == "F":
+            scale = 255 if hi <= 1 else 1
+        else:
+            scale = 1 if im.mode == "I" and hi <= 255 else 255 / 65535
         im = Image.fromarray(np.clip(np.rint(v * scale), 0, 255).astype(np.uint8))
     im = im.convert("L" if channels == 1 else "RGB")
     arr = np.asarray(im, dtype=np.uint8)

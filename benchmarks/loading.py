@@ -25,7 +25,7 @@ def one_load(folder: str, size: int, margin: float, out: str) -> None:
     import resource
     import time
 
-    import torch
+    from safetensors.torch import save_file
 
     import image_io
 
@@ -33,7 +33,7 @@ def one_load(folder: str, size: int, margin: float, out: str) -> None:
     start = time.perf_counter()
     x = image_io.load_folder(folder, size, None)
     seconds = time.perf_counter() - start
-    torch.save(x, out)
+    save_file({"images": x}, out)  # safetensors: nothing here is ever unpickled
     print(json.dumps({"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
 
@@ -51,6 +51,7 @@ def main() -> None:
 
     import torch
     from PIL import Image
+    from safetensors.torch import load_file
 
     import image_io
 
@@ -68,10 +69,10 @@ def main() -> None:
             im.save(folder / f"{i:03d}.jpg", quality=92)
         rows = []
         for label, margin in (("whole", 1e9), (f"reduced, margin {image_io.SHRINK_MARGIN}", image_io.SHRINK_MARGIN), ("reduced, margin 2", 2)):
-            out = Path(tmp) / f"{margin}.pt"
+            out = Path(tmp) / f"{margin}.safetensors"
             r = subprocess.run([sys.executable, __file__, "--size", str(a.size), "--one", str(folder), str(margin), str(out)],
                                check=True, capture_output=True, text=True)
-            rows.append((label, json.loads(r.stdout.splitlines()[-1]), torch.load(out)))
+            rows.append((label, json.loads(r.stdout.splitlines()[-1]), load_file(out)["images"]))
     full = rows[0][2].int()
     print(f"{a.n} JPEGs of {a.px} loaded at {a.size} px ({torch.get_num_threads()} threads)\n")
     print("| decode | seconds | peak memory | max / mean difference from whole (grey levels) |")
