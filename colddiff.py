@@ -19,8 +19,8 @@ import typer
 
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
-from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, load_folder, plan_grid_or_folder, plan_outputs
-from image_io import read_image, to_model, to_uint8, write_image
+from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
+from image_io import check_size, read_image, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -116,6 +116,18 @@ def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, sour
     return samplers.Sampling(op, meta, restore, sampler, samplers.steps_for(sampler, op, meta, t, steps), z, eta)
 
 
+STRIP_WIDTH = 16383  # WebP's limit and wider than any screen: --strip shrinks a photo's frames to fit it
+
+
+def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
+    """(height, width) of each of a strip's n frames of an h x w image: its own, or shrunk (aspect
+    kept) so that the strip is at most STRIP_WIDTH wide: 11 frames of a 12 MP photo were a 132 MP PNG."""
+    if n * w <= STRIP_WIDTH:
+        return h, w
+    fw = max(1, STRIP_WIDTH // n)
+    return max(1, round(h * fw / w)), fw
+
+
 def strip_frames(T: int, frames: int | None) -> list[int]:
     if frames is not None and frames < 2:
         raise UserError(f"--frames must be at least 2, got {frames}")
@@ -200,7 +212,7 @@ def degrade(
     t: Optional[int] = typer.Option(None, "--t", help="Degradation step, 0..T (default T)."),
     seed: int = SeedOpt,
     out: Optional[str] = OutOpt,
-    strip: bool = typer.Option(False, "--strip", help="Write x_0 ... x_T side by side in one PNG."),
+    strip: bool = typer.Option(False, "--strip", help="Write x_0 ... x_T side by side in one image (a large image's frames shrunk so that it is at most 16383 px wide)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames in --strip (default all up to T=20, else 11)."),
     param: Optional[list[str]] = ParamOpt,
     source: Optional[str] = SourceOpt,
@@ -223,27 +235,35 @@ def degrade(
     steps = strip_frames(operator.T, frames) if strip else [t]
     dev = pick_device(device, threads)
     items = find_images(inputs)
-    for src, _, _ in items:  # every input must decode before anything is written
-        read_image(src)
+    sizes = [read_image(src).shape[-2:] for src, _, _ in items]  # every input must decode before anything is written
     dests = plan_outputs(items, out, force)
+    frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]
+    for dest, (h, w) in zip(dests, frame_sizes):
+        check_size(dest, len(steps) * w, h)
     attach_source(operator, source, dev)
-    notes: set = set()
+    said: set = set()
     with Progress("degrading", len(items), "images", quiet=quiet or len(items) == 1) as progress:
-        for i, ((src, _, _), dest) in enumerate(zip(items, dests)):
+        for i, ((src, _, _), dest, size) in enumerate(zip(items, dests, frame_sizes)):
             x0 = to_model(read_image(src))[None].to(dev)
             fitted, note = operator.fit_to(*x0.shape[-3:])
             fitted = fitted if fit else operator
-            if note and note not in notes and not quiet and (fit or note.startswith("warning")):
-                notes.add(note)
-                typer.echo(f"colddiff: {note}", err=True)
-            degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip)
+            if note and note not in said and not quiet and (fit or note.startswith("warning")):
+                said.add(note)
+                say_line(note)
+            if size != tuple(x0.shape[-2:]) and "strip" not in said and not quiet:
+                said.add("strip")
+                say_line(f"{source_name(src)}: a strip of {len(steps)} frames of {x0.shape[-1]}x{x0.shape[-2]} would be "
+                         f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
+                         f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
+            degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size)
             progress.update(i + 1)
 
 
-def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True) -> None:
-    """One image's x_t (or its strip of frames) to `dest`; a PNG or JPEG x_t carries a note of how it was
-    made, which `restore` reads (notes.py)."""
+def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None) -> None:
+    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; a PNG or JPEG x_t
+    carries a note of how it was made, which `restore` reads (notes.py)."""
     import torch
+    import torch.nn.functional as F
 
     hidden = operator.draw(x0, generator(seed))
     frames = []
@@ -251,7 +271,10 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
     for i in range(0, len(steps), per_call):
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
-        frames += list(to_uint8(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)))
+        x_t = operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)
+        if size is not None and tuple(size) != tuple(x_t.shape[-2:]):  # D at full size, then shown smaller
+            x_t = F.interpolate(x_t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        frames += list(to_uint8(x_t))
     write_image(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None)
 
 
@@ -361,9 +384,9 @@ def restore(
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = find_images(inputs)
-    plans, at_t, unsaid, tiled = [], {}, 0, None  # a Plan per image; the sampling from each t; ...
+    plans, sizes, at_t, unsaid, tiled = [], [], {}, 0, None  # a Plan and size per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
-        name = "<stdin>" if isinstance(src, bytes) else src
+        name = source_name(src)
         u8 = read_image(src)
         check_input(u8, C, op, src, model)
         tile_px = check_fits(sampling, name, *u8.shape[-2:], min(batch, len(items)), dev, tile)
@@ -377,7 +400,10 @@ def restore(
             except UserError as e:
                 raise UserError(f"{name}: degraded to t = {t_i} (its colddiff note): {e}") from None
         plans.append(Plan(t_i, seed_i, tile_px))
+        sizes.append(u8.shape[-2:])
     dests = plan_outputs(items, out, force)
+    for dest, (h, w) in zip(dests, sizes):
+        check_size(dest, w, h)
     if unsaid and not quiet:  # after every check: an error stays the only line
         which = "" if unsaid == len(items) else f" the {unsaid} images that carry no colddiff note"
         typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
@@ -424,7 +450,7 @@ class Plan(NamedTuple):
 
 
 def check_input(u8, channels: int, op, src, model, least: int = 0):
-    name = "<stdin>" if isinstance(src, bytes) else src
+    name = source_name(src)
     if u8.shape[0] != channels:
         kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
         raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
@@ -536,6 +562,10 @@ def generate(
     break_noise = generative.break_symmetry(sampling, symmetry, break_noise, step_noise)
     generative.check(sampling)
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
+    if not folder:
+        ncol = ncol or math.ceil(math.sqrt(n))
+        H, W = sampling.meta["image"]["height"], sampling.meta["image"]["width"]
+        check_size(names[0], *grid_size(n, ncol, H, W))
     results = []
     with Progress("generating", n, "images", quiet=quiet) as progress:
         per_batch = sampling.calls(sampling.op.T)
@@ -554,7 +584,7 @@ def generate(
                 results.append(images)
             progress.update(lo + len(images))
     if not folder:
-        grid = grid_image(torch.cat(results).float() / 127.5 - 1, ncol=ncol or math.ceil(math.sqrt(n)))
+        grid = grid_image(torch.cat(results).float() / 127.5 - 1, ncol=ncol)
         write_image(to_uint8(grid), names[0], {**made, "n": n})
 
 

@@ -29,6 +29,11 @@ NOTE_KEY = "colddiff"
 from common import UserError
 
 
+def source_name(source: str | bytes) -> str:
+    """How an input is named in messages: its path, or <stdin> for the bytes read from `-`."""
+    return "<stdin>" if isinstance(source, bytes) else source
+
+
 def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
     """Expand the command line into (source, relative output name, came from a folder).
 
@@ -66,7 +71,7 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
     import torch
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    name = "<stdin>" if isinstance(source, bytes) else source
+    name = source_name(source)
     Image.MAX_IMAGE_PIXELS = None  # PIL's own guard, replaced by the one below (which names the flag)
     try:
         im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
@@ -136,13 +141,18 @@ def to_uint8(x):
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def grid_size(n: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int]:
+    """(width, height) of grid_image's grid of n h x w images."""
+    return ncol * (w + pad) + pad, -(-n // ncol) * (h + pad) + pad
+
+
 def grid_image(x, ncol: int, pad: int = 2):
     """(N, C, H, W) in [-1, 1] -> one (C, H', W') image, `ncol` per row, white gutters."""
     import torch
 
     N, C, H, W = x.shape
-    nrow = -(-N // ncol)
-    out = torch.ones(C, nrow * (H + pad) + pad, ncol * (W + pad) + pad, dtype=x.dtype, device=x.device)
+    width, height = grid_size(N, ncol, H, W, pad)
+    out = torch.ones(C, height, width, dtype=x.dtype, device=x.device)
     for i in range(N):
         r, c = divmod(i, ncol)
         out[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]
@@ -166,7 +176,10 @@ def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
     # JPEG at 95 with full chroma, WebP lossless, as close to the pixels as each format goes
     extra |= {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
     buf = io.BytesIO()
-    im.save(buf, format=fmt, **extra)
+    try:
+        im.save(buf, format=fmt, **extra)
+    except (ValueError, OSError) as e:  # an encoder's own limit or failure, as one line
+        raise UserError(f"could not encode the {im.width}x{im.height} image as {fmt} ({e})") from None
     return buf.getvalue()
 
 
@@ -175,7 +188,7 @@ def read_note(source: str | bytes) -> dict | None:
     Only the header is read: the note precedes the pixels, so the image is not decoded."""
     from PIL import Image
 
-    name = "<stdin>" if isinstance(source, bytes) else source
+    name = source_name(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             text, comment = im.info.get(NOTE_KEY), im.info.get("comment")
@@ -219,6 +232,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
+# the largest side each format can store (PNG, BMP and TIFF: none an image here reaches)
+MAX_SIDE = {"WEBP": ("WebP", 16383), "JPEG": ("JPEG", 65535), "GIF": ("GIF", 65535)}
 
 
 def check_suffix(dest: str) -> str:
@@ -226,6 +241,14 @@ def check_suffix(dest: str) -> str:
     if Path(dest).suffix.lower() not in _FORMATS:
         raise UserError(f"{dest}: name an output file with one of {', '.join(sorted(_FORMATS))} (or a folder ending in /)")
     return dest
+
+
+def check_size(dest: str, width: int, height: int) -> None:
+    """An image of width x height fits the format dest names: checked before the work, not after it."""
+    fmt = "PNG" if dest == STDIO else _FORMATS[Path(check_suffix(dest)).suffix.lower()]
+    name, limit = MAX_SIDE.get(fmt, (fmt, math.inf))
+    if max(width, height) > limit:
+        raise UserError(f"{dest}: {name} holds at most {limit} px a side and this image is {width}x{height}; name a .png")
 
 
 def write_stdout(data: bytes) -> None:
@@ -257,8 +280,8 @@ def write_image(u8, dest: str, note: dict | None = None) -> None:
     if dest == STDIO:
         write_stdout(encode_image(u8, note=note))
         return
-    fmt = _FORMATS[Path(check_suffix(dest)).suffix.lower()]
-    atomic_write(Path(dest), encode_image(u8, fmt, note))
+    check_size(dest, u8.shape[-1], u8.shape[-2])
+    atomic_write(Path(dest), encode_image(u8, _FORMATS[Path(dest).suffix.lower()], note))
 
 
 def check_writable(dests) -> None:

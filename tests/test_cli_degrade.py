@@ -82,6 +82,38 @@ def test_strip_shows_every_step(cli, tmp_path):
     assert np.asarray(Image.open(tmp_path / "c.png")).shape[1] == 192 * 11  # T=200: 11 frames
 
 
+def test_strip_of_a_wide_image_shrinks_its_frames(cli, tmp_path):
+    # 11 frames of a 1700 px wide image would be 18,700 px: each frame is D at full size, then shrunk
+    wide = tmp_path / "wide.png"
+    Image.open(PHOTO).resize((1700, 60), Image.BICUBIC).save(wide)
+    r = cli("degrade", wide, "--op", "blur", "--preset", "cifar10", "--no-fit", "--strip", "-o", tmp_path / "s.webp")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert err.count("frames are shrunk to 1489x53") == 1, err
+    s = np.asarray(Image.open(tmp_path / "s.webp")).astype(int)
+    assert s.shape == (53, 11 * 1489, 3) and s.shape[1] <= 16383
+
+    def shrunk(u8):  # the obvious reference: the full-size image, scaled down on its own
+        x = torch.from_numpy(u8.transpose(2, 0, 1).copy())[None].float()
+        return torch.nn.functional.interpolate(x, size=(53, 1489), mode="bilinear", antialias=True)[0].permute(1, 2, 0).numpy()
+
+    last = png(cli("degrade", wide, "--op", "blur", "--preset", "cifar10", "--no-fit", "--t", "50").stdout)
+    assert np.abs(s[:, :1489] - shrunk(np.asarray(Image.open(wide)))).max() <= 1  # x_0
+    assert np.abs(s[:, -1489:] - shrunk(last)).max() <= 1  # x_T, as `degrade --t T` makes it
+    assert np.abs(s[:, :1489] - s[:, -1489:]).mean() > 3  # and the frames differ
+
+
+def test_outputs_too_large_for_their_format_are_refused_before_the_work(cli, tmp_path):
+    Image.new("L", (17000, 4)).save(tmp_path / "long.png")
+    r = cli("degrade", tmp_path / "long.png", "--op", "blur", "--t", "1", "-o", tmp_path / "x.webp")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "WebP holds at most 16383 px a side and this image is 17000x4" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.webp").exists()
+    assert cli("degrade", tmp_path / "long.png", "--op", "blur", "--t", "1", "-o", tmp_path / "x.png").returncode == 0
+    r = cli("generate", "--n", "9000", "--ncol", "9000", "-o", tmp_path / "g.webp")  # 270,002 px wide
+    assert r.returncode == 1 and b"WebP holds at most 16383" in r.stderr and b"generating" not in r.stderr, r.stderr
+
+
 def test_ops_lists_everything(cli):
     r = cli("ops", env={"COLUMNS": "200"})
     assert r.returncode == 0

@@ -69,7 +69,10 @@ def test_restore_wrong_inputs(cli, blur_model, tmp_path):
     assert r.returncode == 1 and "not a safetensors file" in r.stderr.decode()
     r = cli("restore", PHOTO, "--model", PHOTO, "-o", tmp_path / "o.png")
     assert r.returncode == 1 and "not a safetensors file" in r.stderr.decode()
-    assert not (tmp_path / "o.png").exists()
+    Image.new("L", (16400, 12)).save(tmp_path / "long.png")  # WebP's limit is 16383 px: refused before R runs
+    r = cli("restore", tmp_path / "long.png", "--model", blur_model, "--t", "1", "-o", tmp_path / "o.webp")
+    assert r.returncode == 1 and "WebP holds at most 16383 px a side and this image is 16400x12" in r.stderr.decode()
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.webp").exists()
 
 
 def test_eval_refuses_colour_images_for_a_grey_model_as_restore_does(cli, blur_model, tmp_path):
