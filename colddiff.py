@@ -260,7 +260,7 @@ def degrade(
 
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None) -> None:
-    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; a PNG or JPEG x_t
+    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; an x_t file
     carries a note of how it was made, which `restore` reads (notes.py)."""
     import torch
     import torch.nn.functional as F
@@ -347,11 +347,11 @@ def restore(
     inputs: list[str] = typer.Argument(..., metavar="FILE|FOLDER|-...", help="Degraded image files, folders (recursive) or - for stdin."),
     model: str = ModelOpt,
     sampler: Optional[str] = SamplerOpt,
-    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: what a PNG or JPEG from `colddiff degrade` says, else the model's T)."),
+    t: Optional[int] = typer.Option(None, "--t", help="The step the inputs were degraded to (default: what an image from `colddiff degrade` says, else the model's T)."),
     steps: Optional[int] = StepsOpt,
     z: Optional[str] = ZOpt,
     eta: Optional[float] = EtaOpt,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the operator's hidden randomness: the --seed that `degrade` used (default: what its PNG or JPEG says, else 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the operator's hidden randomness: the --seed that `degrade` used (default: what its image file says, else 0)."),
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
     tile: Optional[int] = typer.Option(None, "--tile", metavar="N", help="Run R on N x N tiles that overlap by N/8, blended (memory of one tile, time linear in pixels); 0: never. Default: whole images; 512 px tiles (or the largest that fit) for one that cannot fit in memory whole."),
@@ -368,7 +368,7 @@ def restore(
     colddiff restore blurry/ --model faces.safetensors --sampler tacos -o restored/
 
     Operators with hidden randomness (snow's pattern, mask's random centre, noise's z) redraw it
-    from --seed inside naive/tacos sampling, to reproduce the exact degradation. A PNG or JPEG written by
+    from --seed inside naive/tacos sampling, to reproduce the exact degradation. An image (not a BMP) written by
     `colddiff degrade` says its operator, t and seed, so none of them need be given; --t and --seed
     override it. direct needs no seed."""
     import torch
@@ -451,7 +451,8 @@ class Plan(NamedTuple):
 
 def check_input(u8, channels: int, op, src, model, least: int = 0):
     name = source_name(src)
-    if u8.shape[0] != channels:
+    neutral = u8.shape[0] == 3 and bool((u8 == u8[:1]).all())  # R = G = B (a WebP holds no grey): grey, losslessly
+    if u8.shape[0] != channels and not (channels == 1 and neutral):
         kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
         raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
     m = max(op.min_size(), least)

@@ -24,6 +24,7 @@ SHRINK_MARGIN = 4  # 12 MP JPEGs to 128 px: 5x faster, within 2 grey levels of a
 # The PNG text chunk in which `colddiff degrade` says how it made an image (operator, parameters,
 # t, seed), so that `colddiff restore` needs no --t or --seed, in a pipe too.
 NOTE_KEY = "colddiff"
+IMAGE_DESCRIPTION = 0x010E  # the EXIF/TIFF tag that carries the note in a WebP or TIFF
 
 
 from common import UserError
@@ -160,18 +161,24 @@ def grid_image(x, ncol: int, pad: int = 2):
 
 
 def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
-    """The image file's bytes; a PNG carries `note` (JSON) in its NOTE_KEY text chunk, a JPEG in a comment."""
+    """The image file's bytes, carrying `note` (JSON): a PNG in its NOTE_KEY text chunk, a JPEG or GIF
+    in a comment and a WebP or TIFF in its ImageDescription, both behind the key; a BMP has no room."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     arr = u8.cpu().numpy()
     im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
     extra = {}
-    if note is not None and fmt == "PNG":
+    text = None if note is None else json.dumps(note, sort_keys=True)  # ASCII: EXIF's text is
+    if text is not None and fmt == "PNG":
         extra["pnginfo"] = PngInfo()
-        extra["pnginfo"].add_text(NOTE_KEY, json.dumps(note, sort_keys=True))
-    elif note is not None and fmt == "JPEG":  # a COM marker, behind the key: cameras write comments too
-        extra["comment"] = f"{NOTE_KEY} {json.dumps(note, sort_keys=True)}".encode()
+        extra["pnginfo"].add_text(NOTE_KEY, text)
+    elif text is not None and fmt in ("JPEG", "GIF"):  # a comment, behind the key: cameras write comments too
+        extra["comment"] = f"{NOTE_KEY} {text}".encode()
+    elif text is not None and fmt in ("WEBP", "TIFF"):  # EXIF's ImageDescription (TIFF's own tag), behind the key
+        exif = Image.Exif()
+        exif[IMAGE_DESCRIPTION] = f"{NOTE_KEY} {text}"
+        extra["exif"] = exif.tobytes() if fmt == "WEBP" else exif
     # PIL's defaults are lossy enough to move SSIM (JPEG quality 75 with 4:2:0 chroma, WebP 80):
     # JPEG at 95 with full chroma, WebP lossless, as close to the pixels as each format goes
     extra |= {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
@@ -192,10 +199,13 @@ def read_note(source: str | bytes) -> dict | None:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             text, comment = im.info.get(NOTE_KEY), im.info.get("comment")
+            if im.format in ("WEBP", "TIFF"):
+                comment = im.getexif().get(IMAGE_DESCRIPTION)
     except OSError:
         return None  # read_image says what is wrong with the file
-    if text is None and isinstance(comment, bytes) and comment.startswith(f"{NOTE_KEY} ".encode()):
-        text = comment[len(NOTE_KEY) + 1:].decode("utf-8", "replace")
+    comment = comment.decode("utf-8", "replace") if isinstance(comment, bytes) else comment
+    if text is None and isinstance(comment, str) and comment.startswith(f"{NOTE_KEY} "):
+        text = comment[len(NOTE_KEY) + 1:]
     if text is None:
         return None
     try:
@@ -276,7 +286,7 @@ def stdout_is_terminal() -> bool:
 
 
 def write_image(u8, dest: str, note: dict | None = None) -> None:
-    """To `dest` (- for stdout, as PNG), in the format its suffix names; a PNG carries `note`."""
+    """To `dest` (- for stdout, as PNG), in the format its suffix names, carrying `note` (encode_image)."""
     if dest == STDIO:
         write_stdout(encode_image(u8, note=note))
         return

@@ -1,4 +1,4 @@
-"""The notes colddiff writes into the PNGs and JPEGs it makes (image_io.NOTE_KEY, JSON), and how restore reads them.
+"""The notes colddiff writes into the images it makes (not BMPs) (image_io.NOTE_KEY, JSON), and how restore reads them.
 
 `degrade` says how it made an image (operator with every parameter, t, seed), so that `restore`
 needs no --t or --seed, in a pipe or for a folder of images degraded to different t; `restore` and
@@ -47,7 +47,7 @@ def degraded_as(note: dict, op, name: str, model: str) -> tuple[int, int]:
 
 def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | None) -> tuple[int, int, bool]:
     """(t, seed, said) to restore an image from: --t and --seed where given, else what the note of
-    `degrade` in its PNG or JPEG says (said), else T and 0. With --t given, a note that does not fit the
+    `degrade` in its image file says (said), else T and 0. With --t given, a note that does not fit the
     model is passed over."""
     said_t = said_seed = None
     if t is None or seed is None:

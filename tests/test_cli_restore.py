@@ -141,7 +141,7 @@ def test_restore_a_damaged_note_is_one_line(cli, blur_model, tmp_path):
         assert cli("restore", tmp_path / "n.png", "--model", blur_model, "--t", "3", "--sampler", "direct").returncode == 0
 
 
-def test_degrade_notes_only_single_frames_in_png_and_jpeg(cli, tmp_path):
+def test_degrade_notes_only_single_frames_in_every_format_but_bmp(cli, tmp_path):
     import io
 
     img = sorted((DATA / "fmnist").iterdir())[0]
@@ -154,14 +154,24 @@ def test_degrade_notes_only_single_frames_in_png_and_jpeg(cli, tmp_path):
     from image_io import read_note
 
     assert read_note(str(tmp_path / "d.jpg")) == note  # a JPEG carries it in a comment
-    assert cli("degrade", img, "--op", "snow", "--t", "7", "-o", tmp_path / "d.webp").returncode == 0
-    assert read_note(str(tmp_path / "d.webp")) is None
+    for suffix in ("webp", "tif", "gif"):  # a WebP or TIFF in its ImageDescription, a GIF in a comment
+        assert cli("degrade", img, "--op", "snow", "--t", "7", "--seed", "11", "-o", tmp_path / f"d.{suffix}").returncode == 0
+        assert read_note(str(tmp_path / f"d.{suffix}")) == note, suffix
+    assert cli("degrade", img, "--op", "snow", "--t", "7", "-o", tmp_path / "d.bmp").returncode == 0
+    assert read_note(str(tmp_path / "d.bmp")) is None  # no room for it
     Image.open(img).save(tmp_path / "camera.jpg", comment=b"OLYMPUS DIGITAL CAMERA")
-    assert read_note(str(tmp_path / "camera.jpg")) is None  # another program's comment is not a note
+    exif = Image.Exif()
+    exif[0x010E] = "OLYMPUS DIGITAL CAMERA"
+    Image.open(img).save(tmp_path / "camera.webp", exif=exif.tobytes())
+    Image.open(img).save(tmp_path / "camera.tif", exif=exif)
+    for name in ("camera.jpg", "camera.webp", "camera.tif"):  # another program's comment is not a note
+        assert read_note(str(tmp_path / name)) is None, name
 
 
 def test_restore_and_generate_say_how_they_made_each_png_and_restore_reads_only_degrades(cli, blur_model, gen_model, tmp_path):
     import io
+
+    from image_io import read_note
 
     img = sorted((DATA / "fmnist").iterdir())[0]
     assert cli("degrade", img, "--op", "blur", "--t", "6", "--seed", "4", "-o", tmp_path / "d.png").returncode == 0
@@ -169,6 +179,10 @@ def test_restore_and_generate_say_how_they_made_each_png_and_restore_reads_only_
     note = json.loads(Image.open(tmp_path / "r.png").info["colddiff"])
     assert note == {"command": "restore", "model": blur_model.name, "sampler": "tacos", "steps": 3, "z": "fixed", "eta": 0.0,
                     "step_noise": 0.0, "t": 6, "seed": 4, "tile": None}
+    assert cli("degrade", img, "--op", "blur", "--t", "6", "--seed", "4", "-o", tmp_path / "d.webp").returncode == 0
+    r = cli("restore", tmp_path / "d.webp", "--model", blur_model, "--steps", "3", "-o", tmp_path / "r.tif")
+    assert r.returncode == 0 and b"as if degraded" not in r.stderr  # a WebP's note read, a TIFF's written
+    assert read_note(str(tmp_path / "r.tif")) == note
     again = cli("restore", tmp_path / "r.png", "--model", blur_model, "--steps", "3", "-o", tmp_path / "rr.png")
     assert again.returncode == 0 and b"as if degraded to t = T = 20" in again.stderr  # a restored image is not a degraded one
     r = cli("generate", "-m", gen_model, "--n", "3", "--seed", "5")
