@@ -242,7 +242,9 @@ def degrade(
         check_size(dest, len(steps) * w, h)
     attach_source(operator, source, dev)
     said: set = set()
-    with Progress("degrading", len(items), "images", quiet=quiet or len(items) == 1) as progress:
+    # a strip counts frames: one of a 12 MP photo is 11 full-size D's, about 40 s on 2 cores
+    unit, per_image = ("frames", len(steps)) if strip else ("images", 1)
+    with Progress("degrading", len(items) * per_image, unit, quiet=quiet or len(items) * per_image == 1) as progress:
         for i, ((src, _, _), dest, size) in enumerate(zip(items, dests, frame_sizes)):
             x0 = to_model(read_image(src))[None].to(dev)
             fitted, note = operator.fit_to(*x0.shape[-3:])
@@ -255,13 +257,15 @@ def degrade(
                 say_line(f"{source_name(src)}: a strip of {len(steps)} frames of {x0.shape[-1]}x{x0.shape[-2]} would be "
                          f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
-            degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size)
-            progress.update(i + 1)
+            degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size,
+                        frames_done=lambda k, i=i: progress.update(i * per_image + k))
 
 
-def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None) -> None:
+def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None,
+                frames_done=lambda k: None) -> None:
     """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; an x_t file
-    carries a note of how it was made, which `restore` reads (notes.py)."""
+    carries a note of how it was made, which `restore` reads (notes.py). frames_done(k) after each
+    call of D, k the frames made so far."""
     import torch
     import torch.nn.functional as F
 
@@ -275,6 +279,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
         if size is not None and tuple(size) != tuple(x_t.shape[-2:]):  # D at full size, then shown smaller
             x_t = F.interpolate(x_t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
         frames += list(to_uint8(x_t))
+        frames_done(len(frames))
     write_image(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None)
 
 

@@ -44,6 +44,11 @@ def test_restore_and_degrade_folders_show_progress_in_a_pipe_and_quiet_silences(
     assert r.returncode == 0 and "colddiff: restoring: started, 6 images" in err and "restoring: done, 6/6 images" in err, err
     r = run_cli("degrade", folder, "--op", "blur", "-o", tmp_path / "deg/")
     assert r.returncode == 0 and "degrading: done, 6/6 images" in r.stderr.decode()
+    one = sorted(folder.iterdir())[0]
+    r = run_cli("degrade", one, "--op", "blur", "--strip", "-o", tmp_path / "strip.png")  # a strip counts its frames
+    assert r.returncode == 0 and "degrading: started, 21 frames" in r.stderr.decode() and "done, 21/21 frames" in r.stderr.decode()
+    r = run_cli("degrade", one, "--op", "blur", "-o", tmp_path / "one.png")
+    assert r.returncode == 0 and r.stderr == b""  # one x_t: nothing to count
     r = run_cli("restore", folder, "-m", blur_model, "-o", tmp_path / "out2/", "--quiet")
     assert r.returncode == 0 and r.stderr == b""
 
