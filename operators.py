@@ -113,7 +113,7 @@ class Operator:
     def min_size(self) -> int:
         return 8
 
-    NATIVE: ClassVar[dict] = {"mnist": 28, "cifar10": 32, "celeba": 128, "generation": 128}  # px the presets were made for
+    NATIVE: ClassVar[dict] = {"mnist": 32, "cifar10": 32, "celeba": 128, "generation": 128}  # px the presets were made for (SPEC: the papers resized MNIST to 32)
 
     def fit_to(self, c: int, h: int, w: int) -> tuple[Operator, str | None]:
         """(operator, note) for degrading a c-channel h x w image: operators whose parameters are
