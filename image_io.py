@@ -148,12 +148,12 @@ def grid_size(n: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int
 
 
 def grid_image(x, ncol: int, pad: int = 2):
-    """(N, C, H, W) in [-1, 1] -> one (C, H', W') image, `ncol` per row, white gutters."""
+    """(N, C, H, W) in [-1, 1], or uint8 -> one (C, H', W') image, `ncol` per row, white gutters."""
     import torch
 
     N, C, H, W = x.shape
     width, height = grid_size(N, ncol, H, W, pad)
-    out = torch.ones(C, height, width, dtype=x.dtype, device=x.device)
+    out = torch.full((C, height, width), 255 if x.dtype == torch.uint8 else 1, dtype=x.dtype, device=x.device)
     for i in range(N):
         r, c = divmod(i, ncol)
         out[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]

@@ -62,6 +62,19 @@ def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | No
             seed if seed is not None else 0 if said_seed is None else said_seed, said_t is not None)
 
 
+def files_in(arg: str) -> list[str]:
+    """`colddiff info`'s files: the argument, or a folder's images and models (recursive, sorted)."""
+    from image_io import IMAGE_EXTS
+
+    folder = Path(arg)
+    if not folder.is_dir():
+        return [arg]
+    found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS | {".safetensors"})
+    if not found:
+        raise UserError(f"{arg}: folder holds no images or models")
+    return found
+
+
 def describe(path: str) -> tuple[str, dict]:
     """(text, data) of what a file says of how colddiff made it: a model's metadata, or the note
     in an image (`colddiff info`)."""

@@ -171,3 +171,13 @@ def test_images_smaller_than_the_size_are_counted_when_upscaled(tmp_path):
     said.clear()
     load_folder(str(folder), 16, None, say=said.append)
     assert said == []  # every image is shrunk: nothing to say
+
+
+def test_grid_of_uint8_images_is_the_grid_of_their_floats():
+    from image_io import grid_image, grid_size, to_model, to_uint8
+
+    u8 = torch.randint(0, 256, (7, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    grid = grid_image(u8, ncol=3)  # generate builds its grid in uint8: a quarter of the memory
+    assert grid.dtype == torch.uint8 and tuple(grid.shape[::-1][:2]) == grid_size(7, 3, 5, 4)
+    assert torch.equal(grid, to_uint8(grid_image(to_model(u8), ncol=3)))
+    assert grid[:, :2].eq(255).all() and grid[:, 2:7, 2:6].equal(u8[0])  # white gutters, image 0 top left

@@ -47,6 +47,22 @@ def test_info_of_an_image_is_its_note(cli, tmp_path):
     assert note["size"] == {"width": 28, "height": 28, "channels": 1}
 
 
+def test_info_of_a_folder_is_each_of_its_images_and_models_in_order(cli, gen_model, tmp_path):
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    assert cli("degrade", img, "--op", "mask", "--t", "9", "-o", tmp_path / "f" / "b" / "d.webp").returncode == 0
+    import shutil
+
+    shutil.copy(gen_model, tmp_path / "f" / "a.safetensors")
+    shutil.copy(PHOTO, tmp_path / "f" / "c.png")
+    (tmp_path / "f" / "notes.txt").write_text("not an image")
+    rows = [json.loads(line) for line in cli("info", "--json", tmp_path / "f").stdout.decode().splitlines()]
+    assert [r["file"] for r in rows] == [str(tmp_path / "f" / n) for n in ("a.safetensors", "b/d.webp", "c.png")]
+    assert rows[0]["step"] == 100 and rows[1]["t"] == 9 and rows[2]["size"]["width"] == 192
+    (tmp_path / "empty").mkdir()
+    r = cli("info", tmp_path / "empty")
+    assert r.returncode == 1 and b"folder holds no images or models" in r.stderr
+
+
 def test_info_of_anything_else_is_one_line(cli, tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"garbage")
     for path, message in ((ROOT / "README.md", "not a readable image"), (tmp_path / "x.safetensors", "not a safetensors file"),
