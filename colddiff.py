@@ -20,7 +20,7 @@ import typer
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
-from image_io import check_size, read_image, source_name, to_model, to_uint8, write_image
+from image_io import check_size, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -240,6 +240,8 @@ def degrade(
     frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]
     for dest, (h, w) in zip(dests, frame_sizes):
         check_size(dest, len(steps) * w, h)
+    if not quiet:
+        say_first_frames(items, say_line)
     attach_source(operator, source, dev)
     said: set = set()
     # a strip counts frames: one of a 12 MP photo is 11 full-size D's, about 40 s on 2 cores
@@ -414,6 +416,8 @@ def restore(
         typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
     if tiled and not quiet:
         typer.echo(f"colddiff: {tiled}", err=True)
+    if not quiet:
+        say_first_frames(items, say_line)
     pending: list = []  # (x_t, plan, dest) of the images of one network call: one size, t and tile
     written = 0
 

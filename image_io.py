@@ -113,6 +113,26 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
     return torch.from_numpy(arr.copy())
 
 
+def frame_count(source: str | bytes) -> int:
+    """Frames in an image file (an animated GIF or WebP, a multi-page TIFF), of which colddiff reads
+    the first; 1 for anything else, unreadable files included (read_image says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            return getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
+def say_first_frames(items, say) -> None:
+    """One line for the inputs that hold several frames: only the first is used, which is no surprise once said."""
+    many = [(source_name(src), n) for src, _, _ in items if (n := frame_count(src)) > 1]
+    if many:
+        others = f" (and {len(many) - 1} more such input{'s' * (len(many) > 2)})" if len(many) > 1 else ""
+        say(f"{many[0][0]} holds {many[0][1]} frames{others}: colddiff reads only the first{' of each' if others else ''}")
+
+
 def to_srgb(im, icc: bytes):
     """A colour image with an embedded profile (a phone's Display P3, a camera's Adobe RGB, a
     print CMYK) as sRGB, what models are trained on and what a PNG without a profile is shown as:

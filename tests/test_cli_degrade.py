@@ -103,6 +103,20 @@ def test_strip_of_a_wide_image_shrinks_its_frames(cli, tmp_path):
     assert np.abs(s[:, :1489] - s[:, -1489:]).mean() > 3  # and the frames differ
 
 
+def test_an_animated_or_multi_page_input_says_only_its_first_frame_is_read(cli, tmp_path):
+    frames = [Image.open(PHOTO).rotate(90 * i) for i in range(3)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "b.tif", save_all=True, append_images=frames[1:2])
+    shutil.copy(PHOTO, tmp_path / "c.png")
+    r = cli("degrade", tmp_path / "a.gif", "--op", "blur", "--t", "0", "--no-fit", "-o", tmp_path / "a.png")
+    assert r.returncode == 0 and r.stderr.decode() == f"colddiff: {tmp_path / 'a.gif'} holds 3 frames: colddiff reads only the first\n"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "a.gif").convert("RGB")))  # frame 0
+    r = cli("degrade", tmp_path / "a.gif", tmp_path / "b.tif", tmp_path / "c.png", "--op", "blur", "-o", tmp_path / "out/")
+    assert r.returncode == 0 and r.stderr.decode().count("holds 3 frames (and 1 more such input): colddiff reads only the first of each") == 1
+    r = cli("degrade", tmp_path / "c.png", "--op", "blur", "--no-fit", "-o", tmp_path / "c2.png")
+    assert r.returncode == 0 and r.stderr == b""
+
+
 def test_outputs_too_large_for_their_format_are_refused_before_the_work(cli, tmp_path):
     Image.new("L", (17000, 4)).save(tmp_path / "long.png")
     r = cli("degrade", tmp_path / "long.png", "--op", "blur", "--t", "1", "-o", tmp_path / "x.webp")

@@ -234,3 +234,10 @@ def test_eval_says_when_a_stray_colour_image_is_used_as_grey(cli, blur_model, tm
     Image.open(PHOTO).convert("RGB").resize((28, 28)).save(tmp_path / "c" / "zz.png")  # sorted last: not the checked first
     r = cli("eval", tmp_path / "c", "--model", blur_model, "--n", "6", "--steps", "2")
     assert r.returncode == 0 and "1 of the 6 images are colour: using them as grey" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_restore_says_it_reads_only_the_first_frame_of_an_animated_input(cli, blur_model, tmp_path):
+    frames = [Image.open(f) for f in sorted((DATA / "fmnist").iterdir())[:2]]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    r = cli("restore", tmp_path / "a.gif", "--model", blur_model, "--t", "3", "--sampler", "direct", "-o", tmp_path / "r.png")
+    assert r.returncode == 0 and "a.gif holds 2 frames: colddiff reads only the first" in r.stderr.decode(), r.stderr.decode()
