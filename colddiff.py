@@ -20,7 +20,7 @@ import typer
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
-from image_io import check_size, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
+from image_io import check_size, neutral, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -186,21 +186,22 @@ def main_options(
 
 @command()
 def ops():
-    """List the operators, their presets, T and parameters."""
+    """List the operators, their presets, T, the image size each preset was made for, and parameters."""
     from rich.console import Console
     from rich.table import Table
 
     import operators
 
     table = Table(title="colddiff operators")
-    for col in ("operator", "preset", "T", "parameters"):
+    for col in ("operator", "preset", "T", "images", "parameters"):
         table.add_column(col)
     for name, cls in operators.OPERATORS.items():
         for preset in cls.PRESETS:
             p = operators.make_operator(name, preset).params()
             T = p.pop("T")
             default = " (default)" if preset == cls.DEFAULT_PRESET else ""
-            table.add_row(name, preset + default, str(T), ", ".join(f"{k}={v}" for k, v in p.items()))
+            size = f"{cls.NATIVE[preset]} px" if preset in cls.NATIVE else "any"
+            table.add_row(name, preset + default, str(T), size, ", ".join(f"{k}={v}" for k, v in p.items()))
     Console().print(table)
 
 
@@ -460,8 +461,7 @@ class Plan(NamedTuple):
 
 def check_input(u8, channels: int, op, src, model, least: int = 0):
     name = source_name(src)
-    neutral = u8.shape[0] == 3 and bool((u8 == u8[:1]).all())  # R = G = B (a WebP holds no grey): grey, losslessly
-    if u8.shape[0] != channels and not (channels == 1 and neutral):
+    if u8.shape[0] != channels and not (channels == 1 and neutral(u8)):
         kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
         raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
     m = max(op.min_size(), least)

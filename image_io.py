@@ -408,7 +408,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
         raise UserError(f"--size must be at least 8, got {size}")
     items = find_images([folder])[:limit]
     first = read_image(items[0][0], channels)
-    C = channels or first.shape[0]
+    C = channels or (1 if neutral(first) else first.shape[0])
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
 
     own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels
@@ -421,9 +421,9 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
                 return 0
             src = items[i][0]
             im = read_image(src, shrink_to=size)
-            own[i] = im.shape[0]
+            own[i] = 1 if neutral(im) else im.shape[0]
             if im.shape[0] != C:
-                im = read_image(src, C, shrink_to=size)
+                im = im[:1] if own[i] == 1 and C == 1 else read_image(src, C, shrink_to=size)
             if size is not None and im.shape[-2:] != (size, size):
                 upscaled[i] = min(im.shape[-2:]) < size
                 im = resize_square(im, size)
@@ -457,7 +457,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     if channels is None and 0 < colour < len(items):
         majority = 3 if 2 * colour >= len(items) else 1
         if say:
-            say(f"{folder}: {colour} images are colour and {len(items) - colour} grey: using them as "
+            say(f"{folder}: {colour} {'image is' if colour == 1 else 'images are'} colour and {len(items) - colour} grey: using them as "
                 f"{'colour' if majority == 3 else 'grey'} (--channels chooses)")
         if majority != C:
             return load_folder(folder, size, majority, limit, quiet)
@@ -465,6 +465,12 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
         kind = {1: "grey", 3: "colour"}
         say(f"{folder}: {int((own != channels).sum())} of the {len(items)} images are {kind[4 - channels]}: using them as {kind[channels]}")
     return out
+
+
+def neutral(u8) -> bool:
+    """A colour image whose channels are all equal (R = G = B): grey, whatever the file stores (a WebP
+    holds no grey mode). Models take it as grey, losslessly: its 1-channel read has the same values."""
+    return u8.shape[0] == 3 and bool((u8 == u8[:1]).all())
 
 
 def resize_square(im, size: int):

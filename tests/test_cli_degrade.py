@@ -137,6 +137,7 @@ def test_ops_lists_everything(cli):
         for preset in cls.PRESETS:
             assert preset in text
     assert "300" in text and "750" in text
+    assert {line.split("│")[4].strip() for line in text.splitlines() if line.startswith("│ blur ")} == {"32 px", "128 px"}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -181,3 +181,20 @@ def test_grid_of_uint8_images_is_the_grid_of_their_floats():
     assert grid.dtype == torch.uint8 and tuple(grid.shape[::-1][:2]) == grid_size(7, 3, 5, 4)
     assert torch.equal(grid, to_uint8(grid_image(to_model(u8), ncol=3)))
     assert grid[:, :2].eq(255).all() and grid[:, 2:7, 2:6].equal(u8[0])  # white gutters, image 0 top left
+
+
+def test_a_folder_of_grey_images_stored_as_colour_loads_as_grey(tmp_path):
+    """R = G = B everywhere (what a WebP of a grey image holds): grey, with the same values, and no
+    "colour and grey mixed" message; a truly colour image still counts as colour."""
+    files = sorted((DATA / "fmnist").iterdir())[:4]
+    for i, f in enumerate(files):
+        im = Image.open(f)
+        (im.convert("RGB") if i % 2 else im).save(tmp_path / f"{i}.png")
+    said = []
+    x = load_folder(str(tmp_path), None, None, say=said.append)
+    assert x.shape == (4, 1, 28, 28) and not said
+    assert all(torch.equal(x[i, 0], torch.from_numpy(np.array(Image.open(f)))) for i, f in enumerate(files))
+    Image.open(DATA / "photos" / "rocket_small.jpg").convert("RGB").resize((28, 28)).save(tmp_path / "9.png")
+    said.clear()
+    assert load_folder(str(tmp_path), None, None, say=said.append).shape[1] == 1
+    assert said == [f"{tmp_path}: 1 image is colour and 4 grey: using them as grey (--channels chooses)"]
