@@ -20,7 +20,7 @@ import typer
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
-from image_io import check_size, neutral, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
+from image_io import check_size, keeps_alpha, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -261,11 +261,11 @@ def degrade(
                          f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
             degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size,
-                        frames_done=lambda k, i=i: progress.update(i * per_image + k))
+                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src) if keeps_alpha(dest) else None)
 
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None,
-                frames_done=lambda k: None) -> None:
+                frames_done=lambda k: None, alpha=None) -> None:
     """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; an x_t file
     carries a note of how it was made, which `restore` reads (notes.py). frames_done(k) after each
     call of D, k the frames made so far."""
@@ -283,7 +283,10 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
             x_t = F.interpolate(x_t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
         frames += list(to_uint8(x_t))
         frames_done(len(frames))
-    write_image(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None)
+    if alpha is not None and size is not None and tuple(size) != tuple(alpha.shape[-2:]):
+        alpha = to_uint8(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
+    alpha = None if alpha is None else alpha.repeat(1, 1, len(steps))  # each frame keeps the image's transparency
+    write_image(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None, alpha)
 
 
 @command()
@@ -419,12 +422,12 @@ def restore(
         typer.echo(f"colddiff: {tiled}", err=True)
     if not quiet:
         say_first_frames(items, say_line)
-    pending: list = []  # (x_t, plan, dest) of the images of one network call: one size, t and tile
+    pending: list = []  # (x_t, plan, dest, alpha) of the images of one network call: one size, t and tile
     written = 0
 
     def flush():
         nonlocal written
-        x_t, (t_, _, tile_px) = torch.cat([x for x, _, _ in pending]), pending[0][1]
+        x_t, (t_, _, tile_px) = torch.cat([x for x, *_ in pending]), pending[0][1]
         calls = at_t[t_].calls(t_) * (samplers.tile_count(*x_t.shape[-2:], tile_px) if tile_px else 1)
 
         def after_call():  # within a batch (a photo in tiles takes minutes): images done ~ the share of its calls made
@@ -433,10 +436,10 @@ def restore(
         sampling_t = at_t[t_].watched(after_call)
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
-        x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, _ in pending]).draw(op, x_t))
+        x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
         made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px)
-        for img, (_, plan, dest) in zip(x0_hat, pending):
-            write_image(to_uint8(img), dest, {**made, "seed": plan.seed})
+        for img, (_, plan, dest, alpha) in zip(x0_hat, pending):
+            write_image(to_uint8(img), dest, {**made, "seed": plan.seed}, alpha)
         written += len(pending)
         progress.update(written)
         pending.clear()
@@ -447,7 +450,7 @@ def restore(
             first = pending[0] if pending else None
             if first and (first[0].shape != x.shape or (first[1].t, first[1].tile) != (plan.t, plan.tile) or len(pending) == batch):
                 flush()
-            pending.append((x, plan, dest))
+            pending.append((x, plan, dest, read_alpha(src) if keeps_alpha(dest) else None))
         flush()
 
 

@@ -70,6 +70,32 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
     at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below SHRINK_MARGIN x shrink_to."""
     import numpy as np
     import torch
+    from PIL import Image
+
+    im = open_upright(source, shrink_to)
+    grey = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
+    if not grey and im.info.get("icc_profile"):
+        im = to_srgb(im, im.info["icc_profile"])
+    if channels is None:
+        channels = 1 if grey else 3
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        # 16-bit grey (I;16, or I with values over 255) is 0..65535; float grey is [0, 1] where it
+        # fits in it (else 0..255, as PIL's own conversion takes it)
+        v = np.asarray(im).astype(np.float64)
+        hi = v.max(initial=0)
+        if im.mode == "F":
+            scale = 255 if hi <= 1 else 1
+        else:
+            scale = 1 if im.mode == "I" and hi <= 255 else 255 / 65535
+        im = Image.fromarray(np.clip(np.rint(v * scale), 0, 255).astype(np.uint8))
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
+
+
+def open_upright(source: str | bytes, shrink_to: int | None = None):
+    """The decoded PIL image, turned upright by its EXIF orientation (read_image's first half)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = source_name(source)
@@ -92,25 +118,26 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
         im = ImageOps.exif_transpose(im)
     except Exception:  # a damaged EXIF block is no reason to refuse the pixels
         pass
-    grey = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
-    if not grey and im.info.get("icc_profile"):
-        im = to_srgb(im, im.info["icc_profile"])
-    if channels is None:
-        channels = 1 if grey else 3
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        # 16-bit grey (I;16, or I with values over 255) is 0..65535; float grey is [0, 1] where it
-        # fits in it (else 0..255, as PIL's own conversion takes it)
-        v = np.asarray(im).astype(np.float64)
-        hi = v.max(initial=0)
-        if im.mode == "F":
-            scale = 255 if hi <= 1 else 1
-        else:
-            scale = 1 if im.mode == "I" and hi <= 255 else 255 / 65535
-        im = Image.fromarray(np.clip(np.rint(v * scale), 0, 255).astype(np.uint8))
-    im = im.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy())
+    return im
+
+
+def read_alpha(source: str | bytes):
+    """An image's transparency as uint8 (1, H, W), upright as read_image reads it, or None where it
+    has none or is opaque everywhere. The models see colour only; degrade and restore hand it back
+    to outputs that can hold it (PNG, WebP, TIFF), so that a logo keeps its transparent background."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
+            if header.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in header.info:
+                return None  # known from the header: no second decode
+    except OSError:
+        return None  # read_image says what is wrong with the file
+    im = open_upright(source)
+    a = np.asarray(im.convert("LA" if im.mode in ("LA", "La", "L") else "RGBA").getchannel("A"))
+    return None if a.min() == 255 else torch.from_numpy(a.copy())[None]
 
 
 def frame_count(source: str | bytes) -> int:
@@ -186,7 +213,7 @@ def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    arr = u8.cpu().numpy()
+    arr = u8.cpu().numpy()  # 1, 3 channels, or with alpha 2 (LA) or 4 (RGBA)
     im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
     extra = {}
     text = None if note is None else json.dumps(note, sort_keys=True)  # ASCII: EXIF's text is
@@ -305,8 +332,18 @@ def stdout_is_terminal() -> bool:
     return sys.stdout is not None and sys.stdout.isatty()
 
 
-def write_image(u8, dest: str, note: dict | None = None) -> None:
-    """To `dest` (- for stdout, as PNG), in the format its suffix names, carrying `note` (encode_image)."""
+def keeps_alpha(dest: str) -> bool:
+    """Whether dest's format holds transparency: PNG (stdout too), WebP and TIFF; not JPEG, BMP or GIF's one-colour key."""
+    return dest == STDIO or _FORMATS.get(Path(dest).suffix.lower()) in ("PNG", "WEBP", "TIFF")
+
+
+def write_image(u8, dest: str, note: dict | None = None, alpha=None) -> None:
+    """To `dest` (- for stdout, as PNG), in the format its suffix names, carrying `note` (encode_image)
+    and `alpha` (uint8 (1, H, W), read_alpha's) where the format holds it."""
+    if alpha is not None and keeps_alpha(dest):
+        import torch
+
+        u8 = torch.cat([u8.cpu(), alpha])
     if dest == STDIO:
         write_stdout(encode_image(u8, note=note))
         return

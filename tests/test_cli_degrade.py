@@ -117,6 +117,30 @@ def test_an_animated_or_multi_page_input_says_only_its_first_frame_is_read(cli, 
     assert r.returncode == 0 and r.stderr == b""
 
 
+def test_transparency_passes_through_to_outputs_that_hold_it(cli, tmp_path):
+    from PIL import ImageDraw
+
+    logo = Image.new("RGBA", (96, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(logo).ellipse((16, 8, 80, 56), fill=(200, 30, 40, 255))
+    logo.save(tmp_path / "logo.png")
+    logo.convert("RGB").save(tmp_path / "flat.png")  # what the models see: the colour, alpha dropped
+    alpha = np.asarray(logo)[..., 3]
+    args = ["--op", "blur", "--preset", "cifar10", "--t", "10"]
+    assert cli("degrade", tmp_path / "logo.png", *args, "-o", tmp_path / "d.png").returncode == 0
+    assert cli("degrade", tmp_path / "flat.png", *args, "-o", tmp_path / "f.png").returncode == 0
+    d = np.asarray(Image.open(tmp_path / "d.png"))
+    assert d.shape == (64, 96, 4) and np.array_equal(d[..., 3], alpha)  # the transparency, untouched
+    assert np.array_equal(d[..., :3], np.asarray(Image.open(tmp_path / "f.png")))  # the colour, as without it
+    assert cli("degrade", tmp_path / "logo.png", *args, "--strip", "-o", tmp_path / "s.webp").returncode == 0
+    s = np.asarray(Image.open(tmp_path / "s.webp"))
+    assert s.shape == (64, 96 * 11, 4) and all(np.array_equal(s[:, i * 96 : (i + 1) * 96, 3], alpha) for i in range(11))
+    assert cli("degrade", tmp_path / "logo.png", *args, "-o", tmp_path / "d.jpg").returncode == 0
+    assert Image.open(tmp_path / "d.jpg").mode == "RGB"  # JPEG holds no alpha
+    Image.new("RGBA", (40, 30), (10, 20, 30, 255)).save(tmp_path / "opaque.png")
+    assert cli("degrade", tmp_path / "opaque.png", *args, "-o", tmp_path / "o.png").returncode == 0
+    assert Image.open(tmp_path / "o.png").mode == "RGB"  # alpha 255 everywhere: nothing to keep
+
+
 def test_outputs_too_large_for_their_format_are_refused_before_the_work(cli, tmp_path):
     Image.new("L", (17000, 4)).save(tmp_path / "long.png")
     r = cli("degrade", tmp_path / "long.png", "--op", "blur", "--t", "1", "-o", tmp_path / "x.webp")

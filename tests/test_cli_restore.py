@@ -241,3 +241,18 @@ def test_restore_says_it_reads_only_the_first_frame_of_an_animated_input(cli, bl
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     r = cli("restore", tmp_path / "a.gif", "--model", blur_model, "--t", "3", "--sampler", "direct", "-o", tmp_path / "r.png")
     assert r.returncode == 0 and "a.gif holds 2 frames: colddiff reads only the first" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_restore_keeps_a_grey_images_transparency(cli, blur_model, tmp_path):
+    grey = Image.open(sorted((DATA / "fmnist").iterdir())[0])
+    a = np.zeros((28, 28), np.uint8)
+    a[4:24, 6:22] = 255
+    la = Image.merge("LA", (grey, Image.fromarray(a)))
+    la.save(tmp_path / "la.png")
+    r = cli("restore", tmp_path / "la.png", "--model", blur_model, "--t", "3", "--sampler", "direct", "-o", tmp_path / "r.png")
+    assert r.returncode == 0, r.stderr.decode()
+    out = Image.open(tmp_path / "r.png")
+    assert out.mode == "LA" and np.array_equal(np.asarray(out)[..., 1], a)
+    grey.save(tmp_path / "g.png")
+    r = cli("restore", tmp_path / "g.png", "--model", blur_model, "--t", "3", "--sampler", "direct", "-o", tmp_path / "g_r.png")
+    assert np.array_equal(np.asarray(out)[..., 0], np.asarray(Image.open(tmp_path / "g_r.png")))  # the grey, as without alpha

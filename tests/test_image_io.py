@@ -198,3 +198,22 @@ def test_a_folder_of_grey_images_stored_as_colour_loads_as_grey(tmp_path):
     said.clear()
     assert load_folder(str(tmp_path), None, None, say=said.append).shape[1] == 1
     assert said == [f"{tmp_path}: 1 image is colour and 4 grey: using them as grey (--channels chooses)"]
+
+
+def test_read_alpha_is_upright_with_the_colour_and_none_where_opaque(tmp_path):
+    from image_io import read_alpha
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[:5, :, 3] = 0  # the top rows transparent
+    im = Image.fromarray(rgba, "RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned 90 degrees clockwise
+    im.save(tmp_path / "side.png", exif=exif)
+    a, x = read_alpha(str(tmp_path / "side.png")), read_image(str(tmp_path / "side.png"))
+    assert a.shape == (1, 30, 20) == (1, *x.shape[-2:]) and a[0, :, -5:].eq(0).all() and a[0, :, :-5].eq(255).all()
+    im.convert("RGB").convert("P").save(tmp_path / "key.png", transparency=0)  # palette entry 0 transparent
+    assert read_alpha(str(tmp_path / "key.png")) is not None
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
+    Image.fromarray(np.full((4, 4, 4), 255, np.uint8), "RGBA").save(tmp_path / "opaque.png")
+    assert read_alpha(str(tmp_path / "rgb.png")) is None and read_alpha(str(tmp_path / "opaque.png")) is None
