@@ -78,7 +78,7 @@ def files_in(arg: str) -> list[str]:
 def describe(path: str) -> tuple[str, dict]:
     """(text, data) of what a file says of how colddiff made it: a model's metadata, or the note
     in an image (`colddiff info`)."""
-    from image_io import read_image
+    from image_io import frame_count, neutral, read_alpha, read_image
 
     if Path(path).suffix.lower() == ".safetensors":
         return describe_model(path)
@@ -86,14 +86,18 @@ def describe(path: str) -> tuple[str, dict]:
         raise UserError(f"{path}: no such file")
     u8 = read_image(path)  # one clear line for a file that is neither a model nor an image
     c, h, w = u8.shape
+    alpha, frames = read_alpha(path) is not None, frame_count(path)
     size = {"width": w, "height": h, "channels": c}  # not "image": generate's notes number their images so
-    kind = f"{w}x{h} {'grey' if c == 1 else 'colour'}"  # as colddiff reads it: turned upright, in sRGB
+    kind = f"{w}x{h} {'grey' if c == 1 else 'grey, stored as colour' if neutral(u8) else 'colour'}"  # as colddiff reads it: upright, in sRGB
+    kind += ", with transparency" if alpha else ""
+    kind += f", {frames} frames: colddiff reads the first" if frames > 1 else ""
+    extra = {"size": size, "alpha": alpha, "frames": frames}
     note = read_note(path)
     if note is None:
-        return f"{path}: an image with no colddiff note ({kind})", {"size": size}
+        return f"{path}: an image with no colddiff note ({kind})", extra
     rows = [row("size", kind)] + [row(k, v) for k, v in note.items() if k not in ("command", "params")]
     rows += [row("parameters", settings(note["params"]))] if isinstance(note.get("params"), dict) else []
-    return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), {**note, "size": size}
+    return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), {**note, **extra}
 
 
 def describe_model(path: str) -> tuple[str, dict]:

@@ -44,7 +44,18 @@ def test_info_of_an_image_is_its_note(cli, tmp_path):
     assert f"{PHOTO}: an image with no colddiff note (192x128 colour)" in out and "  size        28x28 grey" in out
     note = json.loads(cli("info", "--json", tmp_path / "d.png").stdout)
     assert (note["command"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", 9, 2, 50)
-    assert note["size"] == {"width": 28, "height": 28, "channels": 1}
+    assert note["size"] == {"width": 28, "height": 28, "channels": 1} and (note["alpha"], note["frames"]) == (False, 1)
+    from PIL import Image
+
+    frames = [Image.open(PHOTO).convert("RGBA") for _ in range(2)]
+    frames[0].putalpha(128)
+    frames[0].save(tmp_path / "a.png", save_all=True, append_images=frames[1:])  # an APNG, half transparent
+    Image.open(img).convert("RGB").save(tmp_path / "g.webp", lossless=True)  # as colddiff writes WebP (a lossy one is not exactly grey)
+    r = cli("info", tmp_path / "a.png", tmp_path / "g.webp")
+    assert "(192x128 colour, with transparency, 2 frames: colddiff reads the first)" in r.stdout.decode(), r.stdout.decode()
+    assert "(28x28 grey, stored as colour)" in r.stdout.decode()
+    row = json.loads(cli("info", "--json", tmp_path / "a.png").stdout)
+    assert (row["alpha"], row["frames"], row["size"]["channels"]) == (True, 2, 3)
 
 
 def test_info_of_a_folder_is_each_of_its_images_and_models_in_order(cli, gen_model, tmp_path):
