@@ -20,7 +20,7 @@ import typer
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
-from image_io import check_size, keeps_alpha, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
+from image_io import check_size, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -261,7 +261,7 @@ def degrade(
                          f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
             degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size,
-                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src) if keeps_alpha(dest) else None)
+                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest))
 
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None,
@@ -450,7 +450,7 @@ def restore(
             first = pending[0] if pending else None
             if first and (first[0].shape != x.shape or (first[1].t, first[1].tile) != (plan.t, plan.tile) or len(pending) == batch):
                 flush()
-            pending.append((x, plan, dest, read_alpha(src) if keeps_alpha(dest) else None))
+            pending.append((x, plan, dest, read_alpha(src, dest)))
         flush()
 
 

@@ -35,6 +35,14 @@ def source_name(source: str | bytes) -> str:
     return "<stdin>" if isinstance(source, bytes) else source
 
 
+def open_image(source: str | bytes):
+    """PIL's lazy open (the header only) of a path or of the bytes read from stdin."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own guard, replaced by open_upright's (which names the flag)
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
 def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
     """Expand the command line into (source, relative output name, came from a folder).
 
@@ -96,12 +104,11 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
 
 def open_upright(source: str | bytes, shrink_to: int | None = None):
     """The decoded PIL image, turned upright by its EXIF orientation (read_image's first half)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     name = source_name(source)
-    Image.MAX_IMAGE_PIXELS = None  # PIL's own guard, replaced by the one below (which names the flag)
     try:
-        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        im = open_image(source)
         w, h = im.size
         if w * h > MAX_PIXELS:
             raise UserError(f"{name}: {w}x{h} is {w * h / 1e6:,.0f} megapixels, over the limit of {MAX_PIXELS / 1e6:,.0f} "
@@ -121,16 +128,18 @@ def open_upright(source: str | bytes, shrink_to: int | None = None):
     return im
 
 
-def read_alpha(source: str | bytes):
+def read_alpha(source: str | bytes, dest: str | None = None):
     """An image's transparency as uint8 (1, H, W), upright as read_image reads it, or None where it
-    has none or is opaque everywhere. The models see colour only; degrade and restore hand it back
-    to outputs that can hold it (PNG, WebP, TIFF), so that a logo keeps its transparent background."""
+    has none, is opaque everywhere, or `dest` cannot hold it (keeps_alpha: then nothing is decoded).
+    The models see colour only; degrade and restore hand it back to outputs that can hold it (PNG,
+    WebP, TIFF), so that a logo keeps its transparent background."""
     import numpy as np
     import torch
-    from PIL import Image
 
+    if dest is not None and not keeps_alpha(dest):
+        return None
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
+        with open_image(source) as header:
             if header.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in header.info:
                 return None  # known from the header: no second decode
     except OSError:
@@ -143,10 +152,8 @@ def read_alpha(source: str | bytes):
 def frame_count(source: str | bytes) -> int:
     """Frames in an image file (an animated GIF or WebP, a multi-page TIFF), of which colddiff reads
     the first; 1 for anything else, unreadable files included (read_image says what is wrong)."""
-    from PIL import Image
-
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        with open_image(source) as im:
             return getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
     except (OSError, ValueError, SyntaxError):
         return 1
@@ -240,11 +247,9 @@ def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
 def read_note(source: str | bytes) -> dict | None:
     """The note encode_image wrote, or None (another format, another program, or no note).
     Only the header is read: the note precedes the pixels, so the image is not decoded."""
-    from PIL import Image
-
     name = source_name(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        with open_image(source) as im:
             text, comment = im.info.get(NOTE_KEY), im.info.get("comment")
             if im.format in ("WEBP", "TIFF"):
                 comment = im.getexif().get(IMAGE_DESCRIPTION)
@@ -300,9 +305,14 @@ def check_suffix(dest: str) -> str:
     return dest
 
 
+def format_of(dest: str) -> str:
+    """The format an output is written in: its suffix's (check_suffix), PNG on stdout."""
+    return "PNG" if dest == STDIO else _FORMATS[Path(check_suffix(dest)).suffix.lower()]
+
+
 def check_size(dest: str, width: int, height: int) -> None:
     """An image of width x height fits the format dest names: checked before the work, not after it."""
-    fmt = "PNG" if dest == STDIO else _FORMATS[Path(check_suffix(dest)).suffix.lower()]
+    fmt = format_of(dest)
     name, limit = MAX_SIDE.get(fmt, (fmt, math.inf))
     if max(width, height) > limit:
         raise UserError(f"{dest}: {name} holds at most {limit} px a side and this image is {width}x{height}; name a .png")
@@ -334,7 +344,7 @@ def stdout_is_terminal() -> bool:
 
 def keeps_alpha(dest: str) -> bool:
     """Whether dest's format holds transparency: PNG (stdout too), WebP and TIFF; not JPEG, BMP or GIF's one-colour key."""
-    return dest == STDIO or _FORMATS.get(Path(dest).suffix.lower()) in ("PNG", "WEBP", "TIFF")
+    return format_of(dest) in ("PNG", "WEBP", "TIFF")
 
 
 def write_image(u8, dest: str, note: dict | None = None, alpha=None) -> None:
@@ -348,7 +358,7 @@ def write_image(u8, dest: str, note: dict | None = None, alpha=None) -> None:
         write_stdout(encode_image(u8, note=note))
         return
     check_size(dest, u8.shape[-1], u8.shape[-2])
-    atomic_write(Path(dest), encode_image(u8, _FORMATS[Path(dest).suffix.lower()], note))
+    atomic_write(Path(dest), encode_image(u8, format_of(dest), note))
 
 
 def check_writable(dests) -> None:
