@@ -186,7 +186,7 @@ class train_lock:
         os.close(self.fd)
 
 
-def saved_operator(path) -> dict:
-    """{"name", "params"} of the operator a training state was written for."""
+def saved_run(path) -> dict:
+    """The metadata of the run a training state was written by (operator, image, train, …)."""
     metadata = read_metadata(state_path(path))
-    return json.loads(metadata.get("colddiff", "{}")).get("meta", {}).get("operator", {})
+    return json.loads(metadata.get("colddiff", "{}")).get("meta", {})

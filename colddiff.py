@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import typer
+from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
@@ -235,7 +236,7 @@ def degrade(
     check_seed(seed)
     steps = strip_frames(operator.T, frames) if strip else [t]
     dev = pick_device(device, threads)
-    items = find_images(inputs)
+    items = find_images(inputs, skip=out)
     sizes = [read_image(src).shape[-2:] for src, _, _ in items]  # every input must decode before anything is written
     dests = plan_outputs(items, out, force)
     frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]
@@ -291,6 +292,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
 
 @command()
 def train(
+    ctx: typer.Context,
     data: str = typer.Argument(..., metavar="FOLDER", help="Folder of training images (recursive)."),
     out: str = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     op: str = OpOpt,
@@ -316,7 +318,7 @@ def train(
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     compile: bool = typer.Option(CFG.compile, "--compile/--no-compile", help="torch.compile the network (CUDA only)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT's training state when there is one."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT's training state when there is one, with its operator, network, size and settings (those given here win)."),
     force: bool = ForceOpt,
     source: Optional[str] = SourceOpt,
     gmm_components: int = typer.Option(CFG.gmm_components, "--gmm-components", help="Components of the generation prior (blur, pixelate)."),
@@ -330,22 +332,30 @@ def train(
 
     Ctrl-C or SIGTERM finishes the step, saves, and exits 130/143; --resume continues exactly."""
     import checkpoint
+    import operators
     import train as training
     import unet
 
-    operator = make_op(op, preset, param)
-    given = training.method_defaults(operator, locals())
+    typed = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    saved = training.check_output(out, resume, force)
+    if saved and not typed & {"op", "preset", "param"}:  # --resume alone: the operator the run began with
+        operator = operators.operator_from_params(saved["operator"]["name"], saved["operator"]["params"])
+    else:
+        operator = make_op(op, preset, param)
+    training.check_operator(saved, operator, out)
+    given = training.method_defaults(operator, training.resumed_settings(saved, locals(), typed))
     net = given["net"]
     cfg = TrainConfig(**{f.name: given[f.name] for f in dataclasses.fields(TrainConfig)})
     cfg.check(operator)
-    net_overrides = unet.parse_overrides(net, net_param or [])
-    training.check_output(out, operator, resume, force)
+    net_overrides = given.get("net_config") or unet.parse_overrides(net, net_param or [])
     # one writer per model file (under torchrun, rank 0 holds it for all)
     with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
-        training.check_output(out, operator, resume, force)  # again: a run that just ended may have written it
+        saved = training.check_output(out, resume, force)  # again: a run that just ended may have written it
+        training.check_operator(saved, operator, out)
+        size, channels = training.resumed_shape(saved, out, size, channels)
         dev = pick_device(device, threads)
         native = operator.NATIVE.get(operator.preset)  # celeba: 128 px, as the papers trained it
-        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else say_line,
+        images = load_folder(data, size, channels, quiet=quiet, say=None if quiet else say_line, skip=str(training.run_dir(out)),
                              mixed_size=native and (native, f"the size the {operator.name} {operator.preset} preset is made for"))
         attach_source(operator, source, dev)
         log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
@@ -394,7 +404,7 @@ def restore(
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
-    items = find_images(inputs)
+    items = find_images(inputs, skip=out)
     plans, sizes, at_t, unsaid, tiled = [], [], {}, 0, None  # a Plan and size per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = source_name(src)
@@ -510,8 +520,8 @@ def evaluate(
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
-    check_input(read_image(find_images([data])[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
-    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet, say=None if quiet else say_line)
+    check_input(read_image(find_images([data], out)[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
+    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet, say=None if quiet else say_line, skip=out)
     check_fits(sampling, data, *images.shape[-2:], min(batch, len(images)), dev)
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")

@@ -43,10 +43,12 @@ def open_image(source: str | bytes):
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
-def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
+def find_images(inputs: list[str], skip: str | None = None) -> list[tuple[str | bytes, str, bool]]:
     """Expand the command line into (source, relative output name, came from a folder).
 
-    The source is a path, or the bytes read from stdin for `-`."""
+    The source is a path, or the bytes read from stdin for `-`. skip: the command's output folder
+    (or file); where it lies inside an input folder, what it holds is not input, so that a second
+    run reads what the first read, not also what the first wrote (a grid, a model's samples)."""
     items = []
     if inputs.count(STDIO) > 1:
         raise UserError("- (standard input) can be given once")
@@ -59,7 +61,9 @@ def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
             continue
         p = Path(arg)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            inner = _inside(skip, p)
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS
+                           and (inner is None or q.relative_to(p).parts[: len(inner)] != inner))
             if not found:
                 raise UserError(f"{arg}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
             items += [(str(q), str(q.relative_to(p)), True) for q in found]
@@ -70,6 +74,18 @@ def find_images(inputs: list[str]) -> list[tuple[str | bytes, str, bool]]:
     if not items:
         raise UserError("no input images given")
     return items
+
+
+def _inside(skip: str | None, folder: Path) -> tuple[str, ...] | None:
+    """skip's path below `folder`, as parts, where it lies strictly inside it (else None: an output
+    folder that is the input folder itself is an in-place rewrite, which --force allows)."""
+    if skip is None or skip == STDIO:
+        return None
+    try:
+        inner = Path(skip).resolve().relative_to(folder.resolve()).parts
+    except ValueError:
+        return None
+    return inner or None
 
 
 def read_image(source: str | bytes, channels: int | None = None, shrink_to: int | None = None):
@@ -435,14 +451,15 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
 
 
 def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None,
-                mixed_size: tuple[int, str] | None = None):
+                mixed_size: tuple[int, str] | None = None, skip: str | None = None):
     """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
     or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
     into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking.
     channels None: the images' own, and where grey and colour images mix, the majority's (ties:
     colour), which say() is told; not the first image's, which could turn a colour folder grey.
     channels given: say() is told how many images were converted to it. size None and images of
-    several sizes: an error, or with mixed_size = (px, why) all resized to px, which say() is told."""
+    several sizes: an error, or with mixed_size = (px, why) all resized to px, which say() is told.
+    skip: the command's output folder, not read where it lies inside `folder` (find_images)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -453,7 +470,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
         raise UserError(f"--channels must be 1 or 3, got {channels}")
     if size is not None and size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
-    items = find_images([folder])[:limit]
+    items = find_images([folder], skip)[:limit]
     first = read_image(items[0][0], channels)
     C = channels or (1 if neutral(first) else first.shape[0])
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
@@ -495,7 +512,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
         if say:
             say(f"the images differ in size ({mixed[0]}): resizing and centre-cropping them to {mixed_size[0]} px, "
                 f"{mixed_size[1]} (--size chooses)")
-        return load_folder(folder, mixed_size[0], channels, limit, quiet, say)
+        return load_folder(folder, mixed_size[0], channels, limit, quiet, say, skip=skip)
     if say and bool(upscaled.any()):
         n = int(upscaled.sum())
         say(f"{folder}: {n} of the {len(items)} images {'is' if n == 1 else 'are'} smaller than {size} px on the short side "
@@ -507,7 +524,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             say(f"{folder}: {colour} {'image is' if colour == 1 else 'images are'} colour and {len(items) - colour} grey: using them as "
                 f"{'colour' if majority == 3 else 'grey'} (--channels chooses)")
         if majority != C:
-            return load_folder(folder, size, majority, limit, quiet)
+            return load_folder(folder, size, majority, limit, quiet, skip=skip)
     elif channels is not None and say and bool((own != channels).any()):
         kind = {1: "grey", 3: "colour"}
         say(f"{folder}: {int((own != channels).sum())} of the {len(items)} images are {kind[4 - channels]}: using them as {kind[channels]}")

@@ -108,18 +108,68 @@ class Trained:
     losses: list  # this run's per-step losses (not those before a resume)
 
 
-def check_output(out: str, op, resume: bool, force: bool):
-    """`out` may be written: a new file, --force, or --resume of a state of this very operator."""
+def check_output(out: str, resume: bool, force: bool) -> dict:
+    """`out` may be written: a new file, --force, or --resume of a training state beside it.
+    The metadata of the run being resumed, or {}."""
     if not out.endswith(".safetensors"):
         raise UserError(f"{out}: model files end in .safetensors")
     check_writable([out])  # before the data is loaded and hours are trained
     has_state = checkpoint.state_path(out).exists()
     if Path(out).exists() and not force and not (resume and has_state):
         raise UserError(f"{out}: exists; pass --resume to continue training it or --force to start over")
-    if resume and has_state:
-        saved = checkpoint.saved_operator(out)
-        if saved != {"name": op.name, "params": op.params()}:
-            raise UserError(f"{out}: was trained for {saved.get('name')} {saved.get('params')}, not {op.name} {op.params()}")
+    return checkpoint.saved_run(out) if resume and has_state else {}
+
+
+def check_operator(saved: dict, op, out: str):
+    """A run is resumed with the operator it began with."""
+    operator = saved.get("operator", {"name": op.name, "params": op.params()})
+    if operator != {"name": op.name, "params": op.params()}:
+        raise UserError(f"{out}: was trained for {operator.get('name')} {operator.get('params')}, not {op.name} {op.params()}")
+
+
+def resumed_settings(saved: dict, given: dict, typed: set) -> dict:
+    """`given` with every training setting that was not typed on the command line taken from the
+    run being resumed, and its network (as "net" and "net_config"), so that `--resume` alone
+    continues the run as it began; what was typed wins (and resumed_line says so)."""
+    if not saved:
+        return given
+    out = dict(given)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in typed and f.name in saved.get("train", {}):
+            out[f.name] = saved["train"][f.name]
+    if not typed & {"net", "net_param"} and "network_preset" in saved:
+        out["net"] = saved["network_preset"]
+        out["net_config"] = {k: v for k, v in saved["network"].items() if k != "channels"}
+    return out
+
+
+def resumed_shape(saved: dict, out: str, size: int | None, channels: int | None) -> tuple[int | None, int | None]:
+    """--size and --channels of a resumed run: the run's own where not given (a folder of mixed
+    sizes would otherwise load at the preset's size, not at the --size the run began with)."""
+    image = saved.get("image")
+    if not image:
+        return size, channels
+    H, W, C = image["height"], image["width"], image["channels"]
+    kind = {1: "grey", 3: "colour"}
+    if size is not None and (size, size) != (H, W) or channels not in (None, C):
+        raise UserError(f"{out}: the run being resumed trains on {W}x{H} {kind[C]} images; resume it at that size "
+                        f"and channels, or start over with --force")
+    return (H if H == W else size), C
+
+
+def resumed_line(step: int, saved: dict, meta: dict) -> str:
+    """"resuming from step N", and what differs from the run that wrote the state: the images
+    (their shape is refused, their number changes the data order) and any training setting."""
+    old, new = saved.get("train", {}), meta["train"]
+    if saved.get("image", meta["image"]) != meta["image"]:
+        raise UserError("the images are {width}x{height}, ".format(**meta["image"])
+                        + "the run being resumed trained on {width}x{height}; resize them to it, or start over with --force".format(**saved["image"]))
+    unseen = UNSEEN | ({"steps"} if new["lr_schedule"] == "constant" else set())  # cosine: steps set the lr
+    changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k in old and k not in unseen and old[k] != new[k]]
+    return f"resuming from step {step}" + (f", with other images or settings than its last run: {', '.join(changed)}" if changed else "")
+
+
+UNSEEN = {"compile", "save_every", "sample_every"}  # settings that change no step of a resumed run
 
 
 def _dist(device):
@@ -198,7 +248,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         step = checkpoint.load_training_state(out, net, ema, opt, rng)
         if step >= cfg.steps:
             raise Stop(0, f"{out} is at step {step} already, not below --steps {cfg.steps}: nothing to do (raise --steps to train on)")
-        log(f"resuming from step {step}")
+        log(resumed_line(step, checkpoint.saved_run(out), meta))
     seconds, line = estimate(net, cfg, H, W, cfg.steps - step, world, device)
     if rank == 0:
         log(line)
@@ -269,13 +319,18 @@ class stop_on_signals:
             signal.signal(s, h)
 
 
+def run_dir(out) -> Path:
+    """MODEL.run/: a run's sample grids and metrics.jsonl."""
+    return Path(out).with_name(Path(out).stem + ".run")
+
+
 class RunLog:
     """The run's signs of life: a progress bar, and every `sample_every` steps a grid
     (degraded | direct | original of 8 fixed images) and a metrics.jsonl line in MODEL.run/."""
 
     def __init__(self, op, ema, data, out, cfg, device, log, enabled, quiet=False):
         self.op, self.ema, self.cfg, self.device, self.log, self.enabled = op, ema, cfg, device, log, enabled
-        self.run_dir = Path(out).with_suffix("").with_name(Path(out).stem + ".run")
+        self.run_dir = run_dir(out)
         self.x0 = data[:8].to(device).float() / 127.5 - 1
         self.t = torch.full((len(self.x0),), op.T, device=device)
         self.xt = op.degrade(self.x0, self.t, torch.Generator().manual_seed(12345))

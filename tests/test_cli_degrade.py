@@ -313,3 +313,20 @@ def test_jpeg_and_webp_outputs_keep_the_pixels(cli, tmp_path):
     jpeg = Image.open(tmp_path / "d.jpg")
     assert jpeg.format == "JPEG" and np.abs(np.asarray(jpeg).astype(int) - ref).mean() < 2.2
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d.webp")), ref)
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_again(cli, tmp_path):
+    """degrade photos/ -o photos/out twice: the second run reads the photos, not also the first's outputs."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(FMNIST.iterdir())[:3]:
+        shutil.copy(f, src / f.name)
+    for _ in range(2):
+        r = cli("degrade", src, "--op", "blur", "--preset", "mnist", "-o", src / "out", "--force")
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"3 images" in r.stderr, r.stderr.decode()
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png")) == sorted(
+        [f.name for f in sorted(FMNIST.iterdir())[:3]] + [f"out/{f.name}" for f in sorted(FMNIST.iterdir())[:3]])
+    # the folder itself as its output is an in-place rewrite (--force), not an empty input
+    r = cli("degrade", src / "out", "--op", "blur", "--preset", "mnist", "--t", "1", "-o", src / "out", "--force")
+    assert r.returncode == 0 and b"3 images" in r.stderr, r.stderr.decode()

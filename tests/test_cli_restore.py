@@ -1,5 +1,6 @@
 """`colddiff restore` and `colddiff eval` end to end on a briefly trained model."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +23,11 @@ def test_eval_table_direct_and_tacos_beat_degraded(cli, blur_model, fmnist_split
     assert grid.size == (4 * 30 + 2, 8 * 30 + 2)  # degraded | direct | sampled | original, 8 rows
     r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "5", "-o", tmp_path / "ev")
     assert r.returncode == 1 and b"--force" in r.stderr
+    held_out = tmp_path / "held-out"  # its own -o inside it: the grid is not taken for a held-out image
+    shutil.copytree(fmnist_split[1], held_out)
+    for _ in range(2):
+        assert cli("eval", held_out, "--model", blur_model, "-o", held_out / "ev", "--force").returncode == 0
+        assert json.loads((held_out / "ev" / "eval.json").read_text())["n"] == 50
     r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "5", "--batch", "0")
     assert r.returncode == 1 and b"--batch must be at least 1" in r.stderr
 

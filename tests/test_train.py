@@ -400,3 +400,36 @@ def test_a_folder_of_mixed_sizes_trains_at_the_presets_size_or_asks_for_size(cli
     r = cli("train", folder, "--op", "noise", "-o", tmp_path / "noise.safetensors", *small)
     assert r.returncode == 1 and "differs from" in r.stderr.decode() and "pass --size to resize all" in r.stderr.decode()
     assert not (tmp_path / "noise.safetensors").exists()
+
+
+def test_resume_alone_continues_the_run_as_it_was_and_reads_none_of_its_outputs(cli, tmp_path):
+    """`--resume` with nothing but --steps takes the run's operator, network, size and settings (a model
+    written inside its data folder leaves its sample grids there, in MODEL.run/: they are not data),
+    and gives the straight run's weights; a setting typed again is named; another size is refused."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in sorted((ROOT / "tests" / "data" / "fmnist").iterdir())[:12]:
+        shutil.copy(f, data / f.name)
+    settings = ["--op", "snow", "--preset", "cifar10", "--net", "tiny", "--net-param", "dim=8", "--size", "24", "--batch", "4",
+                "--accumulate", "1", "--lr", "1e-3", "--ema-start", "2", "--ema-every", "1", "--save-every", "2", "--sample-every", "2",
+                "--seed", "3"]
+    assert cli("train", data, "-o", tmp_path / "straight.safetensors", *settings, "--steps", "6").returncode == 0
+    assert cli("train", data, "-o", data / "m.safetensors", *settings, "--steps", "3").returncode == 0
+    assert (data / "m.run" / "step_00000002.png").exists()
+    r = cli("train", data, "-o", data / "m.safetensors", "--resume", "--steps", "6")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "resuming from step 3\n" in r.stderr.decode()  # nothing differs: not the images, not a setting
+    a, op_a, meta_a = checkpoint.load_model(tmp_path / "straight.safetensors")
+    b, op_b, meta_b = checkpoint.load_model(data / "m.safetensors")
+    assert meta_b["step"] == 6 and meta_b["network"] == meta_a["network"] and op_b.params() == op_a.params()
+    assert meta_b["image"] == {"channels": 1, "height": 24, "width": 24} and meta_b["train"]["images"] == 12
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
+    shutil.copy(sorted((ROOT / "tests" / "data" / "fmnist").iterdir())[-1], data / "new.png")
+    r = cli("train", data, "-o", data / "m.safetensors", "--resume", "--steps", "7", "--batch", "2")
+    assert r.returncode == 0 and "than its last run: batch 4 -> 2, images 12 -> 13" in r.stderr.decode(), r.stderr.decode()
+    r = cli("train", data, "-o", data / "m.safetensors", "--resume", "--steps", "8", "--size", "28")
+    assert r.returncode == 1 and "trains on 24x24 grey images" in r.stderr.decode(), r.stderr.decode()
+    assert len(r.stderr.decode().strip().splitlines()) == 1
