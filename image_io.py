@@ -61,9 +61,7 @@ def find_images(inputs: list[str], skip: str | None = None) -> list[tuple[str | 
             continue
         p = Path(arg)
         if p.is_dir():
-            inner = _inside(skip, p)
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS
-                           and (inner is None or q.relative_to(p).parts[: len(inner)] != inner))
+            found = scan(p, IMAGE_EXTS, skip)
             if not found:
                 raise UserError(f"{arg}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
             items += [(str(q), str(q.relative_to(p)), True) for q in found]
@@ -74,6 +72,22 @@ def find_images(inputs: list[str], skip: str | None = None) -> list[tuple[str | 
     if not items:
         raise UserError("no input images given")
     return items
+
+
+def scan(folder: Path, exts, skip: str | None = None) -> list[Path]:
+    """The files under `folder` (recursive, sorted) whose suffix is one of `exts`, any case, but for
+    those a scan leaves out, as `ls` and shell globs do: a dot-file or one in a dot-folder
+    (.ipynb_checkpoints/, .thumbnails/), and macOS's AppleDouble companions (._IMG_1.jpg, __MACOSX/),
+    which carry an image's name and no image (an unzipped archive would fail as unreadable); and
+    what lies in `skip` (find_images)."""
+    inner = _inside(skip, folder)
+    found = []
+    for q in folder.rglob("*"):
+        rel = q.relative_to(folder).parts
+        if (q.suffix.lower() in exts and not any(part.startswith(".") or part == "__MACOSX" for part in rel)
+                and (inner is None or rel[: len(inner)] != inner) and q.is_file()):
+            found.append(q)
+    return sorted(found)
 
 
 def _inside(skip: str | None, folder: Path) -> tuple[str, ...] | None:

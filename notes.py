@@ -64,12 +64,12 @@ def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | No
 
 def files_in(arg: str) -> list[str]:
     """`colddiff info`'s files: the argument, or a folder's images and models (recursive, sorted)."""
-    from image_io import IMAGE_EXTS
+    from image_io import IMAGE_EXTS, scan
 
     folder = Path(arg)
     if not folder.is_dir():
         return [arg]
-    found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS | {".safetensors"})
+    found = [str(p) for p in scan(folder, IMAGE_EXTS | {".safetensors"})]
     if not found:
         raise UserError(f"{arg}: folder holds no images or models")
     return found

@@ -60,6 +60,11 @@ def test_folder_to_folder_recursive_case_insensitive(cli, tmp_path):
     shutil.copy(files[1], src / "sub" / "b.PNG")
     shutil.copy(DATA / "photos" / "rocket_small.jpg", src / "sub" / "c.JPG")
     (src / "notes.txt").write_text("not an image")
+    junk = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X"  # an AppleDouble file: an image's name, no image
+    (src / "._a.png").write_bytes(junk)
+    for hidden in ("__MACOSX/sub/._b.PNG", ".ipynb_checkpoints/a-checkpoint.png"):
+        (src / hidden).parent.mkdir(parents=True)
+        (src / hidden).write_bytes(junk)
     r = cli("degrade", src, "--op", "mask", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr.decode()
     got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())

@@ -66,6 +66,7 @@ def test_info_of_a_folder_is_each_of_its_images_and_models_in_order(cli, gen_mod
     shutil.copy(gen_model, tmp_path / "f" / "a.safetensors")
     shutil.copy(PHOTO, tmp_path / "f" / "c.png")
     (tmp_path / "f" / "notes.txt").write_text("not an image")
+    (tmp_path / "f" / "._c.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS's AppleDouble: not an image, left out
     rows = [json.loads(line) for line in cli("info", "--json", tmp_path / "f").stdout.decode().splitlines()]
     assert [r["file"] for r in rows] == [str(tmp_path / "f" / n) for n in ("a.safetensors", "b/d.webp", "c.png")]
     assert rows[0]["step"] == 100 and rows[1]["t"] == 9 and rows[2]["size"]["width"] == 192
