@@ -533,6 +533,9 @@ def evaluate(
     typer.echo("|        | degraded FID | SSIM  | RMSE  | sampled FID | SSIM  | RMSE  | direct FID | SSIM  | RMSE  |")
     typer.echo("|--------|---|---|---|---|---|---|---|---|---|")
     typer.echo("| " + Path(data).name + " | " + " | ".join(fmt(table[c][k]) for c in ("degraded", "sampled", "direct") for k in ("fid", "ssim", "rmse")) + " |")
+    d = table["sampled_minus_direct"]
+    typer.echo(f"sampled - direct SSIM: {d['ssim']:+.3f}" + ("" if d["ssim_se"] is None else f" +- {2 * d['ssim_se']:.3f} (2 standard errors "
+               f"over the {len(images)} paired images)") + f": {metrics.paired_verdict(d['ssim'], d['ssim_se'])}")
     if not table["fid_available"]:
         typer.echo(f"colddiff: FID n/a: {table['fid_note']}", err=True)
     if out is not None:

@@ -134,8 +134,20 @@ def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None, prog
         weights = fid_weights_path(fid_weights)
         ref_feats = inception_features(columns["original"], weights, device)
     table = {"sampler": sampling.sampler, "steps": sampling.steps, "z": sampling.z, "n": len(x0), "T": op.T, "fid_available": fid_ok, "fid_note": why}
+    per_image = {}
     for name in ("degraded", "sampled", "direct"):
         imgs = columns[name]
         fid = frechet_distance(inception_features(imgs, weights, device), ref_feats) if fid_ok else None
-        table[name] = {"fid": fid, "ssim": float(ssim(imgs, columns["original"]).mean()), "rmse": float(rmse(imgs, columns["original"]).mean())}
+        per_image[name] = ssim(imgs, columns["original"])
+        table[name] = {"fid": fid, "ssim": float(per_image[name].mean()), "rmse": float(rmse(imgs, columns["original"]).mean())}
+    diff = per_image["sampled"] - per_image["direct"]  # paired: the same images, so their spread cancels
+    table["sampled_minus_direct"] = {"ssim": float(diff.mean()), "ssim_se": float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else None}
     return table, columns
+
+
+def paired_verdict(diff: float, se: float | None) -> str:
+    """What a mean paired difference shows: "higher" or "lower" where it lies beyond 2 standard
+    errors of 0 (about 95 % confidence), else "no difference measured" (also with no error known)."""
+    if se is None or abs(diff) <= 2 * se:
+        return "no difference measured"
+    return "higher" if diff > 0 else "lower"

@@ -16,6 +16,9 @@ def test_eval_table_direct_and_tacos_beat_degraded(cli, blur_model, fmnist_split
     assert "| test |" in r.stdout.decode() and "n/a" in r.stdout.decode()
     table = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert table["n"] == 50 and table["sampler"] == "tacos"
+    d = table["sampled_minus_direct"]  # paired over the same images: its error is that of the differences, not of each column
+    assert abs(d["ssim"] - (table["sampled"]["ssim"] - table["direct"]["ssim"])) < 1e-6 and 0 < d["ssim_se"] < 0.05
+    assert f"sampled - direct SSIM: {d['ssim']:+.3f} +- {2 * d['ssim_se']:.3f} (2 standard errors over the 50 paired images)" in r.stdout.decode()
     for col in ("direct", "sampled"):
         assert table[col]["ssim"] > table["degraded"]["ssim"] + 0.05, table
         assert table[col]["rmse"] < table["degraded"]["rmse"] - 0.01, table

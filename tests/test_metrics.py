@@ -78,3 +78,11 @@ def test_fid_never_downloads(cli, blur_model, fmnist_split, tmp_path, monkeypatc
     r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "4")
     assert r.returncode == 0, r.stderr.decode()
     assert "n/a" in r.stdout.decode() and "--fid-weights" in r.stderr.decode()
+
+
+def test_a_paired_difference_counts_only_beyond_two_standard_errors():
+    from metrics import paired_verdict
+
+    assert paired_verdict(0.05, 0.01) == "higher" and paired_verdict(-0.05, 0.01) == "lower"
+    assert paired_verdict(0.019, 0.01) == paired_verdict(-0.02, 0.01) == "no difference measured"
+    assert paired_verdict(0.3, None) == "no difference measured"  # one image: no error to judge by

@@ -53,6 +53,13 @@ def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
         assert g["n"] == 8 and f"| {variant} | 8 | 3 | {g['fcd']:.2f} | {g['diversity']:.3f} |" in text
         assert (tmp_path / "grids" / g["grid"]).stat().st_size > 100
     assert (tmp_path / "grids" / "restore_blur.png").exists()
+    d, se = table["sampled_minus_direct"]["ssim"], table["sampled_minus_direct"]["ssim_se"]
+    verdict = {"higher": "beats", "lower": "trails", "no difference measured": "ties with"}[reproduce.metrics.paired_verdict(d, se)]
+    assert f"- blur: Algorithm 2 {verdict} direct restoration: {d:+.3f} SSIM (2 standard errors {2 * se:.3f};" in text
+    broken, perfect = (log["generation"][v]["fcd"] for v in ("blur, broken symmetry", "blur, perfect symmetry"))
+    verdict = ("no difference measured" if abs(broken - perfect) <= reproduce.FCD_SAME * max(broken, perfect)
+               else "helps here" if broken < perfect else "does not help here")
+    assert f"- breaking symmetry: FCD {broken:.2f} (blur, broken symmetry) vs {perfect:.2f} (blur, perfect symmetry): {verdict};" in text
     # A second run finds everything done: nothing retrained, the same numbers.
     before = (out / "models" / "blur.safetensors").stat().st_mtime_ns
     reproduce.main([str(a) for a in args])
