@@ -21,7 +21,7 @@ from click.core import ParameterSource
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
-from image_io import check_size, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
+from image_io import Writer, check_size, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -248,7 +248,7 @@ def degrade(
     said: set = set()
     # a strip counts frames: one of a 12 MP photo is 11 full-size D's, about 40 s on 2 cores
     unit, per_image = ("frames", len(steps)) if strip else ("images", 1)
-    with Progress("degrading", len(items) * per_image, unit, quiet=quiet or len(items) * per_image == 1) as progress:
+    with Progress("degrading", len(items) * per_image, unit, quiet=quiet or len(items) * per_image == 1) as progress, Writer() as writer:
         for i, ((src, _, _), dest, size) in enumerate(zip(items, dests, frame_sizes)):
             x0 = to_model(read_image(src))[None].to(dev)
             fitted, note = operator.fit_to(*x0.shape[-3:])
@@ -262,11 +262,11 @@ def degrade(
                          f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
             degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size,
-                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest))
+                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest), write=writer.write)
 
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None,
-                frames_done=lambda k: None, alpha=None) -> None:
+                frames_done=lambda k: None, alpha=None, write=write_image) -> None:
     """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; an x_t file
     carries a note of how it was made, which `restore` reads (notes.py). frames_done(k) after each
     call of D, k the frames made so far."""
@@ -287,7 +287,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
     if alpha is not None and size is not None and tuple(size) != tuple(alpha.shape[-2:]):
         alpha = to_uint8(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
     alpha = None if alpha is None else alpha.repeat(1, 1, len(steps))  # each frame keeps the image's transparency
-    write_image(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None, alpha)
+    write(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None, alpha)
 
 
 @command()
@@ -449,12 +449,12 @@ def restore(
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
         made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px)
         for img, (_, plan, dest, alpha) in zip(x0_hat, pending):
-            write_image(to_uint8(img), dest, {**made, "seed": plan.seed}, alpha)
+            writer.write(to_uint8(img), dest, {**made, "seed": plan.seed}, alpha)
         written += len(pending)
         progress.update(written)
         pending.clear()
 
-    with Progress("restoring", len(items), "images", quiet=quiet) as progress:
+    with Progress("restoring", len(items), "images", quiet=quiet) as progress, Writer() as writer:
         for (src, _, _), plan, dest in zip(items, plans, dests):
             x = to_model(read_image(src, C))[None].to(dev)
             first = pending[0] if pending else None
@@ -593,7 +593,7 @@ def generate(
         H, W = sampling.meta["image"]["height"], sampling.meta["image"]["width"]
         check_size(names[0], *grid_size(n, ncol, H, W))
     results = []
-    with Progress("generating", n, "images", quiet=quiet) as progress:
+    with Progress("generating", n, "images", quiet=quiet) as progress, Writer() as writer:
         per_batch = sampling.calls(sampling.op.T)
 
         def after_call():  # within a batch: images done ~ the share of its network calls made
@@ -605,7 +605,7 @@ def generate(
             images = to_uint8(images).cpu()
             if folder:
                 for i, img in enumerate(images, start=lo):
-                    write_image(img, names[i], {**made, "image": i})
+                    writer.write(img, names[i], {**made, "image": i})
             else:
                 results.append(images)
             progress.update(lo + len(images))

@@ -217,3 +217,42 @@ def test_read_alpha_is_upright_with_the_colour_and_none_where_opaque(tmp_path):
     Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
     Image.fromarray(np.full((4, 4, 4), 255, np.uint8), "RGBA").save(tmp_path / "opaque.png")
     assert read_alpha(str(tmp_path / "rgb.png")) is None and read_alpha(str(tmp_path / "opaque.png")) is None
+
+
+def test_the_writer_writes_every_image_raises_a_failed_write_and_drops_the_rest_on_ctrl_c(tmp_path, monkeypatch):
+    import time
+
+    import image_io
+
+    images = [torch.full((1, 8, 8), 10 * i, dtype=torch.uint8) for i in range(10)]
+    with image_io.Writer() as writer:
+        for i, im in enumerate(images):
+            writer.write(im, str(tmp_path / "all" / f"{i}.png"))
+    assert [int(np.asarray(Image.open(tmp_path / "all" / f"{i}.png")).max()) for i in range(10)] == [10 * i for i in range(10)]
+
+    real = image_io.write_image
+
+    def failing_at_3(u8, dest, *rest):
+        if dest.endswith("3.png"):
+            raise UserError(f"{dest}: could not write (No space left on device); nothing was written there")
+        real(u8, dest, *rest)
+
+    monkeypatch.setattr(image_io, "write_image", failing_at_3)
+    with pytest.raises(UserError, match="3.png: could not write"):
+        with image_io.Writer() as writer:
+            for i, im in enumerate(images):
+                writer.write(im, str(tmp_path / "fail" / f"{i}.png"))
+
+    def slow(u8, dest, *rest):
+        time.sleep(0.3)
+        real(u8, dest, *rest)
+
+    monkeypatch.setattr(image_io, "write_image", slow)
+    with pytest.raises(KeyboardInterrupt):
+        with image_io.Writer() as writer:
+            for i, im in enumerate(images):
+                writer.write(im, str(tmp_path / "stop" / f"{i}.png"))
+            raise KeyboardInterrupt
+    written = sorted((tmp_path / "stop").iterdir())
+    assert 1 <= len(written) <= writer.pool._max_workers < 10  # those under way finished, whole; the rest dropped
+    assert all(p.suffix == ".png" for p in written)
