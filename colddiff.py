@@ -20,7 +20,7 @@ from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
-from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, plan_grid_or_folder, plan_outputs
+from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, not_written, plan_grid_or_folder, plan_outputs
 from image_io import Writer, check_size, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
@@ -151,6 +151,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: the cores other processes are not using, read from /proc/stat).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress on stderr (errors still are).")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
+SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave the outputs that exist as they are and do the other inputs (to finish an interrupted folder).")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
 SamplerOpt = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator); default: the operator's.")
@@ -222,6 +223,7 @@ def degrade(
     threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     force: bool = ForceOpt,
+    skip_existing: bool = SkipExistingOpt,
     fit: bool = typer.Option(True, "--fit/--no-fit", help="Scale the parameters that are lengths in pixels (blur kernels, mask and colour widths, snow flakes) from the preset's image size to each image's, where they differ more than 2x."),
 ):
     """Degrade images: x_t = D(x_0, t). Each image uses a generator seeded with --seed.
@@ -236,7 +238,7 @@ def degrade(
     check_seed(seed)
     steps = strip_frames(operator.T, frames) if strip else [t]
     dev = pick_device(device, threads)
-    items = find_images(inputs, skip=out)
+    items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line)
     sizes = [read_image(src).shape[-2:] for src, _, _ in items]  # every input must decode before anything is written
     dests = plan_outputs(items, out, force)
     frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]
@@ -382,6 +384,7 @@ def restore(
     quiet: bool = QuietOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
+    skip_existing: bool = SkipExistingOpt,
 ):
     """Restore degraded images with a trained model, at their own size.
 
@@ -404,7 +407,7 @@ def restore(
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
-    items = find_images(inputs, skip=out)
+    items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line)
     plans, sizes, at_t, unsaid, tiled = [], [], {}, 0, None  # a Plan and size per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = source_name(src)

@@ -175,7 +175,7 @@ class Progress:
             self.bar.__enter__()
             self.task = self.bar.add_task(self.what, total=self.total, info="")
         elif self.mode == "lines":
-            self._line(f"{self.what}: started, {self.total:,} {self.unit}")
+            self._line(f"{self.what}: started, {self.total:,} {self.unit[:-1] if self.total == 1 else self.unit}")  # "1 image"
         return self
 
     def begin_at(self, done: int):

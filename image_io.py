@@ -27,7 +27,7 @@ NOTE_KEY = "colddiff"
 IMAGE_DESCRIPTION = 0x010E  # the EXIF/TIFF tag that carries the note in a WebP or TIFF
 
 
-from common import UserError
+from common import Stop, UserError
 
 
 def source_name(source: str | bytes) -> str:
@@ -479,6 +479,23 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
         raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
     check_writable(dests)
     return dests
+
+
+def not_written(items, out: str | None, force: bool, skip_existing: bool, say=None) -> list:
+    """--skip-existing: the inputs whose output is not there yet, so that a folder's run that was
+    interrupted (or failed on one image) finishes with the rest; an output there is whole, since
+    every write is atomic. say() is told how many are kept."""
+    if not skip_existing:
+        return items
+    if force:
+        raise UserError("--force overwrites the outputs that exist, --skip-existing keeps them: give one")
+    dests = plan_outputs(items, out, force=True)
+    left = [item for item, dest in zip(items, dests) if dest == STDIO or not Path(dest).exists()]
+    if not left:
+        raise Stop(0, f"{'the output exists' if len(items) == 1 else f'all {len(items)} outputs exist'} already (--skip-existing): nothing to do")
+    if len(left) < len(items) and say:
+        say(f"{len(items) - len(left)} of the {len(items)} outputs exist and are kept (--skip-existing); doing the other {len(left)}")
+    return left
 
 
 def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple[bool, list[str]]:

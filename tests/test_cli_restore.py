@@ -265,3 +265,28 @@ def test_restore_keeps_a_grey_images_transparency(cli, blur_model, tmp_path):
     grey.save(tmp_path / "g.png")
     r = cli("restore", tmp_path / "g.png", "--model", blur_model, "--t", "3", "--sampler", "direct", "-o", tmp_path / "g_r.png")
     assert np.array_equal(np.asarray(out)[..., 0], np.asarray(Image.open(tmp_path / "g_r.png")))  # the grey, as without alpha
+
+
+def test_skip_existing_finishes_an_interrupted_folder_and_keeps_what_is_there(cli, blur_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    names = [f.name for f in sorted((DATA / "fmnist").iterdir())[:5]]
+    for name in names:
+        shutil.copy(DATA / "fmnist" / name, src / name)
+    for command, args in (("degrade", ["--op", "blur", "--preset", "mnist"]), ("restore", ["--model", blur_model])):
+        inputs = src if command == "degrade" else tmp_path / "degrade"
+        out = tmp_path / command
+        assert cli(command, inputs, *args, "-o", out).returncode == 0
+        first = {n: (out / n).read_bytes() for n in names}
+        (out / names[0]).unlink()  # as if interrupted before it
+        (out / names[3]).unlink()
+        (out / names[1]).write_bytes(b"kept as it is")
+        r = cli(command, inputs, *args, "-o", out, "--skip-existing")
+        assert r.returncode == 0 and "3 of the 5 outputs exist and are kept (--skip-existing); doing the other 2" in r.stderr.decode()
+        assert all((out / n).read_bytes() == first[n] for n in (names[0], names[3], names[2], names[4]))
+        assert (out / names[1]).read_bytes() == b"kept as it is"
+        r = cli(command, inputs, *args, "-o", out, "--skip-existing")
+        assert r.returncode == 0 and b"all 5 outputs exist already (--skip-existing): nothing to do" in r.stderr
+        (out / names[1]).write_bytes(first[names[1]])  # restore reads degrade's outputs next
+        r = cli(command, inputs, *args, "-o", out, "--skip-existing", "--force")
+        assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
