@@ -19,7 +19,7 @@ import typer
 from click.core import ParameterSource
 
 import notes
-from common import ImageRNG, Progress, Stop, UserError, at_least, check_seed, generator
+from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, not_written, plan_grid_or_folder, plan_outputs
 from image_io import Writer, check_size, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
@@ -52,6 +52,9 @@ def fail_cleanly(fn):
         except KeyboardInterrupt:
             typer.echo("colddiff: interrupted", err=True)
             raise typer.Exit(130) from None
+        except Terminated:
+            typer.echo("colddiff: terminated", err=True)
+            raise typer.Exit(128 + 15) from None
         except BrokenPipeError:  # the reader of stdout went away (`| head`, `>&-`): quiet, as Unix tools
             raise typer.Exit(128 + 13) from None  # SIGPIPE's status
         except (MemoryError, RuntimeError) as e:
@@ -134,6 +137,18 @@ def strip_frames(T: int, frames: int | None) -> list[int]:
         raise UserError(f"--frames must be at least 2, got {frames}")
     n = T + 1 if frames is None and T <= 20 else min(frames or 11, T + 1)
     return sorted({round(i * T / (n - 1)) for i in range(n)})
+
+
+@contextlib.contextmanager
+def finish_later(n: int):
+    """A folder's run interrupted (Ctrl-C, SIGTERM) says how to finish it: what it wrote is whole."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as e:
+        if n < 2:
+            raise
+        raise Stop(130 if isinstance(e, KeyboardInterrupt) else 128 + 15,
+                   "interrupted; the outputs written so far are whole: the same command with --skip-existing does the rest") from None
 
 
 def say_line(message: str) -> None:
@@ -250,7 +265,8 @@ def degrade(
     said: set = set()
     # a strip counts frames: one of a 12 MP photo is 11 full-size D's, about 40 s on 2 cores
     unit, per_image = ("frames", len(steps)) if strip else ("images", 1)
-    with Progress("degrading", len(items) * per_image, unit, quiet=quiet or len(items) * per_image == 1) as progress, Writer() as writer:
+    with finish_later(len(items)), Progress("degrading", len(items) * per_image, unit, quiet=quiet or len(items) * per_image == 1) as progress, \
+            Writer() as writer:
         for i, ((src, _, _), dest, size) in enumerate(zip(items, dests, frame_sizes)):
             x0 = to_model(read_image(src))[None].to(dev)
             fitted, note = operator.fit_to(*x0.shape[-3:])
@@ -457,7 +473,7 @@ def restore(
         progress.update(written)
         pending.clear()
 
-    with Progress("restoring", len(items), "images", quiet=quiet) as progress, Writer() as writer:
+    with finish_later(len(items)), Progress("restoring", len(items), "images", quiet=quiet) as progress, Writer() as writer:
         for (src, _, _), plan, dest in zip(items, plans, dests):
             x = to_model(read_image(src, C))[None].to(dev)
             first = pending[0] if pending else None
@@ -664,6 +680,12 @@ def fit_prior(
 
 
 def main():
+    import signal
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)  # train's loop takes it over while it runs, to save first
     app()
 
 

@@ -21,6 +21,11 @@ class UserError(Exception):
     """A problem the user caused: reported as one line, exit code 1."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (colddiff.main), so that
+    a file being written is cleaned up as it is on Ctrl-C, not left as a temporary."""
+
+
 class Stop(Exception):
     """A run that ended early (a signal, a non-finite loss): one line and an exit code."""
 

@@ -396,7 +396,7 @@ class Writer:
     restored) while the last ones are encoded and written: encoding and fsync were half the time of
     degrading 2,000 small images. At most WAITING bytes of images wait (memory stays that of the
     work); a failed write is raised at a later write or at the end; on an error or Ctrl-C the writes
-    not yet started are dropped and those under way finish (each is atomic). stdout is written here."""
+    not yet started are dropped and those under way finish (each is atomic). stdout is written at once, in order."""
 
     WAITING = 2**27  # 128 MB: three 12-megapixel photos
 

@@ -254,3 +254,30 @@ def test_an_allocation_failure_without_a_message_is_one_line(cli, tmp_path, monk
     r = cli("degrade", x, "--op", "blur", "--no-fit", "-o", tmp_path / "o.png")
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "out of memory (MemoryError)" in err, err
+
+
+@pytest.mark.parametrize("sig,code", [("INT", 130), ("TERM", 143)])
+def test_a_folder_stopped_by_a_signal_leaves_whole_files_and_finishes_with_skip_existing(tmp_path, sig, code):
+    """Ctrl-C or SIGTERM (a scheduler's) mid-folder: no temporary file left beside the outputs, one
+    line that says how to finish, and --skip-existing does the rest."""
+    import signal
+    import time
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        for f in sorted((ROOT / "tests" / "data" / "fmnist").iterdir()):
+            shutil.copy(f, src / f"{i}_{f.name}")
+    args = [sys.executable, "-m", "colddiff", "degrade", src, "--op", "snow", "--preset", "celeba", "-o", out]
+    proc = subprocess.Popen(args, env=ENV, cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and len(list(out.iterdir())) >= 20) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == code and "--skip-existing does the rest" in err and "Traceback" not in err, err
+    written = sorted(p.name for p in out.iterdir())
+    assert 20 <= len(written) < 900 and all(not n.startswith(".") for n in written), written[:5]
+    r = subprocess.run(args + ["--skip-existing"], env=ENV, cwd=ROOT, capture_output=True, timeout=300)
+    assert r.returncode == 0 and f"{len(written)} of the 900 outputs exist and are kept" in r.stderr.decode()
+    assert len(list(out.iterdir())) == 900
