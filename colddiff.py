@@ -21,7 +21,7 @@ from click.core import ParameterSource
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
 from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, not_written, plan_grid_or_folder, plan_outputs
-from image_io import Writer, check_size, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
+from image_io import Writer, check_size, check_skip_existing, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
 from train import TrainConfig
@@ -585,6 +585,7 @@ def generate(
     quiet: bool = QuietOpt,
     compile: bool = CompileOpt,
     force: bool = ForceOpt,
+    skip_existing: bool = SkipExistingOpt,
 ):
     """Generate images from nothing but a model: x_T from the model's prior, then --sampler.
 
@@ -606,28 +607,38 @@ def generate(
     sampling = open_model(model or str(BUNDLED_MODEL), dev, sampler, steps, z, None, source, compile, eta)
     break_noise = generative.break_symmetry(sampling, symmetry, break_noise, step_noise)
     generative.check(sampling)
-    folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force)
+    check_skip_existing(force, skip_existing)
+    folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force or skip_existing)
+    if skip_existing and not folder:
+        raise UserError("--skip-existing applies to -o DIR/ (a file per image), not to a grid")
+    numbers = [i for i in range(n) if not (skip_existing and Path(names[i]).exists())]  # image i draws from its own seed, whatever else is made
+    if not numbers:
+        raise Stop(0, f"all {n} images exist already in {out} (--skip-existing): nothing to do")
+    if len(numbers) < n and not quiet:
+        say_line(f"{n - len(numbers)} of the {n} images exist in {out} and are kept (--skip-existing); generating the other {len(numbers)}")
     if not folder:
         ncol = ncol or math.ceil(math.sqrt(n))
         H, W = sampling.meta["image"]["height"], sampling.meta["image"]["width"]
         check_size(names[0], *grid_size(n, ncol, H, W))
     results = []
-    with Progress("generating", n, "images", quiet=quiet) as progress, Writer() as writer:
+    with finish_later(len(numbers) if folder else 1), Progress("generating", len(numbers), "images", quiet=quiet) as progress, Writer() as writer:
         per_batch = sampling.calls(sampling.op.T)
 
         def after_call():  # within a batch: images done ~ the share of its network calls made
-            progress.update(min(n, progress.done + min(batch, n) / per_batch))
+            progress.update(min(len(numbers), progress.done + min(batch, len(numbers)) / per_batch))
 
         watched = sampling.watched(after_call)
         made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed)
-        for lo, images in generative.generate(watched, n, batch, seed, dev, break_noise):
+        done = 0
+        for made_now, images in generative.generate(watched, n, batch, seed, dev, break_noise, numbers):
             images = to_uint8(images).cpu()
             if folder:
-                for i, img in enumerate(images, start=lo):
+                for i, img in zip(made_now, images):
                     writer.write(img, names[i], {**made, "image": i})
             else:
                 results.append(images)
-            progress.update(lo + len(images))
+            done += len(images)
+            progress.update(done)
     if not folder:
         write_image(grid_image(torch.cat(results), ncol=ncol), names[0], {**made, "n": n})  # uint8: a quarter of float's memory
 

@@ -109,20 +109,24 @@ def check(sampling) -> None:
           torch.Generator().manual_seed(0))
 
 
-def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float = 0.0):
-    """Yield (index of the first image, images) batch by batch, with `sampling` (samplers.Sampling)."""
+def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float = 0.0, numbers: list[int] | None = None):
+    """Yield (the images' numbers, images) batch by batch, with `sampling` (samplers.Sampling): images
+    0 .. n - 1, or those `numbers` of them (image i draws from its own seed, whatever else is made)."""
+    from common import image_seed
     from operators import cat_hidden
 
     op, meta = sampling.op, sampling.meta
     shape = (1, meta["image"]["channels"], meta["image"]["height"], meta["image"]["width"])
-    for lo in range(0, n, batch):
-        rng = ImageRNG.numbered(seed, lo, min(batch, n - lo))
+    numbers = list(range(n)) if numbers is None else numbers
+    for lo in range(0, len(numbers), batch):
+        chunk = numbers[lo : lo + batch]
+        rng = ImageRNG([image_seed(seed, i) for i in chunk])
         starts = [start(op, meta.get("prior"), shape, g, break_noise) for g in rng.generators]
         x_T = to_device(torch.cat([x for x, _ in starts]), device)
         hidden = cat_hidden([h for _, h in starts])
         # the noise seeds are read on the host (samplers.py): only the rest moves
         hidden = None if hidden is None else {k: v if k == "seed" else to_device(v, device) for k, v in hidden.items()}
-        yield lo, sampling(x_T, op.T, hidden)
+        yield chunk, sampling(x_T, op.T, hidden)
 
 
 # Breaking the symmetry of a flat x_T (blur's generation preset), chosen by measurement (RESULTS.md,

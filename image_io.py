@@ -481,14 +481,19 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     return dests
 
 
+def check_skip_existing(force: bool, skip_existing: bool) -> bool:
+    """skip_existing, where it is not asked for together with --force."""
+    if force and skip_existing:
+        raise UserError("--force overwrites the outputs that exist, --skip-existing keeps them: give one")
+    return skip_existing
+
+
 def not_written(items, out: str | None, force: bool, skip_existing: bool, say=None) -> list:
     """--skip-existing: the inputs whose output is not there yet, so that a folder's run that was
     interrupted (or failed on one image) finishes with the rest; an output there is whole, since
     every write is atomic. say() is told how many are kept."""
-    if not skip_existing:
+    if not check_skip_existing(force, skip_existing):
         return items
-    if force:
-        raise UserError("--force overwrites the outputs that exist, --skip-existing keeps them: give one")
     dests = plan_outputs(items, out, force=True)
     left = [item for item, dest in zip(items, dests) if dest == STDIO or not Path(dest).exists()]
     if not left:

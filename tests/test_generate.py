@@ -164,6 +164,21 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
         assert np.abs(x - y).max() <= 1  # image i does not depend on --n (at most a rounding step)
     r = cli("generate", "--model", gen_model, "--n", "2", "-o", f"{tmp_path}/small/")
     assert r.returncode == 1 and b"--force" in r.stderr
+    # an interrupted folder: --skip-existing makes the missing images, the same ones, and keeps the rest
+    first = {n: (tmp_path / "big" / n).read_bytes() for n in names}
+    (tmp_path / "big" / names[1]).unlink()
+    (tmp_path / "big" / names[4]).unlink()
+    (tmp_path / "big" / names[2]).write_bytes(b"kept")
+    r = cli("generate", "--model", gen_model, "--n", "5", "--batch", "2", "-o", f"{tmp_path}/big/", "--skip-existing")
+    assert r.returncode == 0 and b"3 of the 5 images exist" in r.stderr and b"generating the other 2" in r.stderr, r.stderr.decode()
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == names and (tmp_path / "big" / names[2]).read_bytes() == b"kept"
+    for name in (names[1], names[4]):
+        x, y = png((tmp_path / "big" / name).read_bytes()).astype(int), png(first[name]).astype(int)
+        assert np.abs(x - y).max() <= 1
+    r = cli("generate", "--model", gen_model, "--n", "5", "-o", f"{tmp_path}/big/", "--skip-existing")
+    assert r.returncode == 0 and b"all 5 images exist already" in r.stderr
+    r = cli("generate", "--model", gen_model, "--n", "5", "-o", tmp_path / "grid.png", "--skip-existing")
+    assert r.returncode == 1 and b"not to a grid" in r.stderr
 
 
 @pytest.mark.parametrize("args,message", [
