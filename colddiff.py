@@ -20,7 +20,8 @@ from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
-from image_io import atomic_write, check_writable, encode_image, find_images, grid_image, grid_size, load_folder, not_written, plan_grid_or_folder, plan_outputs
+from image_io import atomic_write, check_writable, encode_image, find_images, finish_later, grid_image, grid_size, load_folder, not_written, plan_grid_or_folder
+from image_io import plan_outputs, still_to_write
 from image_io import Writer, check_size, check_skip_existing, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
 from machine import check_fits, out_of_memory, pick_device
 from samplers import SAMPLERS
@@ -137,18 +138,6 @@ def strip_frames(T: int, frames: int | None) -> list[int]:
         raise UserError(f"--frames must be at least 2, got {frames}")
     n = T + 1 if frames is None and T <= 20 else min(frames or 11, T + 1)
     return sorted({round(i * T / (n - 1)) for i in range(n)})
-
-
-@contextlib.contextmanager
-def finish_later(n: int):
-    """A folder's run interrupted (Ctrl-C, SIGTERM) says how to finish it: what it wrote is whole."""
-    try:
-        yield
-    except (KeyboardInterrupt, Terminated) as e:
-        if n < 2:
-            raise
-        raise Stop(130 if isinstance(e, KeyboardInterrupt) else 128 + 15,
-                   "interrupted; the outputs written so far are whole: the same command with --skip-existing does the rest") from None
 
 
 def say_line(message: str) -> None:
@@ -611,11 +600,8 @@ def generate(
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force or skip_existing)
     if skip_existing and not folder:
         raise UserError("--skip-existing applies to -o DIR/ (a file per image), not to a grid")
-    numbers = [i for i in range(n) if not (skip_existing and Path(names[i]).exists())]  # image i draws from its own seed, whatever else is made
-    if not numbers:
-        raise Stop(0, f"all {n} images exist already in {out} (--skip-existing): nothing to do")
-    if len(numbers) < n and not quiet:
-        say_line(f"{n - len(numbers)} of the {n} images exist in {out} and are kept (--skip-existing); generating the other {len(numbers)}")
+    # image i draws from its own seed, whatever else is made
+    numbers = still_to_write(names, None if quiet else say_line, "images", "generating", f" in {out}") if skip_existing else list(range(n))
     if not folder:
         ncol = ncol or math.ceil(math.sqrt(n))
         H, W = sampling.meta["image"]["height"], sampling.meta["image"]["width"]

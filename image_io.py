@@ -5,6 +5,7 @@ model as float in [-1, 1]. Errors are UserError: one line for the user, never a 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -27,7 +28,7 @@ NOTE_KEY = "colddiff"
 IMAGE_DESCRIPTION = 0x010E  # the EXIF/TIFF tag that carries the note in a WebP or TIFF
 
 
-from common import Stop, UserError
+from common import Stop, Terminated, UserError
 
 
 def source_name(source: str | bytes) -> str:
@@ -494,13 +495,29 @@ def not_written(items, out: str | None, force: bool, skip_existing: bool, say=No
     every write is atomic. say() is told how many are kept."""
     if not check_skip_existing(force, skip_existing):
         return items
-    dests = plan_outputs(items, out, force=True)
-    left = [item for item, dest in zip(items, dests) if dest == STDIO or not Path(dest).exists()]
+    return [items[i] for i in still_to_write(plan_outputs(items, out, force=True), say)]
+
+
+def still_to_write(dests: list[str], say=None, noun: str = "outputs", doing: str = "doing", where: str = "") -> list[int]:
+    """The indices of `dests` not written yet (--skip-existing), which say() is told of; none: Stop(0)."""
+    left = [i for i, dest in enumerate(dests) if dest == STDIO or not Path(dest).exists()]
     if not left:
-        raise Stop(0, f"{'the output exists' if len(items) == 1 else f'all {len(items)} outputs exist'} already (--skip-existing): nothing to do")
-    if len(left) < len(items) and say:
-        say(f"{len(items) - len(left)} of the {len(items)} outputs exist and are kept (--skip-existing); doing the other {len(left)}")
+        raise Stop(0, f"{'the output exists' if len(dests) == 1 else f'all {len(dests)} {noun} exist'} already{where} (--skip-existing): nothing to do")
+    if len(left) < len(dests) and say:
+        say(f"{len(dests) - len(left)} of the {len(dests)} {noun} exist{where} and are kept (--skip-existing); {doing} the other {len(left)}")
     return left
+
+
+@contextlib.contextmanager
+def finish_later(n: int):
+    """A run over n inputs interrupted (Ctrl-C, SIGTERM) says how to finish it: what it wrote is whole."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as e:
+        if n < 2:
+            raise
+        raise Stop(130 if isinstance(e, KeyboardInterrupt) else 128 + 15,
+                   "interrupted; the outputs written so far are whole: the same command with --skip-existing does the rest") from None
 
 
 def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple[bool, list[str]]:
