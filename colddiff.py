@@ -529,7 +529,8 @@ def evaluate(
     sampling = open_model(model, dev, sampler, steps, z, None, source, compile, eta)
     H, W, C = (sampling.meta["image"][k] for k in ("height", "width", "channels"))
     check_input(read_image(find_images([data], out)[0][0]), C, sampling.op, data, model, least=11)  # as restore: no silent grey <-> colour
-    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet, say=None if quiet else say_line, skip=out)
+    images = load_folder(data, H if H == W else None, C, limit=n, quiet=quiet, say=None if quiet else say_line, skip=out,
+                         size_is="the model's size")
     check_fits(sampling, data, *images.shape[-2:], min(batch, len(images)), dev)
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
@@ -670,7 +671,7 @@ def fit_prior(
     if op.prior is None:
         raise UserError(f"{op.name} (this preset) has no fitted generation prior")
     H, W, C = meta["image"]["height"], meta["image"]["width"], meta["image"]["channels"]
-    images = load_folder(data, H if H == W else None, C, quiet=quiet, say=None if quiet else say_line)
+    images = load_folder(data, H if H == W else None, C, quiet=quiet, say=None if quiet else say_line, size_is="the model's size")
     prior = generative.fit_prior(op, images, gmm_components, seed, pick_device(device, threads))
     checkpoint.save_model(dest, net, meta | {"prior": prior})
     typer.echo(f"wrote {dest}: {gmm_components}-component prior over {len(images)} images", err=True)

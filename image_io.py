@@ -541,7 +541,7 @@ def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple
 
 
 def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None,
-                mixed_size: tuple[int, str] | None = None, skip: str | None = None):
+                mixed_size: tuple[int, str] | None = None, skip: str | None = None, size_is: str | None = None):
     """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
     or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
     into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking.
@@ -549,7 +549,9 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     colour), which say() is told; not the first image's, which could turn a colour folder grey.
     channels given: say() is told how many images were converted to it. size None and images of
     several sizes: an error, or with mixed_size = (px, why) all resized to px, which say() is told.
-    skip: the command's output folder, not read where it lies inside `folder` (find_images)."""
+    skip: the command's output folder, not read where it lies inside `folder` (find_images).
+    size_is: where a size the user did not ask for comes from ("the model's size"): say() is then
+    told how many images were resized to it, not only how many were upscaled."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -566,6 +568,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
     out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
 
     own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels
+    resized = torch.zeros(len(items), dtype=torch.bool)  # not size x size
     upscaled = torch.zeros(len(items), dtype=torch.bool)  # short side under `size`: stretched, not sharp
     mixed = []  # with mixed_size: the first image found whose size differs (the rest is not loaded)
 
@@ -579,7 +582,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             if im.shape[0] != C:
                 im = im[:1] if own[i] == 1 and C == 1 else read_image(src, C, shrink_to=size)
             if size is not None and im.shape[-2:] != (size, size):
-                upscaled[i] = min(im.shape[-2:]) < size
+                resized[i], upscaled[i] = True, min(im.shape[-2:]) < size
                 im = resize_square(im, size)
             elif size is None and im.shape[-2:] != first.shape[-2:]:
                 sizes = f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}"
@@ -603,7 +606,12 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             say(f"the images differ in size ({mixed[0]}): resizing and centre-cropping them to {mixed_size[0]} px, "
                 f"{mixed_size[1]} (--size chooses)")
         return load_folder(folder, mixed_size[0], channels, limit, quiet, say, skip=skip)
-    if say and bool(upscaled.any()):
+    if say and size_is and bool(resized.any()):
+        n, up = int(resized.sum()), int(upscaled.sum())
+        which = ("the image is" if len(items) == 1 else f"all {n} images are" if n == len(items)
+                 else f"{n} of the {len(items)} images {'is' if n == 1 else 'are'}")
+        say(f"{folder}: {which} resized and centre-cropped to {size}x{size}, {size_is}" + (f" ({up} of them upscaled: blurrier)" if up else ""))
+    elif say and bool(upscaled.any()):
         n = int(upscaled.sum())
         say(f"{folder}: {n} of the {len(items)} images {'is' if n == 1 else 'are'} smaller than {size} px on the short side "
             f"and upscaled to it (blurrier than {'the rest' if n < len(items) else 'the size promises'})")
@@ -614,7 +622,7 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
             say(f"{folder}: {colour} {'image is' if colour == 1 else 'images are'} colour and {len(items) - colour} grey: using them as "
                 f"{'colour' if majority == 3 else 'grey'} (--channels chooses)")
         if majority != C:
-            return load_folder(folder, size, majority, limit, quiet, skip=skip)
+            return load_folder(folder, size, majority, limit, quiet, skip=skip, size_is=size_is)
     elif channels is not None and say and bool((own != channels).any()):
         kind = {1: "grey", 3: "colour"}
         say(f"{folder}: {int((own != channels).sum())} of the {len(items)} images are {kind[4 - channels]}: using them as {kind[channels]}")

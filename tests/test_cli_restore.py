@@ -290,3 +290,22 @@ def test_skip_existing_finishes_an_interrupted_folder_and_keeps_what_is_there(cl
         (out / names[1]).write_bytes(first[names[1]])  # restore reads degrade's outputs next
         r = cli(command, inputs, *args, "-o", out, "--skip-existing", "--force")
         assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
+
+
+def test_eval_and_fit_prior_say_they_resize_images_to_the_models_size(cli, blur_model, gen_model, tmp_path):
+    """The size is the model's, not one the user asked for: a folder of 40 px images evaluated by a 28 px
+    model is shrunk, and that changes what SSIM measures, so it is said (before, only upscaling was)."""
+    (tmp_path / "h").mkdir()
+    for i, f in enumerate(sorted((DATA / "fmnist").iterdir())[:6]):
+        im = Image.open(f)
+        (im.resize((40, 40)) if i < 4 else im).save(tmp_path / "h" / f.name)
+    r = cli("eval", tmp_path / "h", "--model", blur_model, "--steps", "2")
+    assert r.returncode == 0 and "4 of the 6 images are resized and centre-cropped to 28x28, the model's size" in r.stderr.decode(), r.stderr.decode()
+    r = cli("fit-prior", tmp_path / "h", "--model", gen_model, "--gmm-components", "1", "-o", tmp_path / "p.safetensors")
+    assert r.returncode == 0 and "4 of the 6 images are resized" in r.stderr.decode(), r.stderr.decode()
+    r = cli("eval", tmp_path / "h", "--model", blur_model, "--steps", "2", "--quiet")
+    assert r.returncode == 0 and "resized" not in r.stderr.decode()
+    for f in (tmp_path / "h").iterdir():
+        Image.open(f).resize((28, 28)).save(f)
+    r = cli("eval", tmp_path / "h", "--model", blur_model, "--steps", "2")
+    assert r.returncode == 0 and "resized" not in r.stderr.decode(), r.stderr.decode()
