@@ -155,7 +155,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: the cores other processes are not using, read from /proc/stat).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress on stderr (errors still are).")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
-SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave the outputs that exist as they are and do the other inputs (to finish an interrupted folder).")
+SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave the outputs that exist as they are and do the other inputs (to finish an interrupted folder); an output whose note says other settings is an error.")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
 SamplerOpt = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator); default: the operator's.")
@@ -242,7 +242,8 @@ def degrade(
     check_seed(seed)
     steps = strip_frames(operator.T, frames) if strip else [t]
     dev = pick_device(device, threads)
-    items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line)
+    items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
+                        notes.degraded_into(operator, t, seed, fit, strip))
     sizes = [read_image(src).shape[-2:] for src, _, _ in items]  # every input must decode before anything is written
     dests = plan_outputs(items, out, force)
     frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]
@@ -412,7 +413,8 @@ def restore(
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
-    items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line)
+    items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
+                        notes.restored_as(model, sampling, t, seed, steps))
     plans, sizes, at_t, unsaid, tiled = [], [], {}, 0, None  # a Plan and size per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = source_name(src)
@@ -601,8 +603,10 @@ def generate(
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force or skip_existing)
     if skip_existing and not folder:
         raise UserError("--skip-existing applies to -o DIR/ (a file per image), not to a grid")
+    made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed)
     # image i draws from its own seed, whatever else is made
-    numbers = still_to_write(names, None if quiet else say_line, "images", "generating", f" in {out}") if skip_existing else list(range(n))
+    numbers = (still_to_write(names, None if quiet else say_line, "images", "generating", f" in {out}", lambda i: {**made, "image": i})
+               if skip_existing else list(range(n)))
     if not folder:
         ncol = ncol or math.ceil(math.sqrt(n))
         H, W = sampling.meta["image"]["height"], sampling.meta["image"]["width"]
@@ -615,7 +619,6 @@ def generate(
             progress.update(min(len(numbers), progress.done + min(batch, len(numbers)) / per_batch))
 
         watched = sampling.watched(after_call)
-        made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed)
         done = 0
         for made_now, images in generative.generate(watched, n, batch, seed, dev, break_noise, numbers):
             images = to_uint8(images).cpu()

@@ -489,23 +489,53 @@ def check_skip_existing(force: bool, skip_existing: bool) -> bool:
     return skip_existing
 
 
-def not_written(items, out: str | None, force: bool, skip_existing: bool, say=None) -> list:
+def not_written(items, out: str | None, force: bool, skip_existing: bool, say=None, expected=None) -> list:
     """--skip-existing: the inputs whose output is not there yet, so that a folder's run that was
     interrupted (or failed on one image) finishes with the rest; an output there is whole, since
-    every write is atomic. say() is told how many are kept."""
+    every write is atomic. say() is told how many are kept. expected(src, dest): the note this
+    command would write for src, which a kept output's note must agree with (still_to_write)."""
     if not check_skip_existing(force, skip_existing):
         return items
-    return [items[i] for i in still_to_write(plan_outputs(items, out, force=True), say)]
+    dests = plan_outputs(items, out, force=True)
+    return [items[i] for i in still_to_write(dests, say, expected=expected and (lambda i: expected(items[i][0], dests[i])))]
 
 
-def still_to_write(dests: list[str], say=None, noun: str = "outputs", doing: str = "doing", where: str = "") -> list[int]:
-    """The indices of `dests` not written yet (--skip-existing), which say() is told of; none: Stop(0)."""
+def still_to_write(dests: list[str], say=None, noun: str = "outputs", doing: str = "doing", where: str = "", expected=None) -> list[int]:
+    """The indices of `dests` not written yet (--skip-existing), which say() is told of; none: Stop(0).
+    expected(i): the note output i would carry; a kept output whose note says other settings is an
+    error, so that a folder never mixes two runs (one with no note, a BMP or a strip, is kept as it is)."""
     left = [i for i, dest in enumerate(dests) if dest == STDIO or not Path(dest).exists()]
+    for i in sorted(set(range(len(dests))) - set(left)) if expected else []:
+        check_kept(dests[i], lambda i=i: expected(i))
     if not left:
         raise Stop(0, f"{'the output exists' if len(dests) == 1 else f'all {len(dests)} {noun} exist'} already{where} (--skip-existing): nothing to do")
     if len(left) < len(dests) and say:
         say(f"{len(dests) - len(left)} of the {len(dests)} {noun} exist{where} and are kept (--skip-existing); {doing} the other {len(left)}")
     return left
+
+
+def check_kept(dest: str, want) -> None:
+    """An output --skip-existing keeps must be what this command would write: its note agrees with
+    want() on every setting (a dict's, such as the operator's parameters, one by one)."""
+    try:
+        note = read_note(dest)
+    except UserError:
+        note = {}  # a note that is not colddiff's: not this command's output
+    if note is None:
+        return
+    want = json.loads(json.dumps(want()))  # as the note stores it: tuples are lists
+    # the settings that differ: the command's, or where those agree, a dict's (the operator's parameters) one by one
+    top = [(k, note.get(k), v) for k, v in want.items() if not isinstance(v, dict)]
+    inner = [(sub, got.get(sub), v.get(sub)) for k, v in want.items() if isinstance(v, dict) and isinstance(got := note.get(k), dict)
+             for sub in sorted(v.keys() | got.keys())]
+    differ = [(key, a, b) for key, a, b in top if a != b]
+    unset = "none" if differ else "its default"  # a parameter left out of a note is at its default
+    differ = differ or [(key, a, b) for key, a, b in inner if a != b]
+    theirs, mine = {key: a for key, a, _ in differ}, {key: b for key, _, b in differ}
+    if mine:
+        said = lambda d: ", ".join(f"{k}={unset if v is None else v}" for k, v in list(d.items())[:3])  # noqa: E731
+        raise UserError(f"{dest}: made with {said(theirs)}, not this command's {said(mine)}; --skip-existing keeps only "
+                        "what this command would write: give another -o, or --force to redo them all")
 
 
 @contextlib.contextmanager

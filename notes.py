@@ -7,6 +7,8 @@ needs no --t or --seed, in a pipe or for a folder of images degraded to differen
 """
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import operators
@@ -24,10 +26,45 @@ def made(command: str, model: str, sampling, **more) -> dict:
     return {"command": command, "model": Path(model).name, **sampling.describe(), **more}
 
 
+def degraded_into(op, t: int, seed: int, fit: bool, strip: bool = False):
+    """expected(src, dest) for `degrade --skip-existing` (image_io.still_to_write): the note degrade
+    writes into dest, its operator fitted to dest's size as it was to its input's. A strip has no
+    note, so that any note says the file is not one."""
+    from image_io import open_image
+
+    def note(src, dest) -> dict:
+        if strip:
+            return {"command": "degrade --strip"}
+        with open_image(dest) as im:
+            w, h = im.size
+        return degraded(op.fit_to(len(im.getbands()), h, w)[0] if fit else op, t, seed)
+
+    return note
+
+
+def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None):
+    """expected(src, dest) for `restore --skip-existing`: the note restore writes for src (its tiling,
+    which follows the memory free, aside)."""
+    from image_io import source_name
+
+    def note(src, dest) -> dict:
+        t_i, seed_i, _ = degradation_of(src, source_name(src), sampling.op, model, t, seed)
+        return {**made("restore", model, sampling.at(t_i, steps)), "t": t_i, "seed": seed_i}
+
+    return note
+
+
+@functools.lru_cache(maxsize=64)
+def degrader(name: str, params: str):
+    """The operator a note names (params: its JSON), built once per folder: a blur's T kernels take ~8 ms,
+    which over 2,000 notes was half of restoring them."""
+    return operators.operator_from_params(name, json.loads(params))
+
+
 def degraded_as(note: dict, op, name: str, model: str) -> tuple[int, int]:
     """(t, seed) from the note `degrade` wrote into an image, once its operator is the model's."""
     try:
-        by = operators.operator_from_params(note["op"], note["params"])
+        by = degrader(note["op"], json.dumps(note["params"], sort_keys=True))
         t, seed = note["t"], note["seed"]
         if not (isinstance(t, int) and isinstance(seed, int) and 0 <= t <= by.T and 0 <= seed < 2**32):
             raise ValueError
