@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 
 
 def _atomic_bytes(path: Path, data: bytes):
-    from image_io import atomic_write
+    from outputs import atomic_write
 
     atomic_write(path, data)
 

@@ -2,7 +2,7 @@
 
 The Typer app: commands, their options, and the one place user errors become one line and exit 1.
 The methods live elsewhere: operators.py (D and each operator's method), unet.py (R),
-samplers.py, generative.py, train.py, checkpoint.py, image_io.py, metrics.py.
+samplers.py, generative.py, train.py, checkpoint.py, image_io.py, outputs.py, metrics.py.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
-from image_io import atomic_write, check_writable, encode_image, find_images, finish_later, grid_image, grid_size, load_folder, not_written, plan_grid_or_folder
-from image_io import plan_outputs, still_to_write
-from image_io import Writer, check_size, check_skip_existing, neutral, read_alpha, read_image, say_first_frames, source_name, to_model, to_uint8, write_image
+from image_io import STRIP_WIDTH, check_input, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
+from image_io import say_first_frames, source_name, strip_frame_size, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
+from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
+from outputs import still_to_write, write_image
 from samplers import SAMPLERS
 from train import TrainConfig
 
@@ -119,18 +120,6 @@ def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, sour
     samplers.check(sampler, op, t, z, eta, steps)
     restore = samplers.make_restorer(net, device, compile and device.type == "cuda")
     return samplers.Sampling(op, meta, restore, sampler, samplers.steps_for(sampler, op, meta, t, steps), z, eta)
-
-
-STRIP_WIDTH = 16383  # WebP's limit and wider than any screen: --strip shrinks a photo's frames to fit it
-
-
-def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
-    """(height, width) of each of a strip's n frames of an h x w image: its own, or shrunk (aspect
-    kept) so that the strip is at most STRIP_WIDTH wide: 11 frames of a 12 MP photo were a 132 MP PNG."""
-    if n * w <= STRIP_WIDTH:
-        return h, w
-    fw = max(1, STRIP_WIDTH // n)
-    return max(1, round(h * fw / w)), fw
 
 
 def strip_frames(T: int, frames: int | None) -> list[int]:
@@ -480,16 +469,6 @@ class Plan(NamedTuple):
     t: int
     seed: int
     tile: int | None
-
-
-def check_input(u8, channels: int, op, src, model, least: int = 0):
-    name = source_name(src)
-    if u8.shape[0] != channels and not (channels == 1 and neutral(u8)):
-        kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
-        raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
-    m = max(op.min_size(), least)
-    if min(u8.shape[-2:]) < m:
-        raise UserError(f"{name}: {u8.shape[-1]}x{u8.shape[-2]} is too small for {op.name} (at least {m}x{m})")
 
 
 @command("eval")

@@ -1,17 +1,15 @@
-"""Image files for colddiff: find them, read them, write them atomically, never overwrite silently.
+"""Image files for colddiff: find them, read them, encode them (with colddiff's note), load a folder.
 
+Where outputs go and how they are written (atomically, never over a file silently) is outputs.py.
 Images come in as uint8 (C, H, W) tensors, 1 channel for grey and 3 for colour, and go into the
 model as float in [-1, 1]. Errors are UserError: one line for the user, never a traceback.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -28,7 +26,7 @@ NOTE_KEY = "colddiff"
 IMAGE_DESCRIPTION = 0x010E  # the EXIF/TIFF tag that carries the note in a WebP or TIFF
 
 
-from common import Stop, Terminated, UserError
+from common import UserError
 
 
 def source_name(source: str | bytes) -> str:
@@ -227,6 +225,18 @@ def to_uint8(x):
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+STRIP_WIDTH = 16383  # WebP's limit (MAX_SIDE) and wider than any screen: --strip shrinks a photo's frames to fit it
+
+
+def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
+    """(height, width) of each of a strip's n frames of an h x w image: its own, or shrunk (aspect
+    kept) so that the strip is at most STRIP_WIDTH wide: 11 frames of a 12 MP photo were a 132 MP PNG."""
+    if n * w <= STRIP_WIDTH:
+        return h, w
+    fw = max(1, STRIP_WIDTH // n)
+    return max(1, round(h * fw / w)), fw
+
+
 def grid_size(n: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int]:
     """(width, height) of grid_image's grid of n h x w images."""
     return ncol * (w + pad) + pad, -(-n // ncol) * (h + pad) + pad
@@ -275,55 +285,6 @@ def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
     return buf.getvalue()
 
 
-def read_note(source: str | bytes) -> dict | None:
-    """The note encode_image wrote, or None (another format, another program, or no note).
-    Only the header is read: the note precedes the pixels, so the image is not decoded."""
-    name = source_name(source)
-    try:
-        with open_image(source) as im:
-            text, comment = im.info.get(NOTE_KEY), im.info.get("comment")
-            if im.format in ("WEBP", "TIFF"):
-                comment = im.getexif().get(IMAGE_DESCRIPTION)
-    except OSError:
-        return None  # read_image says what is wrong with the file
-    comment = comment.decode("utf-8", "replace") if isinstance(comment, bytes) else comment
-    if text is None and isinstance(comment, str) and comment.startswith(f"{NOTE_KEY} "):
-        text = comment[len(NOTE_KEY) + 1:]
-    if text is None:
-        return None
-    try:
-        note = json.loads(text)
-    except ValueError:
-        note = None
-    if not isinstance(note, dict):
-        raise UserError(f"{name}: its {NOTE_KEY!r} note is not colddiff's (not a JSON object); pass --t to restore it anyway")
-    return note
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename: never a half-written file."""
-    tmp = None
-    try:  # a folder that cannot be made or written to (/proc, a file in the path) is the same one line
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs follow the umask
-        os.replace(tmp, path)
-    except OSError as e:  # a full disk, a read-only folder, a quota: nothing half-written is left
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: could not write ({e.strerror or e}); nothing was written there") from None
-    except BaseException:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF"}
 # the largest side each format can store (PNG, BMP and TIFF: none an image here reaches)
 MAX_SIDE = {"WEBP": ("WebP", 16383), "JPEG": ("JPEG", 65535), "GIF": ("GIF", 65535)}
@@ -349,225 +310,34 @@ def check_size(dest: str, width: int, height: int) -> None:
         raise UserError(f"{dest}: {name} holds at most {limit} px a side and this image is {width}x{height}; name a .png")
 
 
-def write_stdout(data: bytes) -> None:
-    """Bytes to standard output. A reader that went away (or no stdout at all) is a BrokenPipeError,
-    which the CLI turns into a quiet exit with SIGPIPE's status; any other failure (/dev/full) is
-    one line. Either way fd 1 is pointed at /dev/null so that Python's exit-time flush of what
-    is still buffered cannot print a second error."""
-    try:
-        if sys.stdout is None:
-            raise BrokenPipeError(32, "standard output is closed")
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    except OSError as e:
-        if sys.stdout is not None:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        if isinstance(e, BrokenPipeError):
-            raise
-        raise UserError(f"standard output: could not write ({e.strerror or e})") from None
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout is not None and sys.stdout.isatty()
-
-
 def keeps_alpha(dest: str) -> bool:
     """Whether dest's format holds transparency: PNG (stdout too), WebP and TIFF; not JPEG, BMP or GIF's one-colour key."""
     return format_of(dest) in ("PNG", "WEBP", "TIFF")
 
 
-def write_image(u8, dest: str, note: dict | None = None, alpha=None) -> None:
-    """To `dest` (- for stdout, as PNG), in the format its suffix names, carrying `note` (encode_image)
-    and `alpha` (uint8 (1, H, W), read_alpha's) where the format holds it."""
-    if alpha is not None and keeps_alpha(dest):
-        import torch
-
-        u8 = torch.cat([u8.cpu(), alpha])
-    if dest == STDIO:
-        write_stdout(encode_image(u8, note=note))
-        return
-    check_size(dest, u8.shape[-1], u8.shape[-2])
-    atomic_write(Path(dest), encode_image(u8, format_of(dest), note))
-
-
-class Writer:
-    """write_image on background threads, so that a folder's next image is read and degraded (or
-    restored) while the last ones are encoded and written: encoding and fsync were half the time of
-    degrading 2,000 small images. At most WAITING bytes of images wait (memory stays that of the
-    work); a failed write is raised at a later write or at the end; on an error or Ctrl-C the writes
-    not yet started are dropped and those under way finish (each is atomic). stdout is written at once, in order."""
-
-    WAITING = 2**27  # 128 MB: three 12-megapixel photos
-
-    def __init__(self):
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
-        import torch
-
-        self.pool = ThreadPoolExecutor(max(1, min(4, torch.get_num_threads())), thread_name_prefix="colddiff-write")
-        self.waiting: deque = deque()  # (future, bytes) in order
-
-    def __enter__(self):
-        return self
-
-    def write(self, u8, dest: str, note: dict | None = None, alpha=None) -> None:
-        if dest == STDIO:
-            write_image(u8, dest, note, alpha)
-            return
-        self.waiting.append((self.pool.submit(write_image, u8, dest, note, alpha), u8.numel()))
-        while self.waiting and (self.waiting[0][0].done() or sum(n for _, n in self.waiting) > self.WAITING):
-            self.waiting.popleft()[0].result()
-
-    def __exit__(self, exc_type, *exc):
-        try:
-            while exc_type is None and self.waiting:
-                self.waiting.popleft()[0].result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def check_writable(dests) -> None:
-    """Every destination's folder exists or can be made, and takes a new file: a UserError now, not
-    after the work (/proc, a file where a folder should be, a read-only mount). Nothing is left behind:
-    the probe is a temporary file in the deepest folder that already exists."""
-    probed: set = set()
-    for folder in sorted({Path(d).parent for d in dests if d != STDIO}):
-        probe = folder
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if probe in probed:
-            continue
-        try:
-            if not probe.is_dir():
-                raise NotADirectoryError(20, f"{probe} is not a folder")
-            fd, tmp = tempfile.mkstemp(prefix=".colddiff-probe.", dir=probe)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            raise UserError(f"{folder}: cannot write there ({e.strerror or e})") from None
-        probed.add(probe)
-
-
-def plan_outputs(items, out: str | None, force: bool) -> list[str]:
-    """Where each input's result goes; checks every destination before anything is written."""
-    single = len(items) == 1 and not items[0][2]
-    if out is None or out == STDIO:
-        if not single:
-            raise UserError("several input images: give an output folder with -o DIR")
-        if out is None and stdout_is_terminal():
-            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
-        return [STDIO]
-    o = Path(out)
-    if single and not o.is_dir() and not out.endswith(("/", os.sep)):
-        dests = [out]
-    else:
-        if o.exists() and not o.is_dir():
-            raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
-        dests = [str(o / rel) for _, rel, _ in items]
-        seen: dict[str, str] = {}
-        for (src, _, _), d in zip(items, dests):
-            if d in seen:
-                raise UserError(f"{seen[d]} and {src} would both be written to {d}; give them apart, one command each")
-            seen[d] = src
-    for d in dests:
-        check_suffix(d)
-    clash = [d for d in dests if Path(d).exists()]
-    if clash and not force:
-        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
-        raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
-    check_writable(dests)
-    return dests
-
-
-def check_skip_existing(force: bool, skip_existing: bool) -> bool:
-    """skip_existing, where it is not asked for together with --force."""
-    if force and skip_existing:
-        raise UserError("--force overwrites the outputs that exist, --skip-existing keeps them: give one")
-    return skip_existing
-
-
-def not_written(items, out: str | None, force: bool, skip_existing: bool, say=None, expected=None) -> list:
-    """--skip-existing: the inputs whose output is not there yet, so that a folder's run that was
-    interrupted (or failed on one image) finishes with the rest; an output there is whole, since
-    every write is atomic. say() is told how many are kept. expected(src, dest): the note this
-    command would write for src, which a kept output's note must agree with (still_to_write)."""
-    if not check_skip_existing(force, skip_existing):
-        return items
-    dests = plan_outputs(items, out, force=True)
-    return [items[i] for i in still_to_write(dests, say, expected=expected and (lambda i: expected(items[i][0], dests[i])))]
-
-
-def still_to_write(dests: list[str], say=None, noun: str = "outputs", doing: str = "doing", where: str = "", expected=None) -> list[int]:
-    """The indices of `dests` not written yet (--skip-existing), which say() is told of; none: Stop(0).
-    expected(i): the note output i would carry; a kept output whose note says other settings is an
-    error, so that a folder never mixes two runs (one with no note, a BMP or a strip, is kept as it is)."""
-    left = [i for i, dest in enumerate(dests) if dest == STDIO or not Path(dest).exists()]
-    for i in sorted(set(range(len(dests))) - set(left)) if expected else []:
-        check_kept(dests[i], lambda i=i: expected(i))
-    if not left:
-        raise Stop(0, f"{'the output exists' if len(dests) == 1 else f'all {len(dests)} {noun} exist'} already{where} (--skip-existing): nothing to do")
-    if len(left) < len(dests) and say:
-        say(f"{len(dests) - len(left)} of the {len(dests)} {noun} exist{where} and are kept (--skip-existing); {doing} the other {len(left)}")
-    return left
-
-
-def check_kept(dest: str, want) -> None:
-    """An output --skip-existing keeps must be what this command would write: its note agrees with
-    want() on every setting (a dict's, such as the operator's parameters, one by one)."""
+def read_note(source: str | bytes) -> dict | None:
+    """The note encode_image wrote, or None (another format, another program, or no note).
+    Only the header is read: the note precedes the pixels, so the image is not decoded."""
+    name = source_name(source)
     try:
-        note = read_note(dest)
-    except UserError:
-        note = {}  # a note that is not colddiff's: not this command's output
-    if note is None:
-        return
-    want = json.loads(json.dumps(want()))  # as the note stores it: tuples are lists
-    # the settings that differ: the command's, or where those agree, a dict's (the operator's parameters) one by one
-    top = [(k, note.get(k), v) for k, v in want.items() if not isinstance(v, dict)]
-    inner = [(sub, got.get(sub), v.get(sub)) for k, v in want.items() if isinstance(v, dict) and isinstance(got := note.get(k), dict)
-             for sub in sorted(v.keys() | got.keys())]
-    differ = [(key, a, b) for key, a, b in top if a != b]
-    unset = "none" if differ else "its default"  # a parameter left out of a note is at its default
-    differ = differ or [(key, a, b) for key, a, b in inner if a != b]
-    theirs, mine = {key: a for key, a, _ in differ}, {key: b for key, _, b in differ}
-    if mine:
-        said = lambda d: ", ".join(f"{k}={unset if v is None else v}" for k, v in list(d.items())[:3])  # noqa: E731
-        raise UserError(f"{dest}: made with {said(theirs)}, not this command's {said(mine)}; --skip-existing keeps only "
-                        "what this command would write: give another -o, or --force to redo them all")
-
-
-@contextlib.contextmanager
-def finish_later(n: int):
-    """A run over n inputs interrupted (Ctrl-C, SIGTERM) says how to finish it: what it wrote is whole."""
+        with open_image(source) as im:
+            text, comment = im.info.get(NOTE_KEY), im.info.get("comment")
+            if im.format in ("WEBP", "TIFF"):
+                comment = im.getexif().get(IMAGE_DESCRIPTION)
+    except OSError:
+        return None  # read_image says what is wrong with the file
+    comment = comment.decode("utf-8", "replace") if isinstance(comment, bytes) else comment
+    if text is None and isinstance(comment, str) and comment.startswith(f"{NOTE_KEY} "):
+        text = comment[len(NOTE_KEY) + 1:]
+    if text is None:
+        return None
     try:
-        yield
-    except (KeyboardInterrupt, Terminated) as e:
-        if n < 2:
-            raise
-        raise Stop(130 if isinstance(e, KeyboardInterrupt) else 128 + 15,
-                   "interrupted; the outputs written so far are whole: the same command with --skip-existing does the rest") from None
-
-
-def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple[bool, list[str]]:
-    """generate's outputs: (True, one path per image) for `-o DIR/` or an existing folder, else
-    (False, [the grid's path or - for stdout]); checked before anything is written."""
-    if out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()):
-        dests = [str(Path(out) / name) for name in names]
-        clash = [d for d in dests if Path(d).exists()]
-        if clash and not force:
-            raise UserError(f"{clash[0]}: output exists; pass --force to overwrite")
-        check_writable(dests[:1])
-        return True, dests
-    if out is None or out == STDIO:
-        if out is None and stdout_is_terminal():
-            raise UserError("refusing to write a PNG to the terminal: give -o FILE or redirect the output")
-        return False, [STDIO]
-    if Path(out).exists() and not force:
-        raise UserError(f"{out}: output exists; pass --force to overwrite")
-    check_writable([check_suffix(out)])
-    return False, [out]
+        note = json.loads(text)
+    except ValueError:
+        note = None
+    if not isinstance(note, dict):
+        raise UserError(f"{name}: its {NOTE_KEY!r} note is not colddiff's (not a JSON object); pass --t to restore it anyway")
+    return note
 
 
 def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None,
@@ -657,6 +427,18 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
         kind = {1: "grey", 3: "colour"}
         say(f"{folder}: {int((own != channels).sum())} of the {len(items)} images are {kind[4 - channels]}: using them as {kind[channels]}")
     return out
+
+
+def check_input(u8, channels: int, op, src, model, least: int = 0) -> None:
+    """An input image fits the model: its channels (a colour image whose channels are equal is grey), and
+    the operator's smallest size (or `least`)."""
+    name = source_name(src)
+    if u8.shape[0] != channels and not (channels == 1 and neutral(u8)):
+        kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
+        raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
+    m = max(op.min_size(), least)
+    if min(u8.shape[-2:]) < m:
+        raise UserError(f"{name}: {u8.shape[-1]}x{u8.shape[-2]} is too small for {op.name} (at least {m}x{m})")
 
 
 def neutral(u8) -> bool:

@@ -27,7 +27,7 @@ def made(command: str, model: str, sampling, **more) -> dict:
 
 
 def degraded_into(op, t: int, seed: int, fit: bool, strip: bool = False):
-    """expected(src, dest) for `degrade --skip-existing` (image_io.still_to_write): the note degrade
+    """expected(src, dest) for `degrade --skip-existing` (outputs.still_to_write): the note degrade
     writes into dest, its operator fitted to dest's size as it was to its input's. A strip has no
     note, so that any note says the file is not one."""
     from image_io import open_image

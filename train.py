@@ -20,7 +20,7 @@ import checkpoint
 import unet
 from common import Progress, Stop, UserError, bf16, duration, to_device, versions
 from generative import fit_prior, flat_start, symmetry_defaults
-from image_io import check_writable
+from outputs import check_writable
 
 
 def augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -359,7 +359,8 @@ class RunLog:
 
     @torch.no_grad()
     def sample(self, step, loss, rate):
-        from image_io import atomic_write, encode_image, grid_image, to_uint8
+        from image_io import encode_image, grid_image, to_uint8
+        from outputs import atomic_write
 
         with bf16(self.device):
             pred = self.ema(self.xt, self.t).float()

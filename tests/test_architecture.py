@@ -149,9 +149,10 @@ def test_user_error_is_the_only_error_class():
     import checkpoint
     import common
     import image_io
+    import outputs
     import samplers
 
-    for module in (O, samplers, checkpoint, image_io):
+    for module in (O, samplers, checkpoint, image_io, outputs):
         own = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == module.__name__]
         assert own == [], (module.__name__, own)
     assert issubclass(common.UserError, Exception)

@@ -113,7 +113,7 @@ def test_lock_is_released_by_a_killed_holder(tmp_path):
 
 def test_failed_checkpoint_write_keeps_the_last_good_one(cli, fmnist_split, tmp_path, monkeypatch):
     """The disk fills at the second save: one line, the model still loads at step 1, no temp files."""
-    import image_io
+    import outputs
 
     out = tmp_path / "m.safetensors"
     real, writes = os.fsync, {"n": 0}
@@ -124,7 +124,7 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(cli, fmnist_split, tmp_
             raise OSError(28, "No space left on device")
         real(fd)
 
-    monkeypatch.setattr(image_io.os, "fsync", full_disk)
+    monkeypatch.setattr(outputs.os, "fsync", full_disk)
     r = cli("train", fmnist_split[0], "-o", out, "--steps", "5", "--save-every", "1", *TINY_TRAIN)
     err = r.stderr.decode()
     assert r.returncode == 1 and "No space left on device" in err and f"{out} keeps step 1" in err, err

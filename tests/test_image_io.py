@@ -222,24 +222,24 @@ def test_read_alpha_is_upright_with_the_colour_and_none_where_opaque(tmp_path):
 def test_the_writer_writes_every_image_raises_a_failed_write_and_drops_the_rest_on_ctrl_c(tmp_path, monkeypatch):
     import time
 
-    import image_io
+    import outputs
 
     images = [torch.full((1, 8, 8), 10 * i, dtype=torch.uint8) for i in range(10)]
-    with image_io.Writer() as writer:
+    with outputs.Writer() as writer:
         for i, im in enumerate(images):
             writer.write(im, str(tmp_path / "all" / f"{i}.png"))
     assert [int(np.asarray(Image.open(tmp_path / "all" / f"{i}.png")).max()) for i in range(10)] == [10 * i for i in range(10)]
 
-    real = image_io.write_image
+    real = outputs.write_image
 
     def failing_at_3(u8, dest, *rest):
         if dest.endswith("3.png"):
             raise UserError(f"{dest}: could not write (No space left on device); nothing was written there")
         real(u8, dest, *rest)
 
-    monkeypatch.setattr(image_io, "write_image", failing_at_3)
+    monkeypatch.setattr(outputs, "write_image", failing_at_3)
     with pytest.raises(UserError, match="3.png: could not write"):
-        with image_io.Writer() as writer:
+        with outputs.Writer() as writer:
             for i, im in enumerate(images):
                 writer.write(im, str(tmp_path / "fail" / f"{i}.png"))
 
@@ -247,12 +247,32 @@ def test_the_writer_writes_every_image_raises_a_failed_write_and_drops_the_rest_
         time.sleep(0.3)
         real(u8, dest, *rest)
 
-    monkeypatch.setattr(image_io, "write_image", slow)
+    monkeypatch.setattr(outputs, "write_image", slow)
     with pytest.raises(KeyboardInterrupt):
-        with image_io.Writer() as writer:
+        with outputs.Writer() as writer:
             for i, im in enumerate(images):
                 writer.write(im, str(tmp_path / "stop" / f"{i}.png"))
             raise KeyboardInterrupt
     written = sorted((tmp_path / "stop").iterdir())
     assert 1 <= len(written) <= writer.pool._max_workers < 10  # those under way finished, whole; the rest dropped
     assert all(p.suffix == ".png" for p in written)
+
+
+def test_the_writer_keeps_at_most_its_bound_of_images_waiting(tmp_path, monkeypatch):
+    """Writes slower than the work: the images waiting stay under WAITING bytes (each write waits for
+    the oldest), counted as they come and go, not summed again over the whole queue at each write."""
+    import time
+
+    import outputs
+
+    real = outputs.write_image
+    monkeypatch.setattr(outputs, "write_image", lambda *a: (time.sleep(0.02), real(*a)))
+    monkeypatch.setattr(outputs.Writer, "WAITING", 5 * 64)
+    seen = []
+    with outputs.Writer() as writer:
+        for i in range(40):
+            writer.write(torch.full((1, 8, 8), i, dtype=torch.uint8), str(tmp_path / f"{i}.png"))
+            seen.append((writer.bytes, sum(n for _, n in writer.waiting)))
+    assert all(counted == queued <= 5 * 64 for counted, queued in seen), seen
+    assert max(counted for counted, _ in seen) == 5 * 64 and writer.bytes == 0  # the bound was reached; all written
+    assert sorted(int(p.stem) for p in tmp_path.iterdir()) == list(range(40))
