@@ -79,20 +79,42 @@ def _metadata(data: bytes) -> dict:
     return json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}
 
 
+def model_meta(path, metadata: dict | None = None) -> dict:
+    """A colddiff model's metadata (from its header alone where not given), checked."""
+    metadata = read_metadata(path) if metadata is None else metadata
+    if metadata.get("format") != FORMAT or "colddiff" not in metadata:
+        raise UserError(f"{path}: a safetensors file, but not a colddiff model (no colddiff metadata)")
+    try:
+        meta = json.loads(metadata["colddiff"])
+    except ValueError as e:
+        raise inconsistent(path, e) from None
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path}: written by a newer colddiff (format {meta['version']})")
+    return meta
+
+
+def model_operator(path, metadata: dict | None = None):
+    """(operator, meta) of a colddiff model, its weights not read (`degrade --model`)."""
+    meta = model_meta(path, metadata)
+    try:
+        return operators.operator_from_params(meta["operator"]["name"], meta["operator"]["params"]), meta
+    except (KeyError, TypeError, ValueError, UserError) as e:
+        raise inconsistent(path, e) from None
+
+
+def inconsistent(path, e: Exception) -> UserError:
+    return UserError(f"{path}: colddiff model metadata or weights are inconsistent ({str(e).splitlines()[0][:100]})")
+
+
 def load_model(path, device="cpu"):
     """(net, operator, meta) from a colddiff model file; the net is in eval mode."""
     tensors, metadata = read_safetensors(path)
-    if metadata.get("format") != FORMAT or "colddiff" not in metadata:
-        raise UserError(f"{path}: a safetensors file, but not a colddiff model (no colddiff metadata)")
-    meta = json.loads(metadata["colddiff"])
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path}: written by a newer colddiff (format {meta['version']})")
+    op, meta = model_operator(path, metadata)
     try:
-        op = operators.operator_from_params(meta["operator"]["name"], meta["operator"]["params"])
         net = unet.from_config(meta["network"])
         net.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError, UserError) as e:
-        raise UserError(f"{path}: colddiff model metadata or weights are inconsistent ({str(e).splitlines()[0][:100]})") from None
+        raise inconsistent(path, e) from None
     return net.to(device).eval(), op, meta
 
 

@@ -202,6 +202,7 @@ def ops():
 
 @command()
 def degrade(
+    ctx: typer.Context,
     inputs: list[str] = typer.Argument(..., metavar="FILE|FOLDER|-...", help="Image files, folders (recursive) or - for stdin."),
     op: str = OpOpt,
     preset: Optional[str] = PresetOpt,
@@ -218,22 +219,36 @@ def degrade(
     force: bool = ForceOpt,
     skip_existing: bool = SkipExistingOpt,
     fit: bool = typer.Option(True, "--fit/--no-fit", help="Scale the parameters that are lengths in pixels (blur kernels, mask and colour widths, snow flakes) from the preset's image size to each image's, where they differ more than 2x."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Degrade with this model's operator, every parameter as it was trained and not fitted (instead of --op, --preset, --param), so that `restore --model` takes the outputs as they are."),
 ):
     """Degrade images: x_t = D(x_0, t). Each image uses a generator seeded with --seed.
 
     Inputs: image files, folders (recursive) or - for stdin. Output: stdout, a file, or a folder
     for several inputs. Example: colddiff degrade photos/ --op mask --preset celeba -o masked/"""
+    import checkpoint
 
-    operator = make_op(op, preset, param)
+    if model is None:
+        operator, channels = make_op(op, preset, param), None
+    else:
+        typed = [f"--{'no-' * (not fit) + name}" for name in ("op", "preset", "param", "fit") if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if typed:
+            raise UserError(f"--model degrades with the model's own operator: give {' or '.join(typed)}, or --model, not both")
+        (operator, meta), fit = checkpoint.model_operator(model), False
+        channels = meta["image"]["channels"]
     t = operator.T if t is None else t
     if not 0 <= t <= operator.T:
-        raise UserError(f"--t must be in 0..{operator.T} for {op}, got {t}")
+        raise UserError(f"--t must be in 0..{operator.T} for {operator.name}, got {t}")
     check_seed(seed)
     steps = strip_frames(operator.T, frames) if strip else [t]
     dev = pick_device(device, threads)
     items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
                         notes.degraded_into(operator, t, seed, fit, strip))
-    sizes = [read_image(src).shape[-2:] for src, _, _ in items]  # every input must decode before anything is written
+    sizes = []
+    for src, _, _ in items:  # every input must decode (and with --model, fit the model) before anything is written
+        u8 = read_image(src)
+        if model is not None:
+            check_input(u8, channels, operator, src, model)
+        sizes.append(u8.shape[-2:])
     dests = plan_outputs(items, out, force)
     frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]
     for dest, (h, w) in zip(dests, frame_sizes):

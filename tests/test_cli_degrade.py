@@ -1,4 +1,5 @@
 """`colddiff degrade` and `colddiff ops` as a user runs them: files, folders, pipes, bad input."""
+import json
 import shutil
 
 import numpy as np
@@ -6,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoint
 import operators
 from conftest import DATA, FMNIST, PHOTO, png
+from image_io import read_image, read_note, to_model, to_uint8
 
 
 @pytest.mark.parametrize("op", list(operators.OPERATORS))
@@ -335,3 +338,30 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_again(cli, tmp_pat
     # the folder itself as its output is an in-place rewrite (--force), not an empty input
     r = cli("degrade", src / "out", "--op", "blur", "--preset", "mnist", "--t", "1", "-o", src / "out", "--force")
     assert r.returncode == 0 and b"3 images" in r.stderr, r.stderr.decode()
+
+
+def test_degrade_with_a_models_operator_gives_what_restore_takes(cli, gen_model, tmp_path):
+    """--op blur --preset generation fits the preset's 128 px kernels to a 28 px image, which a model
+    trained at 28 px on the preset as it is then refuses to restore; --model degrades with the model's
+    operator exactly (T=30 here), so that restore reads the note and needs nothing more."""
+    img = sorted((DATA / "fmnist").iterdir())[0]
+    fitted = cli("degrade", img, "--op", "blur", "--preset", "generation", "--param", "T=30", "--t", "20", "-o", tmp_path / "f.png")
+    assert fitted.returncode == 0
+    r = cli("restore", tmp_path / "f.png", "--model", gen_model, "--steps", "3", "-o", tmp_path / "fr.png")
+    assert r.returncode == 1 and "px_scale" in r.stderr.decode()
+    assert cli("degrade", img, "--model", gen_model, "--t", "20", "-o", tmp_path / "m.png").returncode == 0
+    note = read_note(str(tmp_path / "m.png"))
+    _, op, _ = checkpoint.load_model(gen_model)
+    assert note["op"] == "blur" and note["params"] == json.loads(json.dumps(op.params())) and note["t"] == 20
+    r = cli("restore", tmp_path / "m.png", "--model", gen_model, "--steps", "3", "-o", tmp_path / "mr.png")
+    assert r.returncode == 0 and "as if degraded" not in r.stderr.decode(), r.stderr.decode()
+    assert read_note(str(tmp_path / "mr.png"))["t"] == 20
+    x0 = to_model(read_image(str(img)))[None]
+    assert np.array_equal(png((tmp_path / "m.png").read_bytes()), to_uint8(op.apply(x0, torch.tensor([20])))[0, 0].numpy())
+    for args, said in ((["--op", "snow"], "give --op, or --model"), (["--no-fit"], "give --no-fit, or --model"),
+                       (["--t", "31"], "--t must be in 0..30 for blur")):
+        r = cli("degrade", img, "--model", gen_model, *args, "-o", tmp_path / "x.png")
+        assert r.returncode == 1 and r.stderr.decode().count("\n") == 1 and said in r.stderr.decode(), r.stderr.decode()
+    r = cli("degrade", PHOTO, "--model", gen_model, "-o", tmp_path / "x.png")
+    assert r.returncode == 1 and "is colour (3-channel) but" in r.stderr.decode()
+    assert not (tmp_path / "x.png").exists()
