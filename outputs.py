@@ -216,14 +216,17 @@ def check_kept(dest: str, want) -> None:
     if note is None:
         return
     want = json.loads(json.dumps(want()))  # as the note stores it: tuples are lists
-    # the settings that differ: the command's, or where those agree, a dict's (the operator's parameters) one by one
-    top = [(k, note.get(k), v) for k, v in want.items() if not isinstance(v, dict)]
-    inner = [(sub, got.get(sub), v.get(sub)) for k, v in want.items() if isinstance(v, dict) and isinstance(got := note.get(k), dict)
-             for sub in sorted(v.keys() | got.keys())]
-    differ = [(key, a, b) for key, a, b in top if a != b]
-    unset = "none" if differ else "its default"  # a parameter left out of a note is at its default
-    differ = differ or [(key, a, b) for key, a, b in inner if a != b]
-    theirs, mine = {key: a for key, a, _ in differ}, {key: b for key, _, b in differ}
+
+    def differing(mine: dict, theirs: dict, keys) -> list:
+        return [(k, theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)]
+
+    # the command's settings; where they agree, a dict's (the operator's parameters) one by one
+    differ, unset = differing(want, note, [k for k, v in want.items() if not isinstance(v, dict)]), "none"
+    for k, v in want.items():
+        if isinstance(v, dict) and not differ:
+            got = note[k] if isinstance(note.get(k), dict) else {}
+            differ, unset = differing(v, got, sorted(v.keys() | got.keys())), "its default"  # one left out is at its default
+    theirs, mine = {k: a for k, a, _ in differ}, {k: b for k, _, b in differ}
     if mine:
         said = lambda d: ", ".join(f"{k}={unset if v is None else v}" for k, v in list(d.items())[:3])  # noqa: E731
         raise UserError(f"{dest}: made with {said(theirs)}, not this command's {said(mine)}; --skip-existing keeps only "

@@ -276,3 +276,22 @@ def test_the_writer_keeps_at_most_its_bound_of_images_waiting(tmp_path, monkeypa
     assert all(counted == queued <= 5 * 64 for counted, queued in seen), seen
     assert max(counted for counted, _ in seen) == 5 * 64 and writer.bytes == 0  # the bound was reached; all written
     assert sorted(int(p.stem) for p in tmp_path.iterdir()) == list(range(40))
+
+
+def test_check_kept_compares_a_kept_outputs_note_setting_by_setting(tmp_path):
+    from outputs import check_kept, write_image
+
+    u8 = torch.zeros((1, 4, 4), dtype=torch.uint8)
+    note = {"command": "degrade", "op": "blur", "params": {"T": 20, "sigma": 7.0}, "t": 5, "seed": 0}
+    write_image(u8, str(tmp_path / "a.png"), note)
+    check_kept(str(tmp_path / "a.png"), lambda: note)
+    check_kept(str(tmp_path / "a.png"), lambda: {**note, "params": {"sigma": 7.0, "T": 20}})  # order is not a setting
+    with pytest.raises(UserError, match=r"made with t=5, seed=0, not this command's t=6, seed=1;"):
+        check_kept(str(tmp_path / "a.png"), lambda: {**note, "t": 6, "seed": 1})
+    with pytest.raises(UserError, match=r"made with px_scale=its default, not this command's px_scale=0.5;"):
+        check_kept(str(tmp_path / "a.png"), lambda: {**note, "params": {**note["params"], "px_scale": 0.5}})
+    write_image(u8, str(tmp_path / "b.png"), {**note, "params": "damaged"})
+    with pytest.raises(UserError, match="made with T=its default, sigma=its default"):
+        check_kept(str(tmp_path / "b.png"), lambda: note)
+    write_image(u8, str(tmp_path / "c.bmp"), note)  # a BMP holds no note: nothing to compare, kept
+    check_kept(str(tmp_path / "c.bmp"), lambda: {**note, "t": 6})
