@@ -230,7 +230,8 @@ def degrade(
     if model is None:
         operator, channels = make_op(op, preset, param), None
     else:
-        typed = [f"--{'no-' * (not fit) + name}" for name in ("op", "preset", "param", "fit") if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        typed = [f"--{'no-fit' if name == 'fit' and not fit else name}" for name in ("op", "preset", "param", "fit")
+                 if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
         if typed:
             raise UserError(f"--model degrades with the model's own operator: give {' or '.join(typed)}, or --model, not both")
         (operator, meta), fit = checkpoint.model_operator(model), False

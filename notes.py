@@ -36,8 +36,8 @@ def degraded_into(op, t: int, seed: int, fit: bool, strip: bool = False):
         if strip:
             return {"command": "degrade --strip"}
         with open_image(dest) as im:
-            w, h = im.size
-        return degraded(op.fit_to(len(im.getbands()), h, w)[0] if fit else op, t, seed)
+            (w, h), c = im.size, len(im.getbands())
+        return degraded(op.fit_to(c, h, w)[0] if fit else op, t, seed)
 
     return note
 

@@ -129,10 +129,14 @@ class Operator:
         return None if 0.5 <= scale <= 2 else scale
 
     def refit(self, **changes) -> Operator:
-        """A copy with `changes` (fit_to's scaled lengths), under the same preset name."""
-        fitted = dataclasses.replace(self, **changes)
-        fitted.preset = self.preset
-        return fitted
+        """A copy with `changes` (fit_to's scaled lengths), under the same preset name; made once per
+        scale, since a folder's images mostly share one (a blur's T kernels are ~8 ms to build)."""
+        fitted = self.__dict__.setdefault("_refits", {})
+        key = tuple(sorted(changes.items()))
+        if key not in fitted:
+            fitted[key] = dataclasses.replace(self, **changes)
+            fitted[key].preset = self.preset
+        return fitted[key]
 
     def loss(self, pred: torch.Tensor, x0: torch.Tensor, hidden: Hidden) -> torch.Tensor:
         """Cold diffusion's training loss: |R(D(x0, t), t) - x0|, L1 on x0."""

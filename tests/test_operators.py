@@ -356,3 +356,13 @@ def test_animorph_reaches_a_source_image():
         assert min(dists) < 1e-3
     with pytest.raises(UserError, match="source"):
         O.make_operator("animorph").draw(x)
+
+
+def test_an_operator_fitted_to_a_size_is_built_once_per_scale():
+    """degrade fits the operator to each image of a folder: rebuilding a blur's 200 kernels per image
+    was 30 s of 39 for 2,000 Fashion-MNIST images under the celeba preset."""
+    blur = O.make_operator("blur", "celeba")
+    a, note = blur.fit_to(1, 28, 28)
+    assert note and a.px_scale != blur.px_scale and a.preset == "celeba"
+    assert blur.fit_to(3, 28, 28)[0] is a and blur.fit_to(1, 30, 28)[0] is a and blur.fit_to(1, 40, 40)[0] is not a
+    assert a.params() == O.operator_from_params("blur", a.params()).params()  # the cache is not a parameter
