@@ -26,7 +26,7 @@ from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
 from samplers import SAMPLERS
-from train import TrainConfig
+from train_config import TrainConfig
 
 app = typer.Typer(
     add_completion=False,

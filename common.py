@@ -11,10 +11,15 @@ depends on the batch it is processed in:
     degrade, restore   every image's generator is seeded with --seed itself, so that
                        `restore --seed S` redraws exactly what `degrade --seed S` drew;
     eval, generate     image i's generator is seeded with image_seed(seed, i).
+
+It imports torch inside the functions that use it: the CLI's `--help` needs this module, not torch.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(Exception):
@@ -48,6 +53,8 @@ def at_least(value: int, flag: str, low: int = 1) -> int:
 
 def generator(seed: int) -> torch.Generator:
     """The CPU generator one image's draws come from."""
+    import torch
+
     return torch.Generator().manual_seed(check_seed(seed))
 
 
@@ -89,6 +96,8 @@ class ImageRNG:
         core (64 x 3 x 128 x 128 takes 13 ms here), so large batches are drawn on worker threads, one
         image each; on CUDA straight into pinned memory, so that the copy need not wait for the GPU
         (a sampler's step noise is drawn while the GPU runs the step before)."""
+        import torch
+
         device = torch.device(device or "cpu")
         out = torch.empty((len(self.generators), *shape), pin_memory=device.type == "cuda")
 
@@ -120,6 +129,8 @@ def versions(device=None) -> dict:
     """colddiff's and torch's versions and the device: what a bug report or a model's provenance needs."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import torch
+
     try:
         own = version("colddiff")
     except PackageNotFoundError:  # run from a checkout that was never installed
@@ -135,6 +146,8 @@ def bf16(device):
     """bf16 autocast on CUDA; elsewhere nothing (the CPU computes in float32)."""
     import contextlib
 
+    import torch
+
     return torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else contextlib.nullcontext()
 
 
@@ -143,6 +156,8 @@ def to_device(x: torch.Tensor, device) -> torch.Tensor:
     pageable memory waits until every kernel already queued has run, so a step's draws on the CPU
     (t, crops, noise, ...) could not overlap the GPU's work on the step before; on CUDA the copy
     goes through pinned memory instead, which the caching host allocator keeps until the copy is done."""
+    import torch
+
     device = torch.device(device)
     if x.device == device:
         return x

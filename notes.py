@@ -11,7 +11,6 @@ import functools
 import json
 from pathlib import Path
 
-import operators
 from common import UserError
 from image_io import read_note
 
@@ -58,6 +57,8 @@ def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: in
 def degrader(name: str, params: str):
     """The operator a note names (params: its JSON), built once per folder: a blur's T kernels take ~8 ms,
     which over 2,000 notes was half of restoring them."""
+    import operators
+
     return operators.operator_from_params(name, json.loads(params))
 
 
@@ -172,6 +173,8 @@ def describe_model(path: str) -> tuple[str, dict]:
 
 def preset_of(op) -> str:
     """The preset the operator is, or the nearest one and what differs from it."""
+    import operators
+
     cls, mine = type(op), op.params()
 
     def diff(preset):

@@ -22,15 +22,20 @@ z_hat = (x_s - a_s x0_hat) / b_s (the DDIM choice); `z="fixed"` reuses the z in 
 A sampler is one function registered with `@sampler(predicts, steps, eta)`: it applies to the
 operators whose network predicts that ("x0": cold diffusion, "eps": blur diffusion; None: any),
 and says whether it jumps in --steps and takes --eta.
+
+This module imports torch inside the functions that use it, as common.py does: colddiff lists
+SAMPLERS in its --help.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from common import ImageRNG, UserError, bf16
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLERS: dict = {}
 Z_MODES = ("fixed", "estimated")
@@ -62,11 +67,15 @@ def schedule(t: int, steps: int | None) -> list[int]:
 
 
 def _step_tensor(x, s):
+    import torch
+
     return torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
 
 
 def with_z(op, hidden, x_s, x0_hat, s: int, z: str):
     """The hidden randomness for this step's D; with z="estimated", z_hat = (x_s - a_s x0_hat) / b_s."""
+    import torch
+
     if z != "estimated":
         return hidden
     a, b = op.coefficients(_step_tensor(x_s, s), x_s, hidden)
@@ -207,6 +216,8 @@ def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str 
 
 def make_restorer(net, device, compile: bool = False):
     """R as a function of (x, s): bf16 autocast on CUDA, optionally compiled with CUDA graphs."""
+    import torch
+
     cuda = device.type == "cuda"
     model = net
     if cuda:
@@ -247,6 +258,8 @@ def tile_ramp(n: int, overlap: int, first: bool, last: bool, device=None) -> tor
     """A tile's blending weight along one axis: 1 inside, falling linearly over `overlap` px at an edge
     that a neighbour overlaps (not at the image's own edges, which no other tile covers). Made on
     the device: a host copy would wait for the GPU."""
+    import torch
+
     w = torch.ones(n, device=device)
     ramp = (torch.arange(overlap, device=device) + 0.5) / overlap
     if not first:
@@ -270,6 +283,7 @@ def tiled(restore, tile: int, overlap: int | None = None):
     """R over overlapping tile x tile windows, blended by linear ramps: peak memory that of one tile
     and time linear in the pixels (the whole image costs memory in proportion to its pixels, and time
     quadratic in them in the middle attention). Images no larger than a tile go through whole."""
+    import torch
 
     overlap = tile_overlap(tile) if overlap is None else overlap
     layouts: dict = {}  # (H, W, device) -> the tiles' windows and weights, and their sum: once, not every step

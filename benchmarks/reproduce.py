@@ -52,6 +52,7 @@ import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
 from image_io import encode_image, grid_image, to_uint8  # noqa: E402
+from train_config import LR_SCHEDULES  # noqa: E402
 
 # The report seed's App. C, MNIST rows (degraded / sampled / direct x FID, SSIM, RMSE). The report
 # has no MNIST snow row; its CIFAR-10 snow table is garbled past the degraded columns.
@@ -318,7 +319,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--lr-schedule", default="constant", choices=T.LR_SCHEDULES, help="constant (the papers) or cosine (decays to 0 at --steps)")
+    ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="constant (the papers) or cosine (decays to 0 at --steps)")
     ap.add_argument("--n", type=int, default=10000, help="test images for the restoration table")
     ap.add_argument("--gen-n", type=int, default=10000, help="generated images per variant")
     ap.add_argument("--blurdiff-n", type=int, default=10000, help="generated images for blurdiff/DDPM (1000 steps each)")

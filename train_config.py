@@ -1,0 +1,60 @@
+"""A training run's settings with the papers' defaults (TrainConfig), and their checks.
+
+Apart from train.py because `colddiff train` reads its option defaults from here when the app is
+built: importing this must not import torch, so that `colddiff --help` and a mistyped command
+answer in a fraction of a second, not after torch's 2-3 s import.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from common import UserError
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every training setting with the papers' defaults; `colddiff train` reads its option
+    defaults from here."""
+
+    steps: int = 700_000
+    batch: int = 32
+    accumulate: int = 2
+    lr: float = 2e-5
+    lr_schedule: str = "constant"  # the papers'; "cosine" decays to 0 at `steps` (for short budgets)
+    ema_decay: float = 0.995
+    ema_every: int = 10
+    ema_start: int = 2000
+    save_every: int = 5000
+    sample_every: int = 1000
+    augment: bool = True
+    seed: int = 0
+    compile: bool = True
+    gmm_components: int = 1
+    sampling_steps: int | None = None  # the model's default sampling steps (None: all T)
+    train_noise: float = 0.0  # sigma of N(0, sigma^2) added to every x_t (inverse heat dissipation's)
+    step_noise: float | None = None  # the model's default generate --step-noise (None: symmetry_defaults')
+
+    def check(self, op):
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"unknown --lr-schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        for name in ("gmm_components", "steps", "batch", "accumulate", "save_every", "sample_every", "ema_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.sampling_steps is not None and not 1 <= self.sampling_steps <= op.T:
+            raise UserError(f"--sampling-steps must be in 1..{op.T}, got {self.sampling_steps}")
+        if not 0 <= self.train_noise < 1:
+            raise UserError(f"--train-noise must be in [0, 1), got {self.train_noise}")
+        if self.train_noise and op.predicts != "x0":
+            raise UserError(f"--train-noise applies to cold diffusion (networks that predict x0), not {op.name}")
+        if self.step_noise is not None:
+            if not 0 <= self.step_noise < 1:
+                raise UserError(f"--step-noise must be in [0, 1), got {self.step_noise}")
+            from generative import flat_start
+
+            if not flat_start(op):
+                raise UserError(f"--step-noise breaks the symmetry of a flat x_T (blur's generation preset); {op.name} ({op.preset}) has none")
+
