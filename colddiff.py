@@ -20,12 +20,12 @@ from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
-from image_io import STRIP_WIDTH, check_input, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
-from image_io import say_first_frames, source_name, strip_frame_size, to_model, to_uint8
+from image_io import STRIP_WIDTH, attach_source, check_input, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
+from image_io import say_first_frames, source_name, strip_alpha, strip_frame, strip_frame_size, strip_steps, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
-from samplers import SAMPLERS
+from samplers import SAMPLERS, open_model
 from train_config import TrainConfig
 
 app = typer.Typer(
@@ -86,49 +86,6 @@ def make_op(name: str, preset: str | None, pairs: list[str] | None):
     return operators.make_operator(name, preset, **params)
 
 
-def attach_source(op, folder: str | None, device):
-    """animorph-like operators: their z images, every image of --source resized to the first's size."""
-    import torch
-    import torch.nn.functional as F
-
-    if not op.needs_source:
-        return
-    if folder is None:
-        raise UserError(f"{op.name} needs --source DIR, a folder of the images to morph into")
-    items = find_images([folder])
-    first = read_image(items[0][0])
-    imgs = [to_model(read_image(src, channels=first.shape[0]))[None] for src, _, _ in items]
-    size = first.shape[-2:]
-    imgs = [im if im.shape[-2:] == size else F.interpolate(im, size=size, mode="bilinear", antialias=True, align_corners=False) for im in imgs]
-    op.source = torch.cat(imgs).to(device)
-
-
-def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True, eta=None):
-    """A model ready to sample (samplers.Sampling), every choice checked before any work:
-    the operator's default sampler (with its default eta) and z mode unless given; for samplers
-    that jump, --steps, else the model's recommended steps, else the operator's default (at most t)."""
-    import checkpoint
-    import samplers
-
-    net, op, meta = checkpoint.load_model(path, device)
-    attach_source(op, source, device)
-    if eta is None:
-        eta = op.default_eta if sampler is None else 0.0
-    sampler = sampler or op.default_sampler
-    z = z or op.z_modes[0]
-    t = op.T if t is None else t
-    samplers.check(sampler, op, t, z, eta, steps)
-    restore = samplers.make_restorer(net, device, compile and device.type == "cuda")
-    return samplers.Sampling(op, meta, restore, sampler, samplers.steps_for(sampler, op, meta, t, steps), z, eta)
-
-
-def strip_frames(T: int, frames: int | None) -> list[int]:
-    if frames is not None and frames < 2:
-        raise UserError(f"--frames must be at least 2, got {frames}")
-    n = T + 1 if frames is None and T <= 20 else min(frames or 11, T + 1)
-    return sorted({round(i * T / (n - 1)) for i in range(n)})
-
-
 def say_line(message: str) -> None:
     typer.echo(f"colddiff: {message}", err=True)
 
@@ -153,6 +110,7 @@ StepsOpt = typer.Option(None, "--steps", help="Sampling steps K <= t (Algorithm 
 ZOpt = typer.Option(None, "--z", help="noise/animorph/colour: fixed z, or estimated z (the DDIM choice); default: the operator's.")
 CompileOpt = typer.Option(True, "--compile/--no-compile", help="torch.compile + CUDA graphs (CUDA only).")
 OutOpt = typer.Option(None, "-o", "--out", help="Output file or folder (default: stdout).")
+FramesOpt = typer.Option(None, "--frames", help="Frames in --strip, evenly spread (default: every one up to 21, else 11).")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -210,7 +168,7 @@ def degrade(
     seed: int = SeedOpt,
     out: Optional[str] = OutOpt,
     strip: bool = typer.Option(False, "--strip", help="Write x_0 ... x_T side by side in one image (a large image's frames shrunk so that it is at most 16383 px wide)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Frames in --strip (default all up to T=20, else 11)."),
+    frames: Optional[int] = FramesOpt,
     param: Optional[list[str]] = ParamOpt,
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
@@ -240,7 +198,7 @@ def degrade(
     if not 0 <= t <= operator.T:
         raise UserError(f"--t must be in 0..{operator.T} for {operator.name}, got {t}")
     check_seed(seed)
-    steps = strip_frames(operator.T, frames) if strip else [t]
+    steps = strip_steps(list(range(operator.T + 1)), frames) if strip else [t]
     dev = pick_device(device, threads)
     items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
                         notes.degraded_into(operator, t, seed, fit, strip))
@@ -284,7 +242,6 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
     carries a note of how it was made, which `restore` reads (notes.py). frames_done(k) after each
     call of D, k the frames made so far."""
     import torch
-    import torch.nn.functional as F
 
     hidden = operator.draw(x0, generator(seed))
     frames = []
@@ -292,15 +249,9 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
     for i in range(0, len(steps), per_call):
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
-        x_t = operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h)
-        if size is not None and tuple(size) != tuple(x_t.shape[-2:]):  # D at full size, then shown smaller
-            x_t = F.interpolate(x_t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-        frames += list(to_uint8(x_t))
+        frames += list(strip_frame(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h), size))
         frames_done(len(frames))
-    if alpha is not None and size is not None and tuple(size) != tuple(alpha.shape[-2:]):
-        alpha = to_uint8(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
-    alpha = None if alpha is None else alpha.repeat(1, 1, len(steps))  # each frame keeps the image's transparency
-    write(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None, alpha)
+    write(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None, strip_alpha(alpha, size, len(steps)))
 
 
 @command()
@@ -389,6 +340,8 @@ def restore(
     out: Optional[str] = OutOpt,
     batch: int = typer.Option(16, "--batch", help="Images per network call."),
     tile: Optional[int] = typer.Option(None, "--tile", metavar="N", help="Run R on N x N tiles that overlap by N/8, blended (memory of one tile, time linear in pixels); 0: never. Default: whole images; 512 px tiles (or the largest that fit) for one that cannot fit in memory whole."),
+    strip: bool = typer.Option(False, "--strip", help="Write the sampler's states x_t ... x_0 side by side, one strip per image (its frames shrunk as degrade --strip's)."),
+    frames: Optional[int] = FramesOpt,
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -419,7 +372,7 @@ def restore(
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
-                        notes.restored_as(model, sampling, t, seed, steps))
+                        notes.restored_as(model, sampling, t, seed, steps, strip, frames))
     plans, sizes, at_t, unsaid, tiled = [], [], {}, 0, None  # a Plan and size per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = source_name(src)
@@ -438,13 +391,21 @@ def restore(
         plans.append(Plan(t_i, seed_i, tile_px))
         sizes.append(u8.shape[-2:])
     dests = plan_outputs(items, out, force)
-    for dest, (h, w) in zip(dests, sizes):
-        check_size(dest, w, h)
+    shown = {t_: notes.strip_of(at_t[t_], t_, strip, frames) for t_ in at_t}  # {"strip": the steps of its frames}, or {}
+    shrunk = None
+    for dest, (h, w), plan in zip(dests, sizes, plans):
+        n = len(shown[plan.t].get("strip", [0]))
+        fh, fw = strip_frame_size(n, h, w)
+        check_size(dest, n * fw, fh)
+        if fw != w and not shrunk:
+            shrunk = f"{dest}: a strip of {n} frames of {w}x{h} would be {n * w} px wide; its frames are shrunk to {fw}x{fh}"
     if unsaid and not quiet:  # after every check: an error stays the only line
         which = "" if unsaid == len(items) else f" the {unsaid} images that carry no colddiff note"
         typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
     if tiled and not quiet:
         typer.echo(f"colddiff: {tiled}", err=True)
+    if shrunk and not quiet:
+        say_line(shrunk)
     if not quiet:
         say_first_frames(items, say_line)
     pending: list = []  # (x_t, plan, dest, alpha) of the images of one network call: one size, t and tile
@@ -461,10 +422,15 @@ def restore(
         sampling_t = at_t[t_].watched(after_call)
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
+        steps_shown, states = shown[t_].get("strip"), []
+        size = strip_frame_size(len(steps_shown), *x_t.shape[-2:]) if strip else None
+        if strip:
+            sampling_t = sampling_t.recorded(set(steps_shown), lambda x, s: states.append(strip_frame(x, size)))
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
-        made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px)
-        for img, (_, plan, dest, alpha) in zip(x0_hat, pending):
-            writer.write(to_uint8(img), dest, {**made, "seed": plan.seed}, alpha)
+        states.append(strip_frame(x0_hat, size))
+        made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px, **shown[t_])
+        for i, (_, plan, dest, alpha) in enumerate(pending):
+            writer.write(torch.cat([frames[i] for frames in states], dim=-1), dest, {**made, "seed": plan.seed}, strip_alpha(alpha, size, len(states)))
         written += len(pending)
         progress.update(written)
         pending.clear()
@@ -565,6 +531,8 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Image i is drawn from its own generator, seeded from (seed, i)."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="A grid PNG, or DIR/ for one PNG per image (default: grid to stdout)."),
     ncol: Optional[int] = typer.Option(None, "--ncol", help="Grid columns (default: square-ish)."),
+    strip: bool = typer.Option(False, "--strip", help="Each image as the sampler's states x_T ... x_0 side by side: a grid row, or a file, per image."),
+    frames: Optional[int] = FramesOpt,
     batch: int = typer.Option(64, "--batch", help="Images per network call."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
@@ -598,14 +566,21 @@ def generate(
     folder, names = plan_grid_or_folder(out, [f"{seed}_{i:06d}.png" for i in range(n)], force or skip_existing)
     if skip_existing and not folder:
         raise UserError("--skip-existing applies to -o DIR/ (a file per image), not to a grid")
-    made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed)
+    if strip and ncol is not None:
+        raise UserError("--strip lays out one image's frames per grid row: leave --ncol out")
+    shown = notes.strip_of(sampling, sampling.op.T, strip, frames)  # {"strip": the steps of its frames}, or {}
+    per_image = len(shown.get("strip", [0]))
+    made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed, **shown)
     # image i draws from its own seed, whatever else is made
     numbers = (still_to_write(names, None if quiet else say_line, "images", "generating", f" in {out}", lambda i: {**made, "image": i})
                if skip_existing else list(range(n)))
-    if not folder:
-        ncol = ncol or math.ceil(math.sqrt(n))
-        H, W = sampling.meta["image"]["height"], sampling.meta["image"]["width"]
-        check_size(names[0], *grid_size(n, ncol, H, W))
+    H, W = strip_frame_size(per_image, sampling.meta["image"]["height"], sampling.meta["image"]["width"])
+    if folder:
+        for name in names:
+            check_size(name, per_image * W, H)
+    else:
+        ncol = per_image if strip else ncol or math.ceil(math.sqrt(n))
+        check_size(names[0], *grid_size(n * per_image, ncol, H, W))
     results = []
     with finish_later(len(numbers) if folder else 1), Progress("generating", len(numbers), "images", quiet=quiet) as progress, Writer() as writer:
         per_batch = sampling.calls(sampling.op.T)
@@ -613,10 +588,14 @@ def generate(
         def after_call():  # within a batch: images done ~ the share of its network calls made
             progress.update(min(len(numbers), progress.done + min(batch, len(numbers)) / per_batch))
 
+        states: list = []  # a batch's frames, x_T .. x_0, each (B, C, H, W) uint8
         watched = sampling.watched(after_call)
+        if strip:
+            watched = watched.recorded(set(shown["strip"]), lambda x, s: states.append(strip_frame(x, (H, W))))
         done = 0
         for made_now, images in generative.generate(watched, n, batch, seed, dev, break_noise, numbers):
-            images = to_uint8(images).cpu()
+            images = torch.cat([*states, strip_frame(images, (H, W))], dim=-1)  # each image's strip, or itself
+            states.clear()
             if folder:
                 for i, img in zip(made_now, images):
                     writer.write(img, names[i], {**made, "image": i})
@@ -625,7 +604,8 @@ def generate(
             done += len(images)
             progress.update(done)
     if not folder:
-        write_image(grid_image(torch.cat(results), ncol=ncol), names[0], {**made, "n": n})  # uint8: a quarter of float's memory
+        frames = torch.cat(results).unflatten(-1, (per_image, W)).movedim(-2, 1).flatten(0, 1)  # strips -> their frames, in rows
+        write_image(grid_image(frames, ncol=ncol), names[0], {**made, "n": n})  # uint8: a quarter of float's memory
 
 
 @command()

@@ -237,6 +237,38 @@ def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
     return max(1, round(h * fw / w)), fw
 
 
+def strip_steps(path: list[int], frames: int | None) -> list[int]:
+    """The steps of a --strip: `frames` of the states `path` (degrade: 0 .. T; restore, generate:
+    the sampler's t .. 0) evenly spread, the first and last among them; by default every one up
+    to 21, else 11."""
+    if frames is not None and frames < 2:
+        raise UserError(f"--frames must be at least 2, got {frames}")
+    last = len(path) - 1
+    n = last + 1 if frames is None and last <= 20 else min(frames or 11, last + 1)
+    return [path[k] for k in sorted({round(i * last / (n - 1)) for i in range(n)})] if n > 1 else list(path)
+
+
+def strip_frame(x, size):
+    """The frames of a strip from x (B, C, H, W) in [-1, 1]: uint8 on the CPU, shrunk to `size` (h, w)
+    where strip_frame_size shrank them (the step itself ran at full size; None: as they are)."""
+    import torch.nn.functional as F
+
+    if size is not None and tuple(size) != tuple(x.shape[-2:]):
+        x = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return to_uint8(x).cpu()
+
+
+def strip_alpha(alpha, size, n: int):
+    """An image's alpha (1, H, W) for each of a strip's n frames of `size`: every frame keeps the image's transparency."""
+    import torch.nn.functional as F
+
+    if alpha is None:
+        return None
+    if size is not None and tuple(size) != tuple(alpha.shape[-2:]):
+        alpha = to_uint8(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
+    return alpha.repeat(1, 1, n)
+
+
 def grid_size(n: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int]:
     """(width, height) of grid_image's grid of n h x w images."""
     return ncol * (w + pad) + pad, -(-n // ncol) * (h + pad) + pad
@@ -458,3 +490,20 @@ def resize_square(im, size: int):
     x = F.interpolate(im[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = (h - size) // 2, (w - size) // 2
     return x[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+
+
+def attach_source(op, folder: str | None, device):
+    """animorph-like operators: their z images, every image of --source resized to the first's size."""
+    import torch
+    import torch.nn.functional as F
+
+    if not op.needs_source:
+        return
+    if folder is None:
+        raise UserError(f"{op.name} needs --source DIR, a folder of the images to morph into")
+    items = find_images([folder])
+    first = read_image(items[0][0])
+    imgs = [to_model(read_image(src, channels=first.shape[0]))[None] for src, _, _ in items]
+    size = first.shape[-2:]
+    imgs = [im if im.shape[-2:] == size else F.interpolate(im, size=size, mode="bilinear", antialias=True, align_corners=False) for im in imgs]
+    op.source = torch.cat(imgs).to(device)

@@ -41,16 +41,24 @@ def degraded_into(op, t: int, seed: int, fit: bool, strip: bool = False):
     return note
 
 
-def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None):
+def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None, strip: bool = False, frames: int | None = None):
     """expected(src, dest) for `restore --skip-existing`: the note restore writes for src (its tiling,
     which follows the memory free, aside)."""
     from image_io import source_name
 
     def note(src, dest) -> dict:
         t_i, seed_i, _ = degradation_of(src, source_name(src), sampling.op, model, t, seed)
-        return {**made("restore", model, sampling.at(t_i, steps)), "t": t_i, "seed": seed_i}
+        at_t = sampling.at(t_i, steps)
+        return {**made("restore", model, at_t, **strip_of(at_t, t_i, strip, frames)), "t": t_i, "seed": seed_i}
 
     return note
+
+
+def strip_of(sampling, t: int, strip: bool, frames: int | None) -> dict:
+    """The note's word on a --strip of restore or generate: the steps s of its frames x_s."""
+    from image_io import strip_steps
+
+    return {"strip": strip_steps(sampling.path(t), frames)} if strip else {}
 
 
 @functools.lru_cache(maxsize=64)

@@ -344,12 +344,28 @@ class Sampling:
         """The choices that make its images, for the note in each output PNG."""
         return {"sampler": self.sampler, "steps": self.steps, "z": self.z, "eta": self.eta, "step_noise": self.step_noise}
 
+    def path(self, t: int) -> list[int]:
+        """The steps s of the states x_s that sampling from x_t passes through, t down to 0: R is
+        called on every one but the last, x_0, the output."""
+        if t == 0:  # x_0 is the image itself: sample() returns it
+            return [0]
+        if self.sampler == "direct":
+            return [t, 0]
+        return schedule(t, self.steps) if SAMPLERS[self.sampler].steps else list(range(t, -1, -1))
+
     def calls(self, t: int) -> int:
         """Network calls per batch from step t: 1 (direct), the jumps, or every step."""
-        fn = SAMPLERS[self.sampler]
-        if t == 0:  # x_0 is the image itself: sample() returns it
-            return 0
-        return 1 if self.sampler == "direct" else len(schedule(t, self.steps)) - 1 if fn.steps else t
+        return len(self.path(t)) - 1
+
+    def recorded(self, keep, record) -> "Sampling":
+        """This sampling, calling record(x_s, s) with each state x_s handed to R at a step s in
+        `keep` (the frames of a --strip: the sampler's own states, whatever it is)."""
+        def restore(x, s):
+            if s in keep:
+                record(x, s)
+            return self.restore(x, s)
+
+        return dataclasses.replace(self, restore=restore)
 
     def watched(self, after_call) -> "Sampling":
         """This sampling, calling after_call() after every network call (progress within a batch)."""
@@ -359,3 +375,22 @@ class Sampling:
             return out
 
         return dataclasses.replace(self, restore=restore)
+
+
+def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True, eta=None):
+    """A model ready to sample (Sampling), every choice checked before any work:
+    the operator's default sampler (with its default eta) and z mode unless given; for samplers
+    that jump, --steps, else the model's recommended steps, else the operator's default (at most t)."""
+    import checkpoint
+    from image_io import attach_source
+
+    net, op, meta = checkpoint.load_model(path, device)
+    attach_source(op, source, device)
+    if eta is None:
+        eta = op.default_eta if sampler is None else 0.0
+    sampler = sampler or op.default_sampler
+    z = z or op.z_modes[0]
+    t = op.T if t is None else t
+    check(sampler, op, t, z, eta, steps)
+    restore = make_restorer(net, device, compile and device.type == "cuda")
+    return Sampling(op, meta, restore, sampler, steps_for(sampler, op, meta, t, steps), z, eta)

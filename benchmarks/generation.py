@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoint  # noqa: E402
 import generative  # noqa: E402
 import metrics  # noqa: E402
-from colddiff import open_model  # noqa: E402
+from samplers import open_model  # noqa: E402
 from image_io import encode_image, grid_image, load_folder, to_uint8  # noqa: E402
 
 

@@ -385,3 +385,54 @@ def test_eval_and_fit_prior_say_they_resize_images_to_the_models_size(cli, blur_
         Image.open(f).resize((28, 28)).save(f)
     r = cli("eval", tmp_path / "h", "--model", blur_model, "--steps", "2")
     assert r.returncode == 0 and "resized" not in r.stderr.decode(), r.stderr.decode()
+
+
+def test_restore_strip_is_the_samplers_own_states_x_t_to_x_0(cli, blur_model, tmp_path):
+    import torch
+
+    import checkpoint
+    from image_io import read_image, to_model, to_uint8
+
+    img = sorted((DATA / "fmnist").iterdir())[3]
+    assert cli("degrade", img, "--op", "blur", "--t", "20", "-o", tmp_path / "d.png").returncode == 0
+    r = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "-o", tmp_path / "s.png")
+    assert r.returncode == 0, r.stderr.decode()
+    assert cli("restore", tmp_path / "d.png", "--model", blur_model, "-o", tmp_path / "r.png").returncode == 0
+    strip = np.asarray(Image.open(tmp_path / "s.png")).astype(int)
+    assert strip.shape == (28, 21 * 28)  # T = 20: every state, x_20 .. x_0
+    frames = [strip[:, 28 * k : 28 * (k + 1)] for k in range(21)]
+    assert np.array_equal(frames[0], np.asarray(Image.open(tmp_path / "d.png")))
+    assert np.array_equal(frames[-1], np.asarray(Image.open(tmp_path / "r.png")))  # the strip changes nothing
+    # the obvious reference: Algorithm 2 written out, keeping every x_s
+    net, op, _ = checkpoint.load_model(blur_model)
+    x, expected = to_model(read_image(tmp_path / "d.png"))[None], []
+    with torch.no_grad():
+        for s in range(20, 0, -1):
+            expected.append(to_uint8(x)[0, 0].numpy().astype(int))
+            x0_hat = net(x, torch.full((1,), s))
+            x = x - op.degrade(x0_hat, torch.full((1,), s)) + op.degrade(x0_hat, torch.full((1,), s - 1))
+    expected.append(to_uint8(x)[0, 0].numpy().astype(int))
+    diffs = [np.abs(a - b).max() for a, b in zip(frames, expected)]
+    assert max(diffs) <= 1 and np.mean([np.abs(a - b).mean() for a, b in zip(frames, expected)]) < 0.01, diffs
+    assert len({f.tobytes() for f in frames}) > 15  # it is a trajectory, not one image repeated
+    r = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "5", "-o", tmp_path / "s5.png")
+    five = np.asarray(Image.open(tmp_path / "s5.png")).astype(int)
+    assert r.returncode == 0 and np.array_equal(five, np.concatenate([frames[k] for k in (0, 5, 10, 15, 20)], axis=1))
+    note = json.loads(cli("info", "--json", tmp_path / "s5.png").stdout)
+    assert note["strip"] == [20, 15, 10, 5, 0] and note["command"] == "restore" and note["t"] == 20
+    kept = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "5", "-o", tmp_path / "s5.png", "--skip-existing")
+    assert kept.returncode == 0
+    other = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "-o", tmp_path / "s5.png", "--skip-existing")
+    assert other.returncode == 1 and b"give another -o, or --force" in other.stderr
+    bad = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "1", "-o", tmp_path / "s1.png")
+    assert bad.returncode == 1 and bad.stderr.decode().count("\n") == 1 and b"--frames must be at least 2" in bad.stderr
+
+
+def test_restore_strip_of_a_wide_image_shrinks_its_frames(cli, blur_model, tmp_path):
+    img = sorted((DATA / "fmnist").iterdir())[3]
+    Image.open(img).resize((1700, 28), Image.BICUBIC).save(tmp_path / "wide.png")
+    r = cli("restore", tmp_path / "wide.png", "--model", blur_model, "--t", "20", "--strip", "-o", tmp_path / "s.png")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert err.count("a strip of 21 frames of 1700x28 would be 35700 px wide; its frames are shrunk to 780x13") == 1, err
+    assert Image.open(tmp_path / "s.png").size == (21 * 780, 13)

@@ -1,4 +1,5 @@
 """Generation: the GMM prior, symmetry breaking, per-image seeds, `colddiff generate`."""
+import json
 import math
 
 import numpy as np
@@ -118,7 +119,7 @@ def test_broken_symmetry_defaults_spread_samples_from_one_colour(gen_model):
     """Symmetry alone: every sample starts from the same flat colour (a one-point prior). Perfect
     symmetry then gives one image; the chosen default (N(0, 0.025^2) after every tacos step) spreads
     the samples' per-pixel std at least twice as far as the released code's one-off nudge of x_T."""
-    from colddiff import open_model
+    from samplers import open_model
 
     sampling = open_model(str(gen_model), torch.device("cpu"))
     assert G.model_symmetry(sampling.meta, sampling.op) == {"method": "step-noise", "train_noise": 0.0, "step_noise": 0.025, "break_noise": 0.0}
@@ -181,6 +182,26 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     assert r.returncode == 1 and b"not to a grid" in r.stderr
 
 
+def test_generate_strip_shows_each_images_states_from_x_T_to_the_image(cli, gen_model, tmp_path):
+    plain = png(cli("generate", "--model", gen_model, "--n", "3", "--seed", "4").stdout).astype(int)
+    r = cli("generate", "--model", gen_model, "--n", "3", "--seed", "4", "--strip")
+    assert r.returncode == 0, r.stderr.decode()
+    grid = png(r.stdout).astype(int)
+    assert grid.shape == (3 * 30 + 2, 11 * 30 + 2)  # T = 30 in the model's 10 steps: 11 states a row, one row an image
+    cell = lambda g, row, col: g[2 + 30 * row : 30 * (row + 1), 2 + 30 * col : 30 * (col + 1)]  # noqa: E731
+    for i in range(3):
+        frames = [cell(grid, i, k) for k in range(11)]
+        assert np.array_equal(frames[-1], cell(plain, i // 2, i % 2))  # x_0: what generate makes without --strip
+        assert frames[0].std() == 0 and frames[1].std() > 0  # the flat x_T, then the step noise that breaks its symmetry
+    r = cli("generate", "--model", gen_model, "--n", "2", "--seed", "4", "--strip", "--frames", "4", "-o", f"{tmp_path}/g/")
+    assert r.returncode == 0, r.stderr.decode()
+    one = png((tmp_path / "g" / "4_000001.png").read_bytes()).astype(int)
+    row = [cell(grid, 1, k) for k in (0, 3, 7, 10)]  # states s = 30, 21, 9, 0 of the path 30, 27, ..., 0
+    assert one.shape == (28, 4 * 28) and np.array_equal(one, np.concatenate(row, axis=1))
+    note = json.loads(cli("info", "--json", tmp_path / "g" / "4_000001.png").stdout)
+    assert note["strip"] == [30, 21, 9, 0] and note["image"] == 1
+
+
 @pytest.mark.parametrize("args,message", [
     (["--n", "0"], "--n must be at least 1"),
     (["--n", "-3"], "--n must be at least 1"),
@@ -194,6 +215,8 @@ def test_generate_cli_seeds_grid_and_folder(cli, gen_model, tmp_path):
     (["--sampler", "direct", "--step-noise", "0.1"], "--step-noise applies to naive, tacos, not direct"),
     (["--steps", "0"], "--steps must be in 1..30,"),
     (["--steps", "31"], "--steps must be in 1..30,"),
+    (["--strip", "--ncol", "3"], "leave --ncol out"),
+    (["--strip", "--frames", "1"], "--frames must be at least 2"),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")

@@ -130,7 +130,7 @@ def test_generate_progress_moves_within_a_batch(gen_model):
     """One batch of generate is every sampling step: progress counts the network calls (the model
     stores 10 steps), and watching changes no image."""
     import generative
-    from colddiff import open_model
+    from samplers import open_model
 
     sampling = open_model(str(gen_model), torch.device("cpu"))
     assert sampling.calls(sampling.op.T) == 10

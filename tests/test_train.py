@@ -355,7 +355,7 @@ def test_train_and_step_noise_are_checked(cli, fmnist_split, tmp_path, args, mes
 def test_train_step_noise_is_the_models_default_and_generate_can_override_it(cli, fmnist_split, tmp_path):
     """train --step-noise DELTA stores the model's own symmetry-breaking noise; generate uses it
     unless told otherwise, and it changes the samples (0 gives what --symmetry perfect gives)."""
-    from colddiff import open_model
+    from samplers import open_model
     import generative as G
 
     outs = {}
