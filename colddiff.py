@@ -20,7 +20,7 @@ from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
-from image_io import STRIP_WIDTH, attach_source, check_input, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
+from image_io import STRIP_WIDTH, attach_source, check_input, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
 from image_io import say_first_frames, source_name, strip_alpha, strip_frame, strip_frame_size, strip_steps, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
@@ -185,6 +185,7 @@ def degrade(
     for several inputs. Example: colddiff degrade photos/ --op mask --preset celeba -o masked/"""
     import checkpoint
 
+    check_strip(strip, frames)
     if model is None:
         operator, channels = make_op(op, preset, param), None
     else:
@@ -363,7 +364,7 @@ def restore(
 
     import samplers
 
-    at_least(batch, "--batch")
+    at_least(batch, "--batch"), check_strip(strip, frames)
     if tile is not None and tile != 0 and tile < 32:
         raise UserError(f"--tile must be 0 (whole images only) or at least 32 px, got {tile}")
     if seed is not None:
@@ -555,7 +556,7 @@ def generate(
 
     import generative
 
-    at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol")
+    at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol"), check_strip(strip, frames)
     if model is None and not BUNDLED_MODEL.is_file():
         raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
     dev = pick_device(device, threads)

@@ -237,12 +237,17 @@ def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
     return max(1, round(h * fw / w)), fw
 
 
-def strip_steps(path: list[int], frames: int | None) -> list[int]:
-    """The steps of a --strip: `frames` of the states `path` (degrade: 0 .. T; restore, generate:
-    the sampler's t .. 0) evenly spread, the first and last among them; by default every one up
-    to 21, else 11."""
+def check_strip(strip: bool, frames: int | None) -> None:
+    if frames is not None and not strip:
+        raise UserError("--frames applies to --strip")
     if frames is not None and frames < 2:
         raise UserError(f"--frames must be at least 2, got {frames}")
+
+
+def strip_steps(path: list[int], frames: int | None) -> list[int]:
+    """The steps of a --strip: `frames` (check_strip's) of the states `path` (degrade: 0 .. T;
+    restore, generate: the sampler's t .. 0) evenly spread, the first and last among them; by
+    default every one up to 21, else 11."""
     last = len(path) - 1
     n = last + 1 if frames is None and last <= 20 else min(frames or 11, last + 1)
     return [path[k] for k in sorted({round(i * last / (n - 1)) for i in range(n)})] if n > 1 else list(path)

@@ -141,7 +141,7 @@ def describe(path: str) -> tuple[str, dict]:
     note = read_note(path)
     if note is None:
         return f"{path}: an image with no colddiff note ({kind})", extra
-    rows = [row("size", kind)] + [row(k, v) for k, v in note.items() if k not in ("command", "params")]
+    rows = [row("size", kind)] + [row(k, unset(k, note) if v is None else v) for k, v in note.items() if k not in ("command", "params")]
     rows += [row("parameters", settings(note["params"]))] if isinstance(note.get("params"), dict) else []
     return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), {**note, **extra}
 
@@ -192,6 +192,13 @@ def preset_of(op) -> str:
     best = min(cls.PRESETS, key=lambda p: len(diff(p)))
     changed = diff(best)
     return f"preset {best}" + (f" with {settings(changed)}" if changed else "") + f" ({settings(mine)})"
+
+
+def unset(key: str, note: dict) -> str:
+    """What a note's null means, in words: restore's and generate's steps and tile."""
+    if key == "steps":
+        return "one network call" if note.get("sampler") == "direct" else "every step"
+    return "none, the whole image at once" if key == "tile" else "none"
 
 
 def row(key: str, value) -> str:

@@ -229,6 +229,8 @@ def test_outputs_that_would_collide_or_mislead_are_refused(cli, tmp_path):
     assert r.returncode == 1 and b"name an output file" in r.stderr
     r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "--strip", "--frames", "0", "-o", tmp_path / "s.png")
     assert r.returncode == 1 and b"--frames must be at least 2" in r.stderr
+    r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "--frames", "5", "-o", tmp_path / "f.png")
+    assert r.returncode == 1 and r.stderr == b"colddiff: error: --frames applies to --strip\n" and not (tmp_path / "f.png").exists()
     from PIL import Image
 
     Image.open(tmp_path / "d1" / "x.png").save(tmp_path / "a.gif")

@@ -418,6 +418,9 @@ def test_restore_strip_is_the_samplers_own_states_x_t_to_x_0(cli, blur_model, tm
     r = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "5", "-o", tmp_path / "s5.png")
     five = np.asarray(Image.open(tmp_path / "s5.png")).astype(int)
     assert r.returncode == 0 and np.array_equal(five, np.concatenate([frames[k] for k in (0, 5, 10, 15, 20)], axis=1))
+    text = cli("info", tmp_path / "s5.png").stdout.decode()
+    assert "  steps       every step\n" in text and "  tile        none, the whole image at once\n" in text  # the note's nulls, in words
+    assert "  strip       [20, 15, 10, 5, 0]\n" in text
     note = json.loads(cli("info", "--json", tmp_path / "s5.png").stdout)
     assert note["strip"] == [20, 15, 10, 5, 0] and note["command"] == "restore" and note["t"] == 20
     kept = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "5", "-o", tmp_path / "s5.png", "--skip-existing")
@@ -426,6 +429,8 @@ def test_restore_strip_is_the_samplers_own_states_x_t_to_x_0(cli, blur_model, tm
     assert other.returncode == 1 and b"give another -o, or --force" in other.stderr
     bad = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "1", "-o", tmp_path / "s1.png")
     assert bad.returncode == 1 and bad.stderr.decode().count("\n") == 1 and b"--frames must be at least 2" in bad.stderr
+    bad = cli("restore", tmp_path / "d.png", "--model", blur_model, "--frames", "5", "-o", tmp_path / "f.png")
+    assert bad.returncode == 1 and bad.stderr == b"colddiff: error: --frames applies to --strip\n"
 
 
 def test_restore_strip_of_a_wide_image_shrinks_its_frames(cli, blur_model, tmp_path):

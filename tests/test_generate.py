@@ -217,6 +217,7 @@ def test_generate_strip_shows_each_images_states_from_x_T_to_the_image(cli, gen_
     (["--steps", "31"], "--steps must be in 1..30,"),
     (["--strip", "--ncol", "3"], "leave --ncol out"),
     (["--strip", "--frames", "1"], "--frames must be at least 2"),
+    (["--frames", "5"], "--frames applies to --strip"),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")
