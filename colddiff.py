@@ -104,7 +104,7 @@ ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
 SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave the outputs that exist as they are and do the other inputs (to finish an interrupted folder); an output whose note says other settings is an error.")
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
 ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
-SamplerOpt = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator); default: the operator's.")
+SamplerOpt = typer.Option(None, "--sampler", help=f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator; `colddiff ops` says what each does); default: the operator's.")
 EtaOpt = typer.Option(None, "--eta", help="ddim, dpmpp_2m: 0 deterministic .. 1 stochastic (ddim over every step at 1: ancestral, posterior variance); default 0, or the operator's with its default sampler.")
 StepsOpt = typer.Option(None, "--steps", help="Sampling steps K <= t (Algorithm 2 jumps s -> s'); default: the model's, else t.")
 ZOpt = typer.Option(None, "--z", help="noise/animorph/colour: fixed z, or estimated z (the DDIM choice); default: the operator's.")
@@ -139,7 +139,7 @@ def main_options(
 
 @command()
 def ops():
-    """List the operators, their presets, T, the image size each preset was made for, and parameters."""
+    """List the operators, their presets, T, the image size each preset was made for, and parameters; and the samplers."""
     from rich.console import Console
     from rich.table import Table
 
@@ -155,6 +155,18 @@ def ops():
             default = " (default)" if preset == cls.DEFAULT_PRESET else ""
             size = f"{cls.NATIVE[preset]} px" if preset in cls.NATIVE else "any"
             table.add_row(name, preset + default, str(T), size, ", ".join(f"{k}={v}" for k, v in p.items()))
+    Console().print(table)
+    table = Table(title="samplers (restore, eval, generate --sampler)")
+    for col in ("sampler", "operators", "options", "what it does"):
+        table.add_column(col)
+    for name, fn in SAMPLERS.items():
+        ops_ = [n for n, cls in operators.OPERATORS.items() if fn.predicts in (None, cls.predicts)]
+        default = [n for n in ops_ if operators.OPERATORS[n].default_sampler == name]
+        takes = [flag for flag, on in (("--steps", fn.steps), ("--eta", fn.eta), ("--step-noise", fn.step_noise)) if on]
+        others = [n for n in operators.OPERATORS if n not in ops_]
+        table.add_row(name, "all" if not others else f"all but {', '.join(others)}" if len(others) < len(ops_) else ", ".join(ops_),
+                      ", ".join(takes) or "-", " ".join(fn.__doc__.split()).split(". ")[0].rstrip(".") + "."
+                      + (" The default." if len(default) > 1 else f" The default for {default[0]}." if default else ""))
     Console().print(table)
 
 

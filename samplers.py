@@ -21,7 +21,8 @@ z_hat = (x_s - a_s x0_hat) / b_s (the DDIM choice); `z="fixed"` reuses the z in 
 
 A sampler is one function registered with `@sampler(predicts, steps, eta)`: it applies to the
 operators whose network predicts that ("x0": cold diffusion, "eps": blur diffusion; None: any),
-and says whether it jumps in --steps and takes --eta.
+and says whether it jumps in --steps and takes --eta. Its docstring's first sentence is what
+`colddiff ops` says it does.
 
 This module imports torch inside the functions that use it, as common.py does: colddiff lists
 SAMPLERS in its --help.
@@ -141,22 +142,22 @@ def _every_step(step, restore, x_t, t: int, hidden):
 
 @sampler(predicts="eps", steps=False)
 def reverse(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
-    """Blur diffusion's published reverse process (Lee et al.; SPEC section 5), every step i = t..1:
-    op.lee_step, a first-order approximation of the true posterior, variance B_i."""
+    """Blur diffusion's published reverse process (Lee et al.), every step from t to 1. op.lee_step
+    (SPEC section 5): a first-order approximation of the true posterior, variance B_i."""
     return _every_step(op.lee_step, restore, x_t, t, hidden)
 
 
 @sampler(predicts="eps", steps=False)
 def ancestral(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
-    """The exact reverse process, every step i = t..1: a draw from DDPM's posterior per DCT
-    coefficient (op.posterior_step), with Lee et al.'s variance B_i."""
+    """The exact reverse process, every step from t to 1: a draw from DDPM's posterior per DCT
+    coefficient, with Lee et al.'s variance. op.posterior_step, variance B_i."""
     return _every_step(op.posterior_step, restore, x_t, t, hidden)
 
 
 @sampler(predicts="eps", eta=True)
 def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
-    """DDIM for the non-isotropic diffusion (gDDIM): K = --steps jumps s -> s' (op.ddim_step),
-    deterministic at eta = 0; eta = 1 with every step is ancestral sampling with the posterior variance."""
+    """DDIM for the non-isotropic diffusion (gDDIM) in --steps jumps, deterministic at eta = 0. K jumps
+    s -> s' (op.ddim_step); eta = 1 with every step is ancestral sampling with the posterior variance."""
     noise, x = _noise_streams(hidden, x_t) if eta > 0 else None, x_t.float()
     path = schedule(t, steps)
     for s, s_next in zip(path, path[1:]):
@@ -166,9 +167,10 @@ def ddim(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, 
 
 @sampler(predicts="eps", eta=True)
 def dpmpp_2m(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
-    """DPM-Solver++(2M) (Lu et al., 2022) per DCT coefficient (op.dpmpp_2m_step): second order by
-    reusing the previous jump's x0_hat; deterministic at eta = 0, the SDE variant above it. The first
-    jump is ddim's (at the same eta), and the last (into s = 0) is x0_hat, as in the paper."""
+    """DPM-Solver++(2M) (Lu et al., 2022) in --steps jumps, second order by reusing the previous
+    jump's x0_hat; deterministic at eta = 0, the SDE variant above it. Per DCT coefficient
+    (op.dpmpp_2m_step); the first jump is ddim's (at the same eta), and the last (into s = 0) is
+    x0_hat, as in the paper."""
     noise, x, prev = _noise_streams(hidden, x_t) if eta > 0 else None, x_t.float(), None
     path = schedule(t, steps)
     for s, s_next in zip(path, path[1:]):

@@ -170,6 +170,20 @@ def test_ops_lists_everything(cli):
             assert preset in text
     assert "300" in text and "750" in text
     assert {line.split("│")[4].strip() for line in text.splitlines() if line.startswith("│ blur ")} == {"32 px", "128 px"}
+    from samplers import SAMPLERS
+
+    rows: dict = {}  # sampler -> its cells, a wrapped cell's lines joined
+    for line in text.split("samplers (")[1].splitlines():
+        cells = [c.strip() for c in line.split("│")[1:5]]
+        if line.startswith("│ ") and cells[0]:
+            rows[cells[0]] = cells[1:]
+        elif line.startswith("│ "):
+            rows[list(rows)[-1]] = [f"{a} {b}".strip() for a, b in zip(rows[list(rows)[-1]], cells[1:])]
+    assert list(rows) == list(SAMPLERS)  # every sampler, what it applies to, what it takes, what it does (its docstring's first sentence)
+    assert rows["direct"][:2] == ["all", "-"] and rows["tacos"][:2] == ["all but blurdiff", "--steps, --step-noise"]
+    assert rows["tacos"][2].startswith("Algorithm 2") and rows["tacos"][2].endswith("The default.")
+    assert rows["dpmpp_2m"][:2] == ["blurdiff", "--steps, --eta"] and rows["dpmpp_2m"][2].endswith("The default for blurdiff.")
+    assert "op." not in text.split("samplers (")[1]  # the user's words, not the code's
 
 
 @pytest.mark.parametrize("args,message", [
