@@ -85,14 +85,20 @@ def test_train_restore_eval_generate_end_to_end_on_cuda(fmnist_split, tmp_path):
     r = run_cli("restore", deg, "--model", model, "--device", "cuda", "--steps", "5", "-o", tmp_path / "res")
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert len(list((tmp_path / "res").iterdir())) == len(list(deg.iterdir()))
+    # --strip records the sampler's states from a CUDA-graphed R: its last frame is the plain output
+    one = sorted(deg.iterdir())[0]
+    r = run_cli("restore", one, "--model", model, "--device", "cuda", "--steps", "5", "--strip", "-o", tmp_path / "strip.png")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    from conftest import png
+
+    strip, plain = png((tmp_path / "strip.png").read_bytes()).astype(int), png((tmp_path / "res" / one.name).read_bytes()).astype(int)
+    assert strip.shape == (plain.shape[0], 6 * plain.shape[1]) and abs(strip[:, -plain.shape[1]:] - plain).mean() < 0.5
     r = run_cli("eval", fmnist_split[1], "--model", model, "--n", "16", "--device", "cuda", "--no-compile", "-o", tmp_path / "ev")
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     r = run_cli("generate", "--n", "8", "--device", "cuda", "--no-compile", "-o", tmp_path / "g.png")
     assert r.returncode == 0 and (tmp_path / "g.png").stat().st_size > 0, r.stderr.decode()[-2000:]
     # the bundled model gives the same images on CUDA as on the CPU, to bf16 rounding
     cpu = run_cli("generate", "--n", "8", "--device", "cpu", "-o", tmp_path / "c.png")
-    from conftest import png
-
     diff = png((tmp_path / "g.png").read_bytes()).astype(int) - png((tmp_path / "c.png").read_bytes()).astype(int)
     assert cpu.returncode == 0 and abs(diff).mean() < 8
 
