@@ -214,7 +214,7 @@ def degrade(
     steps = strip_steps(list(range(operator.T + 1)), frames) if strip else [t]
     dev = pick_device(device, threads)
     items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
-                        notes.degraded_into(operator, t, seed, fit, strip))
+                        notes.degraded_into(operator, t, seed, fit, steps if strip else None))
     sizes = []
     for src, _, _ in items:  # every input must decode (and with --model, fit the model) before anything is written
         u8 = read_image(src)
@@ -245,15 +245,15 @@ def degrade(
                 say_line(f"{source_name(src)}: a strip of {len(steps)} frames of {x0.shape[-1]}x{x0.shape[-2]} would be "
                          f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
-            degrade_one(fitted, x0, dest, steps, seed, dev, note=not strip, size=size,
+            degrade_one(fitted, x0, dest, steps, seed, dev, note=notes.degraded_strip(fitted, steps, seed) if strip else None, size=size,
                         frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest), write=writer.write)
 
 
-def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: bool = True, size=None,
+def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: dict | None = None, size=None,
                 frames_done=lambda k: None, alpha=None, write=write_image) -> None:
-    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`; an x_t file
-    carries a note of how it was made, which `restore` reads (notes.py). frames_done(k) after each
-    call of D, k the frames made so far."""
+    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`, with a note of how
+    it was made (notes.py): an x_t's, which `restore` reads, or `note` (a strip's). frames_done(k)
+    after each call of D, k the frames made so far."""
     import torch
 
     hidden = operator.draw(x0, generator(seed))
@@ -264,7 +264,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
         frames += list(strip_frame(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h), size))
         frames_done(len(frames))
-    write(torch.cat(frames, dim=-1), dest, notes.degraded(operator, steps[0], seed) if note else None, strip_alpha(alpha, size, len(steps)))
+    write(torch.cat(frames, dim=-1), dest, note or notes.degraded(operator, steps[0], seed), strip_alpha(alpha, size, len(steps)))
 
 
 @command()

@@ -15,9 +15,18 @@ from common import UserError
 from image_io import read_note
 
 
+STRIP = "degrade --strip"
+
+
 def degraded(op, t: int, seed: int) -> dict:
     """The note of an image `degrade` made: D(x0, t) by `op`, its hidden randomness from `seed`."""
     return {"command": "degrade", "op": op.name, "params": op.params(), "t": t, "seed": seed}
+
+
+def degraded_strip(op, steps: list[int], seed: int) -> dict:
+    """The note of a `degrade --strip`: its frames x_s, s in `steps`. Not "degrade": it is no one x_t
+    (restore refuses it)."""
+    return {"command": STRIP, "op": op.name, "params": op.params(), "strip": steps, "seed": seed}
 
 
 def made(command: str, model: str, sampling, **more) -> dict:
@@ -25,18 +34,17 @@ def made(command: str, model: str, sampling, **more) -> dict:
     return {"command": command, "model": Path(model).name, **sampling.describe(), **more}
 
 
-def degraded_into(op, t: int, seed: int, fit: bool, strip: bool = False):
+def degraded_into(op, t: int, seed: int, fit: bool, strip: list[int] | None = None):
     """expected(src, dest) for `degrade --skip-existing` (outputs.still_to_write): the note degrade
-    writes into dest, its operator fitted to dest's size as it was to its input's. A strip has no
-    note, so that any note says the file is not one."""
+    writes into dest, its operator fitted to dest's size as it was to its input's (a strip's, whose
+    frames may be shrunk, to its input's: the fit follows the short side, which no EXIF turn changes)."""
     from image_io import open_image
 
     def note(src, dest) -> dict:
-        if strip:
-            return {"command": "degrade --strip"}
-        with open_image(dest) as im:
+        with open_image(src if strip else dest) as im:
             (w, h), c = im.size, len(im.getbands())
-        return degraded(op.fit_to(c, h, w)[0] if fit else op, t, seed)
+        fitted = op.fit_to(c, h, w)[0] if fit else op
+        return degraded_strip(fitted, strip, seed) if strip else degraded(fitted, t, seed)
 
     return note
 
@@ -99,6 +107,9 @@ def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | No
     if t is None or seed is None:
         try:
             note = read_note(src)
+            if note is not None and note.get("command") == STRIP:
+                raise UserError(f"{name}: is a strip of {len(note.get('strip') or [])} frames (degrade --strip), not one degraded image; "
+                                "pass --t to restore it anyway")
             if note is not None and note.get("command") == "degrade":  # not another command's output
                 said_t, said_seed = degraded_as(note, op, name, model)
         except UserError:

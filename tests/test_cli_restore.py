@@ -158,8 +158,9 @@ def test_degrade_notes_only_single_frames_in_every_format_but_bmp(cli, tmp_path)
     r = cli("degrade", img, "--op", "snow", "--t", "7", "--seed", "11")
     note = json.loads(Image.open(io.BytesIO(r.stdout)).info["colddiff"])
     assert (note["command"], note["op"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", "snow", 7, 11, 200)
-    strip = cli("degrade", img, "--op", "snow", "--strip")
-    assert "colddiff" not in Image.open(io.BytesIO(strip.stdout)).info  # several frames: no one t
+    strip = cli("degrade", img, "--op", "snow", "--strip", "--seed", "11")
+    said = json.loads(Image.open(io.BytesIO(strip.stdout)).info["colddiff"])  # several frames: no one t, and not "degrade"
+    assert said == {"command": "degrade --strip", "op": "snow", "params": note["params"], "strip": [0, *range(20, 201, 20)], "seed": 11}
     assert cli("degrade", img, "--op", "snow", "--t", "7", "--seed", "11", "-o", tmp_path / "d.jpg").returncode == 0
     from image_io import read_note
 
@@ -441,3 +442,28 @@ def test_restore_strip_of_a_wide_image_shrinks_its_frames(cli, blur_model, tmp_p
     assert r.returncode == 0, err
     assert err.count("a strip of 21 frames of 1700x28 would be 35700 px wide; its frames are shrunk to 780x13") == 1, err
     assert Image.open(tmp_path / "s.png").size == (21 * 780, 13)
+
+
+def test_a_degrade_strip_says_what_it_is_restore_refuses_it_and_skip_existing_checks_it(cli, blur_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted((DATA / "fmnist").iterdir())[:2]:
+        shutil.copy(f, src / f.name)
+    assert cli("degrade", src, "--op", "blur", "--strip", "--frames", "5", "-o", tmp_path / "s").returncode == 0
+    strip = tmp_path / "s" / sorted(p.name for p in src.iterdir())[0]
+    r = cli("restore", strip, "--model", blur_model, "-o", tmp_path / "r.png")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "is a strip of 5 frames (degrade --strip), not one degraded image" in err, err
+    assert cli("restore", strip, "--model", blur_model, "--t", "20", "-o", tmp_path / "r.png").returncode == 0  # told: it is the user's
+    text = cli("info", strip).stdout.decode()
+    assert f"{strip}: made by colddiff degrade --strip" in text and "  strip       [0, 5, 10, 15, 20]\n" in text
+    # --skip-existing: the same strips are kept; strips of other frames, or fitted otherwise, are refused
+    for out, args in ((tmp_path / "k0", []), (tmp_path / "k1", ["--preset", "celeba"])):  # celeba on 28 px images: kernels fitted
+        assert cli("degrade", src, "--op", "blur", *args, "--strip", "--frames", "5", "-o", out).returncode == 0
+        sorted(out.iterdir())[0].unlink()
+        r = cli("degrade", src, "--op", "blur", *args, "--strip", "--frames", "5", "-o", out, "--skip-existing")
+        assert r.returncode == 0 and len(list(out.iterdir())) == 2, r.stderr.decode()
+    r = cli("degrade", src, "--op", "blur", "--strip", "--frames", "3", "-o", tmp_path / "k0", "--skip-existing")
+    assert r.returncode == 1 and b"give another -o, or --force" in r.stderr
+    r = cli("degrade", src, "--op", "blur", "--preset", "celeba", "--no-fit", "--strip", "--frames", "5", "-o", tmp_path / "k1", "--skip-existing")
+    assert r.returncode == 1 and b"px_scale" in r.stderr, r.stderr.decode()
