@@ -105,8 +105,14 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
     """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one.
     shrink_to: the short side the caller will resize to; a JPEG much larger than that is decoded
     at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below SHRINK_MARGIN x shrink_to."""
-    import numpy as np
     import torch
+
+    return torch.from_numpy(read_pixels(source, channels, shrink_to))
+
+
+def read_pixels(source: str | bytes, channels: int | None = None, shrink_to: int | None = None):
+    """read_image's pixels as a numpy array, without torch (`colddiff info` needs no torch)."""
+    import numpy as np
     from PIL import Image
 
     im = open_upright(source, shrink_to)
@@ -127,8 +133,7 @@ def read_image(source: str | bytes, channels: int | None = None, shrink_to: int 
         im = Image.fromarray(np.clip(np.rint(v * scale), 0, 255).astype(np.uint8))
     im = im.convert("L" if channels == 1 else "RGB")
     arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy())
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy()
 
 
 def open_upright(source: str | bytes, shrink_to: int | None = None):
@@ -162,8 +167,15 @@ def read_alpha(source: str | bytes, dest: str | None = None):
     has none, is opaque everywhere, or `dest` cannot hold it (keeps_alpha: then nothing is decoded).
     The models see colour only; degrade and restore hand it back to outputs that can hold it (PNG,
     WebP, TIFF), so that a logo keeps its transparent background."""
-    import numpy as np
     import torch
+
+    a = alpha_pixels(source, dest)
+    return None if a is None else torch.from_numpy(a)[None]
+
+
+def alpha_pixels(source: str | bytes, dest: str | None = None):
+    """read_alpha's transparency as a numpy array (H, W), or None; without torch."""
+    import numpy as np
 
     if dest is not None and not keeps_alpha(dest):
         return None
@@ -175,7 +187,7 @@ def read_alpha(source: str | bytes, dest: str | None = None):
         return None  # read_image says what is wrong with the file
     im = open_upright(source)
     a = np.asarray(im.convert("LA" if im.mode in ("LA", "La", "L") else "RGBA").getchannel("A"))
-    return None if a.min() == 255 else torch.from_numpy(a.copy())[None]
+    return None if a.min() == 255 else a.copy()
 
 
 def frame_count(source: str | bytes) -> int:

@@ -1,4 +1,4 @@
-"""How long colddiff takes to answer: `--help`, a mistyped command line, and small real commands.
+"""How long colddiff takes to answer: `--help`, a mistyped command line, `info`, and small real commands.
 
     python benchmarks/startup.py              # median of 5 fresh processes each
     python benchmarks/startup.py --runs 11
@@ -30,6 +30,7 @@ def commands(tmp: Path) -> list[tuple[str, list[str]]]:
         ("colddiff restore --steps many x.png (usage error)", ["restore", "--steps", "many", "x.png"]),
         ("colddiff --version", ["--version"]),
         ("colddiff ops", ["ops"]),
+        ("colddiff info (a 28 px image)", ["info", img]),
         ("colddiff degrade (28 px image to a file)", ["degrade", img, "--op", "blur", "-o", str(tmp / "d.png"), "--force"]),
     ]
 

@@ -36,8 +36,8 @@ def test_version_names_colddiff_torch_and_the_device(cli):
 
 
 def test_help_and_usage_errors_answer_without_importing_torch():
-    """torch's import is 2-3 s of colddiff's start: `--help` of every command and a mistyped
-    command line must not pay it (measured: `colddiff --help` 3.0 s -> 0.24 s)."""
+    """torch's import is 2-3 s of colddiff's start: `--help` of every command, a mistyped command
+    line and `info` of images must not pay it (benchmarks/startup.py: `colddiff --help` 1.95 s -> 0.18 s)."""
     import subprocess
     import sys
 
@@ -49,12 +49,15 @@ run = CliRunner().invoke
 names = [c.name or c.callback.__name__.replace("_", "-") for c in colddiff.app.registered_commands]
 helps = [run(colddiff.app, [*name.split(), "--help"]).exit_code for name in ["", *names]]
 usage = [run(colddiff.app, ["degrade"]).exit_code, run(colddiff.app, ["restore", "x.png", "--steps", "many"]).exit_code]
-print(json.dumps([names, helps, usage, [m for m in ("torch", "operators", "unet", "train", "checkpoint") if m in sys.modules]]))
+info = run(colddiff.app, ["info", sys.argv[1], sys.argv[2]])
+print(json.dumps([names, helps, usage, info.exit_code, info.output, [m for m in ("torch", "operators", "unet", "train", "checkpoint") if m in sys.modules]]))
 """
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    noted = sorted((DATA / "fmnist").iterdir())[0]  # `info` of images needs no torch either (a model's does)
+    r = subprocess.run([sys.executable, "-c", script, str(PHOTO), str(noted)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    names, helps, usage, imported = json.loads(r.stdout)
+    names, helps, usage, info_code, info, imported = json.loads(r.stdout)
     assert len(names) >= 8 and "train" in names and helps == [0] * (len(names) + 1) and usage == [2, 2]
+    assert info_code == 0 and "an image with no colddiff note (192x128 colour)" in info and "(28x28 grey)" in info, info
     assert imported == []
 
 
