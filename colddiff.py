@@ -21,7 +21,7 @@ from click.core import ParameterSource
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
 from image_io import STRIP_WIDTH, attach_source, check_input, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
-from image_io import say_first_frames, source_name, strip_alpha, strip_frame, strip_frame_size, strip_steps, to_model, to_uint8
+from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_steps, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
@@ -164,9 +164,11 @@ def ops():
         default = [n for n in ops_ if operators.OPERATORS[n].default_sampler == name]
         takes = [flag for flag, on in (("--steps", fn.steps), ("--eta", fn.eta), ("--step-noise", fn.step_noise)) if on]
         others = [n for n in operators.OPERATORS if n not in ops_]
-        table.add_row(name, "all" if not others else f"all but {', '.join(others)}" if len(others) < len(ops_) else ", ".join(ops_),
-                      ", ".join(takes) or "-", " ".join(fn.__doc__.split()).split(". ")[0].rstrip(".") + "."
-                      + (" The default." if len(default) > 1 else f" The default for {default[0]}." if default else ""))
+        applies = "all" if not others else f"all but {', '.join(others)}" if len(others) < len(ops_) else ", ".join(ops_)
+        does = " ".join(fn.__doc__.split()).split(". ")[0].rstrip(".") + "."  # the docstring's first sentence
+        if default:
+            does += " The default." if len(default) > 1 else f" The default for {default[0]}."
+        table.add_row(name, applies, ", ".join(takes) or "-", does)
     Console().print(table)
 
 
@@ -242,8 +244,7 @@ def degrade(
                 say_line(note)
             if size != tuple(x0.shape[-2:]) and "strip" not in said and not quiet:
                 said.add("strip")
-                say_line(f"{source_name(src)}: a strip of {len(steps)} frames of {x0.shape[-1]}x{x0.shape[-2]} would be "
-                         f"{len(steps) * x0.shape[-1]} px wide; its frames are shrunk to {size[1]}x{size[0]} (a strip of at most "
+                say_line(f"{shrunk_line(source_name(src), len(steps), *x0.shape[-2:])} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
             degrade_one(fitted, x0, dest, steps, seed, dev, note=notes.degraded_strip(fitted, steps, seed) if strip else None, size=size,
                         frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest), write=writer.write)
@@ -407,11 +408,11 @@ def restore(
     shown = {t_: notes.strip_of(at_t[t_], t_, strip, frames) for t_ in at_t}  # {"strip": the steps of its frames}, or {}
     shrunk = None
     for dest, (h, w), plan in zip(dests, sizes, plans):
-        n = len(shown[plan.t].get("strip", [0]))
+        n = len(shown[plan.t]["strip"]) if strip else 1
         fh, fw = strip_frame_size(n, h, w)
         check_size(dest, n * fw, fh)
         if fw != w and not shrunk:
-            shrunk = f"{dest}: a strip of {n} frames of {w}x{h} would be {n * w} px wide; its frames are shrunk to {fw}x{fh}"
+            shrunk = shrunk_line(dest, n, h, w)
     if unsaid and not quiet:  # after every check: an error stays the only line
         which = "" if unsaid == len(items) else f" the {unsaid} images that carry no colddiff note"
         typer.echo(f"colddiff: restoring{which} as if degraded to t = T = {op.T}; pass --t if the images were degraded less", err=True)
@@ -435,10 +436,10 @@ def restore(
         sampling_t = at_t[t_].watched(after_call)
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
-        steps_shown, states = shown[t_].get("strip"), []
-        size = strip_frame_size(len(steps_shown), *x_t.shape[-2:]) if strip else None
+        states, size = [], None  # the strip's frames, each (B, C, h, w) uint8; their size
         if strip:
-            sampling_t = sampling_t.recorded(set(steps_shown), lambda x, s: states.append(strip_frame(x, size)))
+            size = strip_frame_size(len(shown[t_]["strip"]), *x_t.shape[-2:])
+            sampling_t = sampling_t.recorded(set(shown[t_]["strip"]), lambda x, s: states.append(strip_frame(x, size)))
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
         states.append(strip_frame(x0_hat, size))
         made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px, **shown[t_])
@@ -582,7 +583,7 @@ def generate(
     if strip and ncol is not None:
         raise UserError("--strip lays out one image's frames per grid row: leave --ncol out")
     shown = notes.strip_of(sampling, sampling.op.T, strip, frames)  # {"strip": the steps of its frames}, or {}
-    per_image = len(shown.get("strip", [0]))
+    per_image = len(shown["strip"]) if strip else 1
     made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed, **shown)
     # image i draws from its own seed, whatever else is made
     numbers = (still_to_write(names, None if quiet else say_line, "images", "generating", f" in {out}", lambda i: {**made, "image": i})

@@ -249,6 +249,12 @@ def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
     return max(1, round(h * fw / w)), fw
 
 
+def shrunk_line(name: str, n: int, h: int, w: int) -> str:
+    """What a strip of n frames of an h x w image says where strip_frame_size shrinks them."""
+    fh, fw = strip_frame_size(n, h, w)
+    return f"{name}: a strip of {n} frames of {w}x{h} would be {n * w} px wide; its frames are shrunk to {fw}x{fh}"
+
+
 def check_strip(strip: bool, frames: int | None) -> None:
     if frames is not None and not strip:
         raise UserError("--frames applies to --strip")
