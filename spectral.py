@@ -30,14 +30,19 @@ def period(n: int, padding: str) -> int:
 
 
 def kernel_response(g: torch.Tensor, p: int) -> torch.Tensor:
-    """Frequency response of a centred symmetric kernel on a circle of `p` samples.
+    """Frequency responses of centred symmetric kernels g (..., k) on a circle of `p` samples.
 
-    Real because the kernel is symmetric: sum_j g_j cos(2 pi j k / p), k = 0..p//2.
+    Real because each kernel is symmetric: sum_j g_j cos(2 pi j k / p), k = 0..p//2. One cosine
+    table serves every kernel of a length (a blur's T kernels: one matmul, not T tables), built
+    in chunks of bins so that it stays at 2^22 numbers however long the axis.
     Taps that reach further than the period wrap around, as circular padding does."""
-    r = (len(g) - 1) / 2
-    j = torch.arange(len(g), dtype=torch.float64) - r
+    j = torch.arange(g.shape[-1], dtype=torch.float64) - (g.shape[-1] - 1) / 2
     k = torch.arange(p // 2 + 1, dtype=torch.float64)
-    return (g[:, None] * torch.cos(2 * math.pi * j[:, None] * k[None, :] / p)).sum(0)
+    out = torch.empty(g.shape[:-1] + k.shape, dtype=torch.float64)
+    chunk = max(1, 2**22 // len(j))
+    for a in range(0, len(k), chunk):
+        out[..., a : a + chunk] = g @ torch.cos(2 * math.pi * j[:, None] * k[None, a : a + chunk] / p)
+    return out
 
 
 def filter_basis(n: int, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +79,7 @@ class AxisBlur:
         if self.dense:
             V, freq = filter_basis(n, padding)
             self.V, self.V_inv = V.float().to(device), torch.linalg.inv(V).float().to(device)
-        steps = torch.stack([kernel_response(g, self.period) for g in kernels])
+        steps = kernel_response(torch.stack(kernels), self.period)
         if self.dense:
             steps = steps[:, freq]
         eig = torch.cat([torch.ones(1, steps.shape[1], dtype=torch.float64), torch.cumprod(steps, 0)])

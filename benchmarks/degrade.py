@@ -4,6 +4,7 @@
     python benchmarks/degrade.py --device cpu --seq-batch 4
     python benchmarks/degrade.py --sweep          # every operator, 256 px to 4096 px, old vs new
     python benchmarks/degrade.py --sweep --sizes 512x683,2048x2730 --old eb65bc2
+    python benchmarks/degrade.py --sweep --fit --t-frac 0.5 --old ac2181f   # as `colddiff degrade` runs on photos
     python benchmarks/degrade.py --crossover      # dense matmul vs FFT per axis length (DENSE_MAX)
 
 Throughput: batch 64 at 128x128, t = T, celeba (T=200, k=15, reflect) and generation (T=300,
@@ -16,7 +17,9 @@ tables included, start-up, decoding and encoding excluded) and the process's pea
 (resident set on the CPU, which includes ~0.4 GB of torch itself; allocated memory on CUDA). The
 old implementation is the operators module of another commit (--old, default the one before the
 size work), loaded from git into a temporary folder and run the same way, under a memory limit
-(--limit-gb) so that its T x area tables fail instead of swapping.
+(--limit-gb) so that its T x area tables fail instead of swapping. --fit fits each operator to the
+image's size first, as `colddiff degrade` does (blur's kernels, the mask's widths grow with it);
+--t-frac F degrades to t = round(F T) instead of T (the colour mask's work is at small t).
 """
 import argparse
 import json
@@ -70,7 +73,7 @@ SWEEP_SIZES = "256x256,512x683,1024x1365,2048x2730,4000x3000,4096x4096"
 OLD = "eb65bc2"  # the last commit before FFT blur and the table-free mask
 
 
-def one_case(code: str, name: str, preset: str, H: int, W: int, device: str, limit_gb: float) -> None:
+def one_case(code: str, name: str, preset: str, H: int, W: int, device: str, limit_gb: float, fit: bool, t_frac: float) -> None:
     """Child process: degrade one image, print {"s": seconds, "mb": peak MB} or {"error": ...} as JSON."""
     if device == "cpu" and limit_gb:
         lim = int(limit_gb * 2**30)
@@ -81,7 +84,9 @@ def one_case(code: str, name: str, preset: str, H: int, W: int, device: str, lim
     dev = torch.device(device)
     op = ops.make_operator(name, preset)
     x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
-    t = torch.full((1,), op.T, device=dev)
+    if fit:
+        op = op.fit_to(3, H, W)[0]  # an operator's fit is its set-up: timed with the rest
+    t = torch.full((1,), round(t_frac * op.T), device=dev)
     try:
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -99,8 +104,8 @@ def one_case(code: str, name: str, preset: str, H: int, W: int, device: str, lim
     print(json.dumps({"s": seconds, "mb": mb}))
 
 
-def run_case(code, name, preset, H, W, device, limit_gb, timeout):
-    cmd = [sys.executable, __file__, "--one", code, name, preset, str(H), str(W), device, str(limit_gb)]
+def run_case(code, name, preset, H, W, device, limit_gb, timeout, fit=False, t_frac=1.0):
+    cmd = [sys.executable, __file__, "--one", code, name, preset, str(H), str(W), device, str(limit_gb), str(int(fit)), str(t_frac)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -123,8 +128,8 @@ def sweep(a, devices):
                     Path(old_dir, f).write_bytes(blob.stdout)
             codes = {"old": old_dir, **codes}
         header = " | ".join(f"{H}x{W}" for H, W in sizes)
-        print(f"\nD(x0, T) of one RGB image, t = T; seconds of op.degrade and peak memory; torch {torch.__version__}, "
-              f"{os.cpu_count()} CPUs; old = {a.old}")
+        print(f"\nD(x0, t) of one RGB image, t = {a.t_frac:g} T{', fitted to its size' if a.fit else ''}; seconds of op.degrade "
+              f"and peak memory; torch {torch.__version__}, {os.cpu_count()} CPUs; old = {a.old}")
         print(f"| device | operator | code | {header} |")
         print("|---|---|---|" + "---|" * len(sizes))
         for device in devices:
@@ -132,7 +137,7 @@ def sweep(a, devices):
                 for label, code in codes.items():
                     cells = []
                     for H, W in sizes:
-                        cells.append(run_case(code, name, preset, H, W, device, a.limit_gb, a.timeout))
+                        cells.append(run_case(code, name, preset, H, W, device, a.limit_gb, a.timeout, a.fit, a.t_frac))
                     print(f"| {device} | {name} {preset} | {label} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -162,14 +167,16 @@ def crossover(devices):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        code, name, preset, H, W, device, limit = sys.argv[2:9]
-        return one_case(code, name, preset, int(H), int(W), device, float(limit))
+        code, name, preset, H, W, device, limit, fit, t_frac = sys.argv[2:11]
+        return one_case(code, name, preset, int(H), int(W), device, float(limit), fit == "1", float(t_frac))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="cost per image size, every operator, old vs new")
     ap.add_argument("--sizes", default=SWEEP_SIZES, help=f"HxW list for --sweep (default {SWEEP_SIZES})")
     ap.add_argument("--old", default=OLD, help=f"commit of the old implementation, or none (default {OLD})")
     ap.add_argument("--limit-gb", type=float, default=12.0, help="address-space limit of each CPU case (default 12)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per case (default 300)")
+    ap.add_argument("--fit", action="store_true", help="--sweep: fit each operator to the image's size, as colddiff degrade does")
+    ap.add_argument("--t-frac", type=float, default=1.0, help="--sweep: degrade to t = round(F T) (default 1: t = T)")
     ap.add_argument("--crossover", action="store_true", help="dense matmul vs FFT per axis length")
     ap.add_argument("--device", action="append", help="cpu, cuda (default: cpu, plus cuda when available)")
     ap.add_argument("--batch", type=int, default=64)

@@ -57,6 +57,25 @@ def test_mask_far_beyond_its_sigmas_and_without_the_kept_table(keep, monkeypatch
     assert bool(op._tables) == keep
 
 
+def test_large_mask_computes_only_the_distances_that_occur(monkeypatch):
+    """A large image's rows are computed at the squared distances its pixels have (a sixth of the
+    integers up to the largest), not at every integer below Q, and are gathered back to the right pixels."""
+    monkeypatch.setattr(O.Mask, "TABLE_MAX", 0)
+    asked = []
+    rows = O.Mask._rows
+    monkeypatch.setattr(O.Mask, "_rows", lambda self, want, d2: asked.append(d2) or rows(self, want, d2))
+    op = O.make_operator("mask", "celeba")  # centred, sigma_T = 20 px: Q = 32,001 > the 60 x 80 image's 9,842
+    x = rand_images(2, 1, 60, 80)
+    centre = torch.tensor([[30, 40], [0, 79]])
+    y = op.apply(x, torch.tensor([op.T, 7]), {"centre": centre})
+    d2 = lambda c: ((torch.arange(60)[:, None] - c[0]) ** 2 + (torch.arange(80) - c[1]) ** 2).flatten()  # noqa: E731
+    assert torch.equal(asked[0], torch.cat([d2(c) for c in centre.tolist()]).unique())
+    assert len(asked[0]) < 59**2 + 79**2 + 1
+    for b, tb in enumerate((op.T, 7)):
+        ref = x[b] * mask_reference(op, 60, 80, centre[b].tolist(), tb).float()
+        assert (y[b] - ref).abs().max() < 1e-5
+
+
 def peak_mb(code: str) -> float:
     """Run `code` in a fresh process and return the growth of its peak resident memory in MB."""
     script = textwrap.dedent("""

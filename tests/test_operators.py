@@ -153,6 +153,21 @@ def test_blur_kernel_larger_than_image_wraps_like_circular_padding(spectral_path
     assert (y - ref).abs().max() < 1e-4
 
 
+
+def test_kernel_responses_of_a_stack_in_chunks_are_each_kernels_sum():
+    """A 12 MP photo's blur: 200 fitted kernels of hundreds of taps on 8000-sample periods; here 1001
+    taps on p = 10,000 takes two chunks of the cosine table. Each row is sum_j g_j cos(2 pi j k / p)."""
+    import spectral
+
+    g = torch.stack([O.gaussian_kernel1d(1001, s) for s in (3.0, 40.0, 300.0)])
+    p = 10_000
+    got = spectral.kernel_response(g, p)
+    j = torch.arange(1001, dtype=torch.float64) - 500
+    for row, gk in zip(got, g):
+        for k in (0, 1, 2500, 4190, 4191, 5000):  # 4190 | 4191: the chunks' seam
+            assert float(row[k]) == pytest.approx(float((gk * torch.cos(2 * math.pi * j * k / p)).sum()), abs=1e-12)
+    assert got.shape == (3, p // 2 + 1) and float(got[:, 0].min()) == pytest.approx(1.0)
+
 # ----------------------------------------------------------------------------- mask, colour
 
 
