@@ -20,7 +20,7 @@ from click.core import ParameterSource
 
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
-from image_io import STRIP_WIDTH, attach_source, check_input, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
+from image_io import STRIP_WIDTH, attach_source, check_input, check_side, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
 from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_steps, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
@@ -218,10 +218,12 @@ def degrade(
     items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
                         notes.degraded_into(operator, t, seed, fit, steps if strip else None))
     sizes = []
-    for src, _, _ in items:  # every input must decode (and with --model, fit the model) before anything is written
+    for src, _, _ in items:  # every input must decode and be large enough for D (with --model, fit the model) before anything is written
         u8 = read_image(src)
         if model is not None:
             check_input(u8, channels, operator, src, model)
+        else:
+            check_side(u8, operator, src)
         sizes.append(u8.shape[-2:])
     dests = plan_outputs(items, out, force)
     frame_sizes = [strip_frame_size(len(steps), h, w) if strip else (h, w) for h, w in sizes]

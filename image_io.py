@@ -486,14 +486,20 @@ def load_folder(folder: str, size: int | None, channels: int | None, limit: int 
 
 def check_input(u8, channels: int, op, src, model, least: int = 0) -> None:
     """An input image fits the model: its channels (a colour image whose channels are equal is grey), and
-    the operator's smallest size (or `least`)."""
+    a short side of at least 8 px, the operator's smallest size and `least`."""
     name = source_name(src)
     if u8.shape[0] != channels and not (channels == 1 and neutral(u8)):
         kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
         raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
+    check_side(u8, op, src, max(least, 8))  # R pads any size, but under 8 px it would see mostly padding
+
+
+def check_side(u8, op, src, least: int = 1) -> None:
+    """An input image's short side is at least what the operator's D needs (pixelate halves it T
+    times) and `least`."""
     m = max(op.min_size(), least)
     if min(u8.shape[-2:]) < m:
-        raise UserError(f"{name}: {u8.shape[-1]}x{u8.shape[-2]} is too small for {op.name} (at least {m}x{m})")
+        raise UserError(f"{source_name(src)}: {u8.shape[-1]}x{u8.shape[-2]} is too small for {op.name} (at least {m}x{m})")
 
 
 def neutral(u8) -> bool:

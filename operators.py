@@ -19,7 +19,8 @@ is one class here plus one entry in OPERATORS.
                                         `predicts` matches apply), its steps when neither --steps
                                         nor the model names any, and the z modes it accepts
                                         (the first is the default)
-    op.min_size()                       the smallest image side it accepts
+    op.min_size()                       the smallest image side D accepts (restore asks 8 px
+                                        of any: image_io.check_input)
     op.train_defaults                   training settings of its paper that differ from cold
                                         diffusion's (blurdiff: network, lr, EMA, batch)
     op.needs_source                     animorph: z images come from a folder (--source)
@@ -111,7 +112,7 @@ class Operator:
         return to_device(t, x0.device)
 
     def min_size(self) -> int:
-        return 8
+        return 1
 
     NATIVE: ClassVar[dict] = {"mnist": 32, "cifar10": 32, "celeba": 128, "generation": 128}  # px the presets were made for (SPEC: the papers resized MNIST to 32)
 
@@ -461,13 +462,13 @@ class Pixelate(Operator):
     T: int = 3
 
     def min_size(self):
-        return max(8, 2**self.T)
+        return 2**self.T  # T halvings
 
     def chain(self, x: torch.Tensor, t_max: int):
         """The released chain x_0 .. x_{t_max} (all at full size) and the last step's small image."""
         H, W = x.shape[-2:]
         if H >> self.T < 1 or W >> self.T < 1:
-            raise UserError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {H}x{W}")
+            raise UserError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {W}x{H}")
         levels, small = [x], None
         for i in range(1, t_max + 1):
             small = F.interpolate(levels[-1], size=(H >> i, W >> i), mode="bicubic", align_corners=False, antialias=False)

@@ -168,7 +168,7 @@ def estimate(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int,
     seconds = flops / rate / world
     n = torch.get_num_threads()
     where = "a GPU" if device.type == "cuda" else f"{n} CPU thread{'s' if n != 1 else ''}"
-    return seconds, (f"{steps_left:,} steps x {cfg.batch * cfg.accumulate * world} images of {H}x{W} through a "
+    return seconds, (f"{steps_left:,} steps x {cfg.batch * cfg.accumulate * world} images of {W}x{H} through a "
                      f"{unet.count_parameters(net) / 1e6:.1f} M-parameter network: roughly {duration(seconds)} on {where}")
 
 
@@ -181,6 +181,9 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         torch.cuda.set_device(device)
     cuda = device.type == "cuda"
     N, C, H, W = data.shape
+    if min(H, W) < op.min_size():  # pixelate halves its images T times: refused now, not at the first step
+        m = op.min_size()
+        raise UserError(f"{op.name} {op.preset} needs images of at least {m}x{m}, these are {W}x{H}: pass --size {m} or more")
     torch.manual_seed(cfg.seed)
     net = unet.build(C, net_preset, **(net_overrides or {})).to(device)
     ema = unet.build(C, net_preset, **(net_overrides or {})).to(device).requires_grad_(False)

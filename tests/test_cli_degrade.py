@@ -233,6 +233,23 @@ def test_bad_inputs_one_line_nothing_written(cli, tmp_path):
     assert r.returncode != 0 and b"-o DIR" in r.stderr
 
 
+
+def test_an_image_too_small_for_the_operator_is_refused_before_anything_is_written(cli, tmp_path):
+    """pixelate halves an image T times: a 20x6 one in a folder is named, in one line, before the
+    folder's first output (it was an unnamed error after the others had been written). D of the
+    other operators runs at any size, so blur takes the same folder."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(PHOTO, folder / "a.png")
+    Image.new("RGB", (20, 6), (90, 120, 30)).save(folder / "z_strip.png")
+    r = cli("degrade", folder, "--op", "pixelate", "-o", tmp_path / "out")
+    err = r.stderr.decode()
+    last = err.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("colddiff: error: ") and last.endswith("in/z_strip.png: 20x6 is too small for pixelate (at least 8x8)"), err
+    assert not (tmp_path / "out").exists()
+    r = cli("degrade", folder, "--op", "blur", "-o", tmp_path / "blurred")
+    assert r.returncode == 0 and png((tmp_path / "blurred" / "z_strip.png").read_bytes()).shape == (6, 20, 3)
+
 def test_outputs_that_would_collide_or_mislead_are_refused(cli, tmp_path):
     for d in ("d1", "d2"):
         (tmp_path / d).mkdir()

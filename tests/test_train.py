@@ -111,6 +111,7 @@ def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tm
 @pytest.mark.parametrize("args,message", [
     (["--net", "huge"], "unknown network preset"),
     (["--size", "0"], "--size must be at least 8"),
+    (["--op", "pixelate", "--preset", "celeba", "--size", "8"], "pixelate celeba needs images of at least 16x16, these are 8x8: pass --size 16"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--lr-schedule", "linear"], "unknown --lr-schedule"),
     (["--steps", "0"], "--steps must be at least 1"),
