@@ -21,7 +21,7 @@ from click.core import ParameterSource
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
 from image_io import STRIP_WIDTH, attach_source, check_input, check_side, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
-from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_steps, to_model, to_uint8
+from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_rows, strip_steps, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
@@ -111,6 +111,7 @@ ZOpt = typer.Option(None, "--z", help="noise/animorph/colour: fixed z, or estima
 CompileOpt = typer.Option(True, "--compile/--no-compile", help="torch.compile + CUDA graphs (CUDA only).")
 OutOpt = typer.Option(None, "-o", "--out", help="Output file or folder (default: stdout).")
 FramesOpt = typer.Option(None, "--frames", help="Frames in --strip, evenly spread (default: every one up to 21, else 11).")
+X0HatOpt = typer.Option(False, "--x0-hat", help="With --strip, a second row under the states: R's prediction x0_hat from each (the released code's X_0s), blank under x_0.")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -358,6 +359,7 @@ def restore(
     tile: Optional[int] = typer.Option(None, "--tile", metavar="N", help="Run R on N x N tiles that overlap by N/8, blended (memory of one tile, time linear in pixels); 0: never. Default: whole images; 512 px tiles (or the largest that fit) for one that cannot fit in memory whole."),
     strip: bool = typer.Option(False, "--strip", help="Write the sampler's states x_t ... x_0 side by side, one strip per image (its frames shrunk as degrade --strip's)."),
     frames: Optional[int] = FramesOpt,
+    x0_hat_row: bool = X0HatOpt,
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -379,7 +381,7 @@ def restore(
 
     import samplers
 
-    at_least(batch, "--batch"), check_strip(strip, frames)
+    at_least(batch, "--batch"), check_strip(strip, frames, x0_hat_row)
     if tile is not None and tile != 0 and tile < 32:
         raise UserError(f"--tile must be 0 (whole images only) or at least 32 px, got {tile}")
     if seed is not None:
@@ -388,7 +390,7 @@ def restore(
     sampling = open_model(model, dev, sampler, steps, z, t, source, compile, eta)
     op, C = sampling.op, sampling.meta["image"]["channels"]
     items = not_written(find_images(inputs, skip=out), out, force, skip_existing, None if quiet else say_line,
-                        notes.restored_as(model, sampling, t, seed, steps, strip, frames))
+                        notes.restored_as(model, sampling, t, seed, steps, strip, frames, x0_hat_row))
     plans, sizes, at_t, unsaid, tiled = [], [], {}, 0, None  # a Plan and size per image; the sampling from each t; ...
     for src, _, _ in items:  # every input must decode and fit before anything is written
         name = source_name(src)
@@ -407,12 +409,12 @@ def restore(
         plans.append(Plan(t_i, seed_i, tile_px))
         sizes.append(u8.shape[-2:])
     dests = plan_outputs(items, out, force)
-    shown = {t_: notes.strip_of(at_t[t_], t_, strip, frames) for t_ in at_t}  # {"strip": the steps of its frames}, or {}
-    shrunk = None
+    shown = {t_: notes.strip_of(at_t[t_], t_, strip, frames, x0_hat_row) for t_ in at_t}  # {"strip": the steps of its frames, ...}, or {}
+    shrunk, rows = None, 1 + x0_hat_row
     for dest, (h, w), plan in zip(dests, sizes, plans):
         n = len(shown[plan.t]["strip"]) if strip else 1
         fh, fw = strip_frame_size(n, h, w)
-        check_size(dest, n * fw, fh)
+        check_size(dest, n * fw, rows * fh)
         if fw != w and not shrunk:
             shrunk = shrunk_line(dest, n, h, w)
     if unsaid and not quiet:  # after every check: an error stays the only line
@@ -438,15 +440,16 @@ def restore(
         sampling_t = at_t[t_].watched(after_call)
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
-        states, size = [], None  # the strip's frames, each (B, C, h, w) uint8; their size
+        states, predicted, size = [], [], None  # the strip's frames and R's x0_hat from each, (B, C, h, w) uint8; their size
         if strip:
             size = strip_frame_size(len(shown[t_]["strip"]), *x_t.shape[-2:])
-            sampling_t = sampling_t.recorded(set(shown[t_]["strip"]), lambda x, s: states.append(strip_frame(x, size)))
+            sampling_t = sampling_t.recorded(set(shown[t_]["strip"]), lambda x, s: states.append(strip_frame(x, size)),
+                                             (lambda x0, s: predicted.append(strip_frame(x0, size))) if x0_hat_row else None)
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
-        states.append(strip_frame(x0_hat, size))
+        strips = strip_rows([*states, strip_frame(x0_hat, size)], predicted if x0_hat_row else None)
         made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px, **shown[t_])
         for i, (_, plan, dest, alpha) in enumerate(pending):
-            writer.write(torch.cat([frames[i] for frames in states], dim=-1), dest, {**made, "seed": plan.seed}, strip_alpha(alpha, size, len(states)))
+            writer.write(strips[i], dest, {**made, "seed": plan.seed}, strip_alpha(alpha, size, len(states) + 1, rows))
         written += len(pending)
         progress.update(written)
         pending.clear()
@@ -549,6 +552,7 @@ def generate(
     ncol: Optional[int] = typer.Option(None, "--ncol", help="Grid columns (default: square-ish)."),
     strip: bool = typer.Option(False, "--strip", help="Each image as the sampler's states x_T ... x_0 side by side: a grid row, or a file, per image."),
     frames: Optional[int] = FramesOpt,
+    x0_hat_row: bool = X0HatOpt,
     batch: int = typer.Option(64, "--batch", help="Images per network call."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
@@ -571,7 +575,7 @@ def generate(
 
     import generative
 
-    at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol"), check_strip(strip, frames)
+    at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol"), check_strip(strip, frames, x0_hat_row)
     if model is None and not BUNDLED_MODEL.is_file():
         raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
     dev = pick_device(device, threads)
@@ -584,8 +588,8 @@ def generate(
         raise UserError("--skip-existing applies to -o DIR/ (a file per image), not to a grid")
     if strip and ncol is not None:
         raise UserError("--strip lays out one image's frames per grid row: leave --ncol out")
-    shown = notes.strip_of(sampling, sampling.op.T, strip, frames)  # {"strip": the steps of its frames}, or {}
-    per_image = len(shown["strip"]) if strip else 1
+    shown = notes.strip_of(sampling, sampling.op.T, strip, frames, x0_hat_row)  # {"strip": the steps of its frames, ...}, or {}
+    per_image, rows = len(shown["strip"]) if strip else 1, 1 + x0_hat_row
     made = notes.made("generate", model or str(BUNDLED_MODEL), sampling, break_noise=break_noise, seed=seed, **shown)
     # image i draws from its own seed, whatever else is made
     numbers = (still_to_write(names, None if quiet else say_line, "images", "generating", f" in {out}", lambda i: {**made, "image": i})
@@ -593,10 +597,10 @@ def generate(
     H, W = strip_frame_size(per_image, sampling.meta["image"]["height"], sampling.meta["image"]["width"])
     if folder:
         for name in names:
-            check_size(name, per_image * W, H)
+            check_size(name, per_image * W, rows * H)
     else:
         ncol = per_image if strip else ncol or math.ceil(math.sqrt(n))
-        check_size(names[0], *grid_size(n * per_image, ncol, H, W))
+        check_size(names[0], *grid_size(n * per_image * rows, ncol, H, W))
     results = []
     with finish_later(len(numbers) if folder else 1), Progress("generating", len(numbers), "images", quiet=quiet) as progress, Writer() as writer:
         per_batch = sampling.calls(sampling.op.T)
@@ -604,14 +608,16 @@ def generate(
         def after_call():  # within a batch: images done ~ the share of its network calls made
             progress.update(min(len(numbers), progress.done + min(batch, len(numbers)) / per_batch))
 
-        states: list = []  # a batch's frames, x_T .. x_0, each (B, C, H, W) uint8
+        states: list = []  # a batch's frames, x_T .. x_0, and R's x0_hat from each, (B, C, H, W) uint8
+        predicted: list = []
         watched = sampling.watched(after_call)
         if strip:
-            watched = watched.recorded(set(shown["strip"]), lambda x, s: states.append(strip_frame(x, (H, W))))
+            watched = watched.recorded(set(shown["strip"]), lambda x, s: states.append(strip_frame(x, (H, W))),
+                                       (lambda x0, s: predicted.append(strip_frame(x0, (H, W)))) if x0_hat_row else None)
         done = 0
         for made_now, images in generative.generate(watched, n, batch, seed, dev, break_noise, numbers):
-            images = torch.cat([*states, strip_frame(images, (H, W))], dim=-1)  # each image's strip, or itself
-            states.clear()
+            images = strip_rows([*states, strip_frame(images, (H, W))], predicted if x0_hat_row else None)  # each image's strip, or itself
+            states.clear(), predicted.clear()
             if folder:
                 for i, img in zip(made_now, images):
                     writer.write(img, names[i], {**made, "image": i})
@@ -620,7 +626,8 @@ def generate(
             done += len(images)
             progress.update(done)
     if not folder:
-        frames = torch.cat(results).unflatten(-1, (per_image, W)).movedim(-2, 1).flatten(0, 1)  # strips -> their frames, in rows
+        # strips (N, C, rows H, per_image W) -> their frames (N rows per_image, C, H, W), a grid row each
+        frames = torch.cat(results).unflatten(-2, (rows, H)).unflatten(-1, (per_image, W)).permute(0, 2, 4, 1, 3, 5).flatten(0, 2)
         write_image(grid_image(frames, ncol=ncol), names[0], {**made, "n": n})  # uint8: a quarter of float's memory
 
 

@@ -255,9 +255,11 @@ def shrunk_line(name: str, n: int, h: int, w: int) -> str:
     return f"{name}: a strip of {n} frames of {w}x{h} would be {n * w} px wide; its frames are shrunk to {fw}x{fh}"
 
 
-def check_strip(strip: bool, frames: int | None) -> None:
+def check_strip(strip: bool, frames: int | None, x0_hat: bool = False) -> None:
     if frames is not None and not strip:
         raise UserError("--frames applies to --strip")
+    if x0_hat and not strip:
+        raise UserError("--x0-hat applies to --strip")
     if frames is not None and frames < 2:
         raise UserError(f"--frames must be at least 2, got {frames}")
 
@@ -281,15 +283,27 @@ def strip_frame(x, size):
     return to_uint8(x).cpu()
 
 
-def strip_alpha(alpha, size, n: int):
-    """An image's alpha (1, H, W) for each of a strip's n frames of `size`: every frame keeps the image's transparency."""
+def strip_rows(states: list, predicted: list | None = None):
+    """(B, C, h, n w) strips from a strip's n frames, each (B, C, h, w) uint8: the states x_s side by
+    side; with `predicted` (R's x0_hat from each state but x_0), a second row of them under the
+    first, (B, C, 2 h, n w), blank (black) under x_0, the output, which R never saw."""
+    import torch
+
+    top = torch.cat(states, dim=-1)
+    if predicted is None:
+        return top
+    return torch.cat([top, torch.cat([*predicted, torch.zeros_like(states[-1])], dim=-1)], dim=-2)
+
+
+def strip_alpha(alpha, size, n: int, rows: int = 1):
+    """An image's alpha (1, H, W) for each of a strip's n frames of `size` in `rows` rows: every frame keeps the image's transparency."""
     import torch.nn.functional as F
 
     if alpha is None:
         return None
     if size is not None and tuple(size) != tuple(alpha.shape[-2:]):
         alpha = to_uint8(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
-    return alpha.repeat(1, 1, n)
+    return alpha.repeat(1, rows, n)
 
 
 def grid_size(n: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int]:

@@ -49,7 +49,8 @@ def degraded_into(op, t: int, seed: int, fit: bool, strip: list[int] | None = No
     return note
 
 
-def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None, strip: bool = False, frames: int | None = None):
+def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None, strip: bool = False, frames: int | None = None,
+                x0_hat: bool = False):
     """expected(src, dest) for `restore --skip-existing`: the note restore writes for src (its tiling,
     which follows the memory free, aside)."""
     from image_io import source_name
@@ -57,16 +58,19 @@ def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: in
     def note(src, dest) -> dict:
         t_i, seed_i, _ = degradation_of(src, source_name(src), sampling.op, model, t, seed)
         at_t = sampling.at(t_i, steps)
-        return {**made("restore", model, at_t, **strip_of(at_t, t_i, strip, frames)), "t": t_i, "seed": seed_i}
+        return {**made("restore", model, at_t, **strip_of(at_t, t_i, strip, frames, x0_hat)), "t": t_i, "seed": seed_i}
 
     return note
 
 
-def strip_of(sampling, t: int, strip: bool, frames: int | None) -> dict:
-    """The note's word on a --strip of restore or generate: the steps s of its frames x_s."""
+def strip_of(sampling, t: int, strip: bool, frames: int | None, x0_hat: bool = False) -> dict:
+    """The note's word on a --strip of restore or generate: the steps s of its frames x_s, and
+    whether a row of R's x0_hat from each lies under them (--x0-hat)."""
     from image_io import strip_steps
 
-    return {"strip": strip_steps(sampling.path(t), frames)} if strip else {}
+    if not strip:
+        return {}
+    return {"strip": strip_steps(sampling.path(t), frames), **({"x0_hat_row": True} if x0_hat else {})}
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,7 +156,7 @@ def describe(path: str) -> tuple[str, dict]:
     note = read_note(path)
     if note is None:
         return f"{path}: an image with no colddiff note ({kind})", extra
-    rows = [row("size", kind)] + [row(k, unset(k, note) if v is None else v) for k, v in note.items() if k not in ("command", "params")]
+    rows = [row("size", kind)] + [row(k, worded(k, v, note)) for k, v in note.items() if k not in ("command", "params")]
     rows += [row("parameters", settings(note["params"]))] if isinstance(note.get("params"), dict) else []
     return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), {**note, **extra}
 
@@ -205,8 +209,13 @@ def preset_of(op) -> str:
     return f"preset {best}" + (f" with {settings(changed)}" if changed else "") + f" ({settings(mine)})"
 
 
-def unset(key: str, note: dict) -> str:
-    """What a note's null means, in words: restore's and generate's steps and tile."""
+def worded(key: str, value, note: dict):
+    """A note's value as info says it: a strip's x0_hat row, and what a null means (restore's and
+    generate's steps and tile)."""
+    if key == "x0_hat_row":
+        return "yes: under each frame, R's x0_hat from it" if value else "no"
+    if value is not None:
+        return value
     if key == "steps":
         return "one network call" if note.get("sampler") == "direct" else "every step"
     return "none, the whole image at once" if key == "tile" else "none"

@@ -206,6 +206,9 @@ def still_to_write(dests: list[str], say=None, noun: str = "outputs", doing: str
     return left
 
 
+STRIP_KEYS = ("strip", "x0_hat_row")  # a note's word that its image is a strip: never kept for a plain output
+
+
 def check_kept(dest: str, want) -> None:
     """An output --skip-existing keeps must be what this command would write: its note agrees with
     want() on every setting (a dict's, such as the operator's parameters, one by one)."""
@@ -220,8 +223,10 @@ def check_kept(dest: str, want) -> None:
     def differing(mine: dict, theirs: dict, keys) -> list:
         return [(k, theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)]
 
-    # the command's settings; where they agree, a dict's (the operator's parameters) one by one
-    differ, unset = differing(want, note, [k for k, v in want.items() if not isinstance(v, dict)]), "none"
+    # the command's settings, and the shape of a strip that it would not write; where they agree, a
+    # dict's (the operator's parameters) one by one
+    keys = [k for k, v in want.items() if not isinstance(v, dict)] + [k for k in STRIP_KEYS if k in note and k not in want]
+    differ, unset = differing(want, note, keys), "none"
     for k, v in want.items():
         if isinstance(v, dict) and not differ:
             got = note[k] if isinstance(note.get(k), dict) else {}

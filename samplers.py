@@ -359,13 +359,17 @@ class Sampling:
         """Network calls per batch from step t: 1 (direct), the jumps, or every step."""
         return len(self.path(t)) - 1
 
-    def recorded(self, keep, record) -> "Sampling":
+    def recorded(self, keep, record, record_x0_hat=None) -> "Sampling":
         """This sampling, calling record(x_s, s) with each state x_s handed to R at a step s in
-        `keep` (the frames of a --strip: the sampler's own states, whatever it is)."""
+        `keep` (the frames of a --strip: the sampler's own states, whatever it is), and
+        record_x0_hat(x0_hat, s) with R's prediction from it (the released code's X_0s)."""
         def restore(x, s):
             if s in keep:
                 record(x, s)
-            return self.restore(x, s)
+            out = self.restore(x, s)
+            if s in keep and record_x0_hat:
+                record_x0_hat(self.op.x0_hat(x, _step_tensor(x, s), out), s)
+            return out
 
         return dataclasses.replace(self, restore=restore)
 

@@ -434,6 +434,45 @@ def test_restore_strip_is_the_samplers_own_states_x_t_to_x_0(cli, blur_model, tm
     assert bad.returncode == 1 and bad.stderr == b"colddiff: error: --frames applies to --strip\n"
 
 
+
+def test_restore_strip_x0_hat_row_is_R_from_each_state(cli, blur_model, tmp_path):
+    """--x0-hat: under each state x_s, R's x0_hat from it (what the released code saves as X_0s), against
+    Algorithm 2 written out; the states' row is the plain strip's, and x_0, which R never saw, has a
+    blank cell. A plain output never keeps such a strip (--skip-existing)."""
+    import torch
+
+    import checkpoint
+    from image_io import read_image, to_model, to_uint8
+
+    img = sorted((DATA / "fmnist").iterdir())[3]
+    assert cli("degrade", img, "--op", "blur", "--t", "20", "-o", tmp_path / "d.png").returncode == 0
+    for name, extra in (("s.png", []), ("x.png", ["--x0-hat"])):
+        r = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "5", *extra, "-o", tmp_path / name)
+        assert r.returncode == 0, r.stderr.decode()
+    plain, both = (np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("s.png", "x.png"))
+    assert both.shape == (56, 5 * 28) and np.array_equal(both[:28], plain)
+    predicted = [both[28:, 28 * k : 28 * (k + 1)] for k in range(5)]
+    assert not predicted[-1].any()  # under x_0
+    net, op, _ = checkpoint.load_model(blur_model)
+    x, expected = to_model(read_image(tmp_path / "d.png"))[None], {}
+    with torch.no_grad():
+        for s in range(20, 0, -1):
+            x0_hat = net(x, torch.full((1,), s))
+            expected[s] = to_uint8(x0_hat)[0, 0].numpy().astype(int)
+            x = x - op.degrade(x0_hat, torch.full((1,), s)) + op.degrade(x0_hat, torch.full((1,), s - 1))
+    diffs = [np.abs(predicted[k] - expected[s]) for k, s in enumerate((20, 15, 10, 5))]
+    assert max(d.max() for d in diffs) <= 1 and np.mean([d.mean() for d in diffs]) < 0.01, [d.max() for d in diffs]
+    assert np.abs(predicted[0] - predicted[3]).max() > 10  # R's guess changes along the path
+    text = cli("info", tmp_path / "x.png").stdout.decode()
+    assert "  x0_hat_row  yes: under each frame, R's x0_hat from it\n" in text, text
+    again = cli("restore", tmp_path / "d.png", "--model", blur_model, "--strip", "--frames", "5", "-o", tmp_path / "x.png", "--skip-existing")
+    assert again.returncode == 1 and b"made with x0_hat_row=True" in again.stderr, again.stderr
+    for name in ("s.png", "x.png"):  # a strip is never what a plain restore would write
+        kept = cli("restore", tmp_path / "d.png", "--model", blur_model, "-o", tmp_path / name, "--skip-existing")
+        assert kept.returncode == 1 and b"made with strip=[20, 15, 10, 5, 0]" in kept.stderr, kept.stderr
+    bad = cli("restore", tmp_path / "d.png", "--model", blur_model, "--x0-hat", "-o", tmp_path / "f.png")
+    assert bad.returncode == 1 and bad.stderr == b"colddiff: error: --x0-hat applies to --strip\n"
+
 def test_restore_strip_of_a_wide_image_shrinks_its_frames(cli, blur_model, tmp_path):
     img = sorted((DATA / "fmnist").iterdir())[3]
     Image.open(img).resize((1700, 28), Image.BICUBIC).save(tmp_path / "wide.png")

@@ -93,6 +93,13 @@ def test_train_restore_eval_generate_end_to_end_on_cuda(fmnist_split, tmp_path):
 
     strip, plain = png((tmp_path / "strip.png").read_bytes()).astype(int), png((tmp_path / "res" / one.name).read_bytes()).astype(int)
     assert strip.shape == (plain.shape[0], 6 * plain.shape[1]) and abs(strip[:, -plain.shape[1]:] - plain).mean() < 0.5
+    # --x0-hat copies R's output at once: a graph's output buffer is overwritten by the next replay
+    r = run_cli("restore", one, "--model", model, "--device", "cuda", "--steps", "5", "--strip", "--x0-hat", "-o", tmp_path / "x.png")
+    both = png((tmp_path / "x.png").read_bytes()).astype(int)
+    h, w = plain.shape[:2]
+    guesses = [both[h:, k * w : (k + 1) * w] for k in range(5)]
+    assert r.returncode == 0 and both.shape == (2 * h, 6 * w) and abs(both[:h] - strip).mean() < 0.5, r.stderr.decode()[-2000:]
+    assert len({g.tobytes() for g in guesses}) >= 4 and not both[h:, 5 * w :].any()  # aliased, they would be one image
     r = run_cli("eval", fmnist_split[1], "--model", model, "--n", "16", "--device", "cuda", "--no-compile", "-o", tmp_path / "ev")
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     r = run_cli("generate", "--n", "8", "--device", "cuda", "--no-compile", "-o", tmp_path / "g.png")

@@ -202,6 +202,32 @@ def test_generate_strip_shows_each_images_states_from_x_T_to_the_image(cli, gen_
     assert note["strip"] == [30, 21, 9, 0] and note["image"] == 1
 
 
+
+def test_generate_strip_x0_hat_puts_Rs_prediction_under_each_state(cli, gen_model, tmp_path):
+    """generate --strip --x0-hat: two grid rows per image, its states and under them R's x0_hat from
+    each (the released code's X_0s), blank under x_0; the states are the plain strip's."""
+    plain = png(cli("generate", "--model", gen_model, "--n", "2", "--seed", "4", "--strip", "--frames", "4").stdout).astype(int)
+    r = cli("generate", "--model", gen_model, "--n", "2", "--seed", "4", "--strip", "--frames", "4", "--x0-hat")
+    assert r.returncode == 0, r.stderr.decode()
+    grid = png(r.stdout).astype(int)
+    assert grid.shape == (4 * 30 + 2, 4 * 30 + 2)
+    cell = lambda g, row, col: g[2 + 30 * row : 30 * (row + 1), 2 + 30 * col : 30 * (col + 1)]  # noqa: E731
+    for i in range(2):
+        for k in range(4):
+            assert np.array_equal(cell(grid, 2 * i, k), cell(plain, i, k))
+        assert not cell(grid, 2 * i + 1, 3).any()  # nothing under x_0
+        guesses = [cell(grid, 2 * i + 1, k) for k in range(3)]
+        assert all(g.std() > 0 for g in guesses) and np.abs(guesses[0] - guesses[2]).max() > 10  # an image already at x_T, refined
+    net, op, _ = checkpoint.load_model(gen_model)
+    x_T = torch.from_numpy(cell(grid, 0, 0).astype(np.float32))[None, None] / 127.5 - 1
+    with torch.no_grad():  # the first guess is R(x_T, T) (x_T flat: its uint8 cell is exact)
+        first = ((net(x_T, torch.full((1,), op.T)).clamp(-1, 1) + 1) * 127.5).round()[0, 0].numpy()
+    assert np.abs(cell(grid, 1, 0) - first).max() <= 1
+    r = cli("generate", "--model", gen_model, "--n", "2", "--seed", "4", "--strip", "--x0-hat", "--frames", "4", "-o", f"{tmp_path}/g/")
+    one = png((tmp_path / "g" / "4_000001.png").read_bytes()).astype(int)
+    assert r.returncode == 0 and one.shape == (56, 4 * 28)
+    assert np.array_equal(one, np.concatenate([np.concatenate([cell(grid, row, k) for k in range(4)], axis=1) for row in (2, 3)]))
+
 @pytest.mark.parametrize("args,message", [
     (["--n", "0"], "--n must be at least 1"),
     (["--n", "-3"], "--n must be at least 1"),
@@ -218,6 +244,7 @@ def test_generate_strip_shows_each_images_states_from_x_T_to_the_image(cli, gen_
     (["--strip", "--ncol", "3"], "leave --ncol out"),
     (["--strip", "--frames", "1"], "--frames must be at least 2"),
     (["--frames", "5"], "--frames applies to --strip"),
+    (["--x0-hat"], "--x0-hat applies to --strip"),
 ])
 def test_generate_bad_options(cli, gen_model, args, message, tmp_path):
     r = cli("generate", "--model", gen_model, *args, "-o", tmp_path / "g.png")
