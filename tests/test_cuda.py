@@ -93,7 +93,7 @@ def test_train_restore_eval_generate_end_to_end_on_cuda(fmnist_split, tmp_path):
 
     strip, plain = png((tmp_path / "strip.png").read_bytes()).astype(int), png((tmp_path / "res" / one.name).read_bytes()).astype(int)
     assert strip.shape == (plain.shape[0], 6 * plain.shape[1]) and abs(strip[:, -plain.shape[1]:] - plain).mean() < 0.5
-    # --x0-hat copies R's output at once: a graph's output buffer is overwritten by the next replay
+    # --x0-hat from a CUDA-graphed R: one guess per state (a replay's reused output buffer would make them one image)
     r = run_cli("restore", one, "--model", model, "--device", "cuda", "--steps", "5", "--strip", "--x0-hat", "-o", tmp_path / "x.png")
     both = png((tmp_path / "x.png").read_bytes()).astype(int)
     h, w = plain.shape[:2]
@@ -120,6 +120,21 @@ def test_one_process_torchrun_ddp_with_nccl(fmnist_split, tmp_path):
     _, _, meta = checkpoint.load_model(model)
     assert meta["step"] == 6 and meta["train"]["world_size"] == 1 and meta["train"]["distributed"] == "nccl"
 
+
+
+def test_operators_fitted_to_a_photo_match_the_cpu():
+    """D of a 2000x1500 photo on CUDA, operators fitted to its size as `colddiff degrade` fits them:
+    the mask's rows at the d^2 that occur (not kept: too many), blur's FFT path with fitted kernels,
+    every preset's table on the device; two images at two t, against the CPU."""
+    x = torch.rand(2, 3, 1500, 2000, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name, preset in [("mask", "celeba"), ("mask", "mnist"), ("colour", "generation"), ("blur", "celeba"), ("snow", "celeba")]:
+        op = operators.make_operator(name, preset).fit_to(3, 1500, 2000)[0]
+        hidden = op.draw(x, torch.Generator().manual_seed(1))
+        t = torch.tensor([op.T // 3, op.T])
+        cpu = op.apply(x, t, hidden)
+        gpu = op.apply(x.to(CUDA), t, None if hidden is None else {k: v.to(CUDA) for k, v in hidden.items()})
+        tolerance = 2e-2 if name == "snow" else 1e-3  # cuDNN convolves (snow's motion blur) in TF32 by default
+        assert (gpu.cpu() - cpu).abs().max() < tolerance and (gpu.cpu() - cpu).abs().mean() < 1e-4, (name, preset)
 
 def test_graphed_algorithm_2_with_step_noise_never_waits_for_the_gpu():
     """After a warm-up (compilation, graph capture, the operator's tables, pinned buffers), a whole
