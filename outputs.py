@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from common import Stop, Terminated, UserError
-from image_io import STDIO, check_size, check_suffix, encode_image, format_of, keeps_alpha, read_note
+from image_io import IMAGE_EXTS, STDIO, check_size, check_suffix, encode_image, format_of, keeps_alpha, read_note
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -158,6 +158,9 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     else:
         if o.exists() and not o.is_dir():
             raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
+        if not o.exists() and o.suffix.lower() in IMAGE_EXTS and not out.endswith(("/", os.sep)):  # not a folder named x.png
+            of = "a folder's images" if len(items) == 1 else f"{len(items)} images"
+            raise UserError(f"{out}: names an image file, but {of} need an output folder: give -o {o.with_suffix('')}/ (a name ending in /)")
         dests = [str(o / rel) for _, rel, _ in items]
         seen: dict[str, str] = {}
         for (src, _, _), d in zip(items, dests):

@@ -258,6 +258,13 @@ def test_outputs_that_would_collide_or_mislead_are_refused(cli, tmp_path):
     assert r.returncode == 1 and b"would both be written" in r.stderr and not (tmp_path / "out").exists()
     r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "-o", tmp_path / "noext")
     assert r.returncode == 1 and b"name an output file" in r.stderr
+    for inputs in ([tmp_path / "d1"], [tmp_path / "d1" / "x.png", tmp_path / "d2"]):  # several outputs, or a folder's: not a folder named o.png
+        r = cli("degrade", *inputs, "--op", "blur", "-o", tmp_path / "o.png")
+        assert r.returncode == 1 and f"o.png: names an image file, but {'a folder' if len(inputs) == 1 else '2'}".encode() in r.stderr, r.stderr
+        assert f"give -o {tmp_path / 'o'}/ (a name ending in /)".encode() in r.stderr and not (tmp_path / "o.png").exists()
+    (tmp_path / "made.png").mkdir()  # a folder of that name that exists is one
+    assert cli("degrade", tmp_path / "d1", "--op", "blur", "-o", tmp_path / "made.png").returncode == 0
+    assert (tmp_path / "made.png" / "x.png").is_file()
     r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "--strip", "--frames", "0", "-o", tmp_path / "s.png")
     assert r.returncode == 1 and b"--frames must be at least 2" in r.stderr
     r = cli("degrade", tmp_path / "d1" / "x.png", "--op", "blur", "--frames", "5", "-o", tmp_path / "f.png")
