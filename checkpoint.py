@@ -27,6 +27,13 @@ def _atomic_bytes(path: Path, data: bytes):
     atomic_write(path, data)
 
 
+def check_model_name(path: str) -> str:
+    """A model file to write: its name ends in .safetensors (a model written as fp.png misleads every tool)."""
+    if not str(path).endswith(".safetensors"):
+        raise UserError(f"{path}: model files end in .safetensors")
+    return path
+
+
 def state_path(model_path: str | Path) -> Path:
     p = Path(model_path)
     return p.with_name(p.name.removesuffix(".safetensors") + ".state.safetensors")

@@ -23,7 +23,7 @@ from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, ch
 from image_io import STRIP_WIDTH, attach_source, check_input, check_side, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
 from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_rows, strip_steps, to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
-from outputs import Writer, atomic_write, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
+from outputs import Writer, atomic_write, check_folder_name, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
 from samplers import SAMPLERS, open_model
 from train_config import TrainConfig
@@ -503,6 +503,8 @@ def evaluate(
     import metrics
 
     at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed)
+    if out:
+        check_folder_name(out, "eval.json and grid.png")
     dests = [Path(out) / "eval.json", Path(out) / "grid.png"] if out else []
     if any(p.exists() for p in dests) and not force:
         raise UserError(f"{next(p for p in dests if p.exists())}: output exists; pass --force to overwrite")
@@ -665,7 +667,7 @@ def fit_prior(
 
     at_least(gmm_components, "--gmm-components")
     net, op, meta = checkpoint.load_model(model, "cpu")
-    dest = out or model
+    dest = checkpoint.check_model_name(out or model)
     if Path(dest).exists() and not force:
         raise UserError(f"{dest}: exists; pass --force to overwrite it with the new prior")
     check_writable([dest])

@@ -158,9 +158,7 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     else:
         if o.exists() and not o.is_dir():
             raise UserError(f"{out}: exists and is not a folder (several outputs need a folder)")
-        if not o.exists() and o.suffix.lower() in IMAGE_EXTS and not out.endswith(("/", os.sep)):  # not a folder named x.png
-            of = "a folder's images" if len(items) == 1 else f"{len(items)} images"
-            raise UserError(f"{out}: names an image file, but {of} need an output folder: give -o {o.with_suffix('')}/ (a name ending in /)")
+        check_folder_name(out, "a folder's images" if len(items) == 1 else f"{len(items)} images")
         dests = [str(o / rel) for _, rel, _ in items]
         seen: dict[str, str] = {}
         for (src, _, _), d in zip(items, dests):
@@ -175,6 +173,14 @@ def plan_outputs(items, out: str | None, force: bool) -> list[str]:
         raise UserError(f"{clash[0]}: output exists{more}; pass --force to overwrite")
     check_writable(dests)
     return dests
+
+
+def check_folder_name(out: str, what: str) -> None:
+    """An output folder named like an image file (-o out.png) that is not a folder already is a
+    mistaken file name: refused, not made as a folder named out.png."""
+    o = Path(out)
+    if not o.is_dir() and o.suffix.lower() in IMAGE_EXTS and not out.endswith(("/", os.sep)):
+        raise UserError(f"{out}: names an image file, but {what} need an output folder: give -o {o.with_suffix('')}/ (a name ending in /)")
 
 
 def check_skip_existing(force: bool, skip_existing: bool) -> bool:

@@ -68,8 +68,7 @@ class Trained:
 def check_output(out: str, resume: bool, force: bool) -> dict:
     """`out` may be written: a new file, --force, or --resume of a training state beside it.
     The metadata of the run being resumed, or {}."""
-    if not out.endswith(".safetensors"):
-        raise UserError(f"{out}: model files end in .safetensors")
+    checkpoint.check_model_name(out)
     check_writable([out])  # before the data is loaded and hours are trained
     has_state = checkpoint.state_path(out).exists()
     if Path(out).exists() and not force and not (resume and has_state):

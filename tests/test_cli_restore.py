@@ -34,6 +34,9 @@ def test_eval_table_direct_and_tacos_beat_degraded(cli, blur_model, fmnist_split
         assert json.loads((held_out / "ev" / "eval.json").read_text())["n"] == 50
     r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "5", "--batch", "0")
     assert r.returncode == 1 and b"--batch must be at least 1" in r.stderr
+    r = cli("eval", fmnist_split[1], "--model", blur_model, "--n", "5", "-o", tmp_path / "ev.png")  # not a folder named ev.png
+    assert r.returncode == 1 and b"ev.png: names an image file, but eval.json and grid.png need an output folder" in r.stderr
+    assert not (tmp_path / "ev.png").exists()
 
 
 def test_restore_folder_pipe_and_same_seed(cli, cli_process, blur_model, fmnist_split, tmp_path):

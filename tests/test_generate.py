@@ -273,3 +273,5 @@ def test_fit_prior_command(cli, gen_model, fmnist_split, tmp_path):
     assert math.isclose(sum(meta["prior"]["weights"]), 1, rel_tol=1e-9)
     r = cli("fit-prior", fmnist_split[0], "--model", gen_model)
     assert r.returncode == 1 and b"--force" in r.stderr
+    r = cli("fit-prior", fmnist_split[0], "--model", gen_model, "-o", tmp_path / "refit.png")  # a model is never written as an image's name
+    assert r.returncode == 1 and r.stderr.decode().endswith("refit.png: model files end in .safetensors\n") and not (tmp_path / "refit.png").exists()
