@@ -75,6 +75,8 @@ def read_metadata(path) -> dict:
 
 
 def _file(path) -> Path:
+    if Path(path).is_dir():
+        raise UserError(f"{path}: is a folder, not a model file (.safetensors)")
     if not Path(path).is_file():
         raise UserError(f"{path}: no such model file")
     return Path(path)

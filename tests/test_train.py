@@ -97,6 +97,8 @@ def test_foreign_and_corrupt_files_rejected(tmp_path, blur_model):
             checkpoint.load_model(tmp_path / f"{name}.safetensors")
     with pytest.raises(UserError, match="no such model"):
         checkpoint.load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(UserError, match="is a folder, not a model file"):
+        checkpoint.load_model(tmp_path)
 
 
 def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tmp_path):
