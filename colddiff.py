@@ -21,7 +21,8 @@ from click.core import ParameterSource
 import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
 from image_io import STRIP_WIDTH, attach_source, check_input, check_side, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
-from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_rows, strip_steps, to_model, to_uint8
+from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_recording, strip_rows, strip_steps
+from image_io import to_model, to_uint8
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_folder_name, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
@@ -440,13 +441,12 @@ def restore(
         sampling_t = at_t[t_].watched(after_call)
         if tile_px:
             sampling_t = dataclasses.replace(sampling_t, restore=samplers.tiled(sampling_t.restore, tile_px))
-        states, predicted, size = [], [], None  # the strip's frames and R's x0_hat from each, (B, C, h, w) uint8; their size
+        states, predicted, size = [], None, None  # the strip's frames and R's x0_hat from each, (B, C, h, w) uint8; their size
         if strip:
             size = strip_frame_size(len(shown[t_]["strip"]), *x_t.shape[-2:])
-            sampling_t = sampling_t.recorded(set(shown[t_]["strip"]), lambda x, s: states.append(strip_frame(x, size)),
-                                             (lambda x0, s: predicted.append(strip_frame(x0, size))) if x0_hat_row else None)
+            sampling_t, states, predicted = strip_recording(sampling_t, shown[t_]["strip"], size, x0_hat_row)
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
-        strips = strip_rows([*states, strip_frame(x0_hat, size)], predicted if x0_hat_row else None)
+        strips = strip_rows([*states, strip_frame(x0_hat, size)], predicted)
         made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px, **shown[t_])
         for i, (_, plan, dest, alpha) in enumerate(pending):
             writer.write(strips[i], dest, {**made, "seed": plan.seed}, strip_alpha(alpha, size, len(states) + 1, rows))
@@ -610,16 +610,15 @@ def generate(
         def after_call():  # within a batch: images done ~ the share of its network calls made
             progress.update(min(len(numbers), progress.done + min(batch, len(numbers)) / per_batch))
 
-        states: list = []  # a batch's frames, x_T .. x_0, and R's x0_hat from each, (B, C, H, W) uint8
-        predicted: list = []
+        states, predicted = [], None  # a batch's frames, x_T .. x_0, and R's x0_hat from each, (B, C, H, W) uint8
         watched = sampling.watched(after_call)
         if strip:
-            watched = watched.recorded(set(shown["strip"]), lambda x, s: states.append(strip_frame(x, (H, W))),
-                                       (lambda x0, s: predicted.append(strip_frame(x0, (H, W)))) if x0_hat_row else None)
+            watched, states, predicted = strip_recording(watched, shown["strip"], (H, W), x0_hat_row)
         done = 0
         for made_now, images in generative.generate(watched, n, batch, seed, dev, break_noise, numbers):
-            images = strip_rows([*states, strip_frame(images, (H, W))], predicted if x0_hat_row else None)  # each image's strip, or itself
-            states.clear(), predicted.clear()
+            images = strip_rows([*states, strip_frame(images, (H, W))], predicted)  # each image's strip, or itself
+            for recorded in (states, predicted or []):  # the next batch's
+                recorded.clear()
             if folder:
                 for i, img in zip(made_now, images):
                     writer.write(img, names[i], {**made, "image": i})

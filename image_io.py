@@ -283,13 +283,23 @@ def strip_frame(x, size):
     return to_uint8(x).cpu()
 
 
+def strip_recording(sampling, steps: list[int], size, x0_hat: bool):
+    """(sampling, states, predicted): `sampling` recording a --strip's frames as it runs, the states
+    x_s at `steps` into `states` and, with --x0-hat, R's x0_hat from each into `predicted` (else
+    None), each as strip_frame makes them (uint8 on the CPU, at once: R's output buffer is reused)."""
+    states, predicted = [], [] if x0_hat else None
+    recorded = sampling.recorded(set(steps), lambda x, s: states.append(strip_frame(x, size)),
+                                 (lambda x0, s: predicted.append(strip_frame(x0, size))) if x0_hat else None)
+    return recorded, states, predicted
+
+
 def strip_rows(states: list, predicted: list | None = None):
     """(B, C, h, n w) strips from a strip's n frames, each (B, C, h, w) uint8: the states x_s side by
     side; with `predicted` (R's x0_hat from each state but x_0), a second row of them under the
     first, (B, C, 2 h, n w), blank (black) under x_0, the output, which R never saw."""
     import torch
 
-    top = torch.cat(states, dim=-1)
+    top = states[0] if len(states) == 1 else torch.cat(states, dim=-1)  # one frame: no copy
     if predicted is None:
         return top
     return torch.cat([top, torch.cat([*predicted, torch.zeros_like(states[-1])], dim=-1)], dim=-2)
