@@ -22,7 +22,7 @@ import notes
 from common import ImageRNG, Progress, Stop, Terminated, UserError, at_least, check_seed, generator
 from image_io import STRIP_WIDTH, attach_source, check_input, check_side, check_strip, check_size, encode_image, find_images, grid_image, grid_size, load_folder, read_alpha, read_image
 from image_io import say_first_frames, shrunk_line, source_name, strip_alpha, strip_frame, strip_frame_size, strip_recording, strip_rows, strip_steps
-from image_io import to_model, to_uint8
+from image_io import bits_of, to_model, to_pixels
 from machine import check_fits, out_of_memory, pick_device
 from outputs import Writer, atomic_write, check_folder_name, check_skip_existing, check_writable, finish_later, not_written, plan_grid_or_folder, plan_outputs
 from outputs import still_to_write, write_image
@@ -240,7 +240,8 @@ def degrade(
     with finish_later(len(items)), Progress("degrading", len(items) * per_image, unit, quiet=quiet or len(items) * per_image == 1) as progress, \
             Writer() as writer:
         for i, ((src, _, _), dest, size) in enumerate(zip(items, dests, frame_sizes)):
-            x0 = to_model(read_image(src))[None].to(dev)
+            px = read_image(src, deep=True)  # 16-bit grey stays 16-bit
+            x0 = to_model(px)[None].to(dev)
             fitted, note = operator.fit_to(*x0.shape[-3:])
             fitted = fitted if fit else operator
             if note and note not in said and not quiet and (fit or note.startswith("warning")):
@@ -251,14 +252,15 @@ def degrade(
                 say_line(f"{shrunk_line(source_name(src), len(steps), *x0.shape[-2:])} (a strip of at most "
                          f"{STRIP_WIDTH} px; crop the image or pass fewer --frames for larger ones)")
             degrade_one(fitted, x0, dest, steps, seed, dev, note=notes.degraded_strip(fitted, steps, seed) if strip else None, size=size,
-                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest), write=writer.write)
+                        frames_done=lambda k, i=i: progress.update(i * per_image + k), alpha=read_alpha(src, dest), write=writer.write,
+                        bits=bits_of(px))
 
 
 def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note: dict | None = None, size=None,
-                frames_done=lambda k: None, alpha=None, write=write_image) -> None:
-    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`, with a note of how
-    it was made (notes.py): an x_t's, which `restore` reads, or `note` (a strip's). frames_done(k)
-    after each call of D, k the frames made so far."""
+                frames_done=lambda k: None, alpha=None, write=write_image, bits: int = 8) -> None:
+    """One image's x_t (or its strip of frames, each shrunk to `size`) to `dest`, at `bits` per
+    pixel, with a note of how it was made (notes.py): an x_t's, which `restore` reads, or `note` (a
+    strip's). frames_done(k) after each call of D, k the frames made so far."""
     import torch
 
     hidden = operator.draw(x0, generator(seed))
@@ -267,7 +269,7 @@ def degrade_one(operator, x0, dest: str, steps: list[int], seed: int, dev, note:
     for i in range(0, len(steps), per_call):
         chunk = steps[i : i + per_call]
         h = None if hidden is None else {k: v.expand(len(chunk), *v.shape[1:]) for k, v in hidden.items()}
-        frames += list(strip_frame(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h), size))
+        frames += list(strip_frame(operator.apply(x0.expand(len(chunk), -1, -1, -1), torch.tensor(chunk), h), size, bits))
         frames_done(len(frames))
     write(torch.cat(frames, dim=-1), dest, note or notes.degraded(operator, steps[0], seed), strip_alpha(alpha, size, len(steps)))
 
@@ -427,12 +429,12 @@ def restore(
         say_line(shrunk)
     if not quiet:
         say_first_frames(items, say_line)
-    pending: list = []  # (x_t, plan, dest, alpha) of the images of one network call: one size, t and tile
+    pending: list = []  # (x_t, plan, dest, alpha, bits) of the images of one network call: one size, t, tile and depth
     written = 0
 
     def flush():
         nonlocal written
-        x_t, (t_, _, tile_px) = torch.cat([x for x, *_ in pending]), pending[0][1]
+        x_t, (t_, _, tile_px), bits = torch.cat([x for x, *_ in pending]), pending[0][1], pending[0][4]
         calls = at_t[t_].calls(t_) * (samplers.tile_count(*x_t.shape[-2:], tile_px) if tile_px else 1)
 
         def after_call():  # within a batch (a photo in tiles takes minutes): images done ~ the share of its calls made
@@ -444,11 +446,11 @@ def restore(
         states, predicted, size = [], None, None  # the strip's frames and R's x0_hat from each, (B, C, h, w) uint8; their size
         if strip:
             size = strip_frame_size(len(shown[t_]["strip"]), *x_t.shape[-2:])
-            sampling_t, states, predicted = strip_recording(sampling_t, shown[t_]["strip"], size, x0_hat_row)
+            sampling_t, states, predicted = strip_recording(sampling_t, shown[t_]["strip"], size, x0_hat_row, bits)
         x0_hat = sampling_t(x_t, t_, ImageRNG([plan.seed for _, plan, *_ in pending]).draw(op, x_t))
-        strips = strip_rows([*states, strip_frame(x0_hat, size)], predicted)
+        strips = strip_rows([*states, strip_frame(x0_hat, size, bits)], predicted)
         made = notes.made("restore", model, at_t[t_], t=t_, tile=tile_px, **shown[t_])
-        for i, (_, plan, dest, alpha) in enumerate(pending):
+        for i, (_, plan, dest, alpha, _) in enumerate(pending):
             writer.write(strips[i], dest, {**made, "seed": plan.seed}, strip_alpha(alpha, size, len(states) + 1, rows))
         written += len(pending)
         progress.update(written)
@@ -456,11 +458,13 @@ def restore(
 
     with finish_later(len(items)), Progress("restoring", len(items), "images", quiet=quiet) as progress, Writer() as writer:
         for (src, _, _), plan, dest in zip(items, plans, dests):
-            x = to_model(read_image(src, C))[None].to(dev)
+            px = read_image(src, C, deep=True)  # 16-bit grey stays 16-bit
+            x = to_model(px)[None].to(dev)
             first = pending[0] if pending else None
-            if first and (first[0].shape != x.shape or (first[1].t, first[1].tile) != (plan.t, plan.tile) or len(pending) == batch):
+            if first and (first[0].shape != x.shape or (first[1].t, first[1].tile, first[4]) != (plan.t, plan.tile, bits_of(px))
+                          or len(pending) == batch):
                 flush()
-            pending.append((x, plan, dest, read_alpha(src, dest)))
+            pending.append((x, plan, dest, read_alpha(src, dest), bits_of(px)))
         flush()
 
 
@@ -534,7 +538,7 @@ def evaluate(
     if out is not None:
         k = min(8, len(images))
         rows = torch.stack([columns[c][:k] for c in ("degraded", "direct", "sampled", "original")], 1).flatten(0, 1)
-        atomic_write(dests[1], encode_image(to_uint8(grid_image(rows * 2 - 1, ncol=4))))
+        atomic_write(dests[1], encode_image(to_pixels(grid_image(rows * 2 - 1, ncol=4))))
         atomic_write(dests[0], (json.dumps(table, indent=2) + "\n").encode())
 
 

@@ -1,8 +1,8 @@
 """Image files for colddiff: find them, read them, encode them (with colddiff's note), load a folder.
 
 Where outputs go and how they are written (atomically, never over a file silently) is outputs.py.
-Images come in as uint8 (C, H, W) tensors, 1 channel for grey and 3 for colour, and go into the
-model as float in [-1, 1]. Errors are UserError: one line for the user, never a traceback.
+Images come in as uint8 (C, H, W) tensors, 1 channel for grey and 3 for colour (uint16 for 16-bit
+grey where degrade and restore ask for it: deep=True), and go into the model as float in [-1, 1]. Errors are UserError: one line for the user, never a traceback.
 """
 from __future__ import annotations
 
@@ -101,16 +101,17 @@ def _inside(skip: str | None, folder: Path) -> tuple[str, ...] | None:
     return inner or None
 
 
-def read_image(source: str | bytes, channels: int | None = None, shrink_to: int | None = None):
+def read_image(source: str | bytes, channels: int | None = None, shrink_to: int | None = None, deep: bool = False):
     """uint8 tensor (C, H, W), C = 1 (grey) or 3 (colour) unless `channels` forces one.
     shrink_to: the short side the caller will resize to; a JPEG much larger than that is decoded
-    at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below SHRINK_MARGIN x shrink_to."""
+    at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), never below SHRINK_MARGIN x shrink_to.
+    deep: a 16-bit grey image as uint16 (1, H, W), at its own 65,536 levels, not rounded to 256."""
     import torch
 
-    return torch.from_numpy(read_pixels(source, channels, shrink_to))
+    return torch.from_numpy(read_pixels(source, channels, shrink_to, deep))
 
 
-def read_pixels(source: str | bytes, channels: int | None = None, shrink_to: int | None = None):
+def read_pixels(source: str | bytes, channels: int | None = None, shrink_to: int | None = None, deep: bool = False):
     """read_image's pixels as a numpy array, without torch (`colddiff info` needs no torch)."""
     import numpy as np
     from PIL import Image
@@ -130,6 +131,8 @@ def read_pixels(source: str | bytes, channels: int | None = None, shrink_to: int
             scale = 255 if hi <= 1 else 1
         else:
             scale = 1 if im.mode == "I" and hi <= 255 else 255 / 65535
+            if deep and scale != 1 and channels == 1:
+                return np.clip(v, 0, 65535).astype(np.uint16)[None]
         im = Image.fromarray(np.clip(np.rint(v * scale), 0, 255).astype(np.uint8))
     im = im.convert("L" if channels == 1 else "RGB")
     arr = np.asarray(im, dtype=np.uint8)
@@ -225,16 +228,28 @@ def to_srgb(im, icc: bytes):
         return im
 
 
-def to_model(u8):
-    """uint8 (..., C, H, W) -> float32 in [-1, 1]."""
-    return u8.float() / 127.5 - 1
+def to_model(px):
+    """uint8, or 16-bit grey's uint16, (..., C, H, W) -> float32 in [-1, 1]."""
+    return px.float() / ((2 ** bits_of(px) - 1) / 2) - 1
 
 
-def to_uint8(x):
-    """float in [-1, 1] -> uint8, rounding to nearest."""
+def to_pixels(x, bits: int = 8):
+    """float in [-1, 1] -> uint8 (bits 8) or uint16 (bits 16), rounding to nearest."""
     import torch
 
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return ((x.float().clamp(-1, 1) + 1) * ((2**bits - 1) / 2)).round().to(torch.uint8 if bits == 8 else torch.uint16)
+
+
+def bits_of(px) -> int:
+    """8 or 16: the depth of pixels read_image or read_pixels read (uint8 or uint16; torch or numpy)."""
+    return 8 * px.itemsize
+
+
+def eight_bit(px):
+    """Pixels at 8 bits: 16-bit ones rounded to the nearest of 256 levels (65535 = 255 x 257)."""
+    import torch
+
+    return px if bits_of(px) == 8 else (px.float() / 257).round().to(torch.uint8)
 
 
 STRIP_WIDTH = 16383  # WebP's limit (MAX_SIDE) and wider than any screen: --strip shrinks a photo's frames to fit it
@@ -273,23 +288,23 @@ def strip_steps(path: list[int], frames: int | None) -> list[int]:
     return [path[k] for k in sorted({round(i * last / (n - 1)) for i in range(n)})] if n > 1 else list(path)
 
 
-def strip_frame(x, size):
-    """The frames of a strip from x (B, C, H, W) in [-1, 1]: uint8 on the CPU, shrunk to `size` (h, w)
+def strip_frame(x, size, bits: int = 8):
+    """The frames of a strip from x (B, C, H, W) in [-1, 1]: uint8 (or 16-bit) on the CPU, shrunk to `size` (h, w)
     where strip_frame_size shrank them (the step itself ran at full size; None: as they are)."""
     import torch.nn.functional as F
 
     if size is not None and tuple(size) != tuple(x.shape[-2:]):
         x = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return to_uint8(x).cpu()
+    return to_pixels(x, bits).cpu()
 
 
-def strip_recording(sampling, steps: list[int], size, x0_hat: bool):
+def strip_recording(sampling, steps: list[int], size, x0_hat: bool, bits: int = 8):
     """(sampling, states, predicted): `sampling` recording a --strip's frames as it runs, the states
     x_s at `steps` into `states` and, with --x0-hat, R's x0_hat from each into `predicted` (else
     None), each as strip_frame makes them (uint8 on the CPU, at once: R's output buffer is reused)."""
     states, predicted = [], [] if x0_hat else None
-    recorded = sampling.recorded(set(steps), lambda x, s: states.append(strip_frame(x, size)),
-                                 (lambda x0, s: predicted.append(strip_frame(x0, size))) if x0_hat else None)
+    recorded = sampling.recorded(set(steps), lambda x, s: states.append(strip_frame(x, size, bits)),
+                                 (lambda x0, s: predicted.append(strip_frame(x0, size, bits))) if x0_hat else None)
     return recorded, states, predicted
 
 
@@ -312,7 +327,7 @@ def strip_alpha(alpha, size, n: int, rows: int = 1):
     if alpha is None:
         return None
     if size is not None and tuple(size) != tuple(alpha.shape[-2:]):
-        alpha = to_uint8(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
+        alpha = to_pixels(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
     return alpha.repeat(1, rows, n)
 
 
@@ -336,11 +351,14 @@ def grid_image(x, ncol: int, pad: int = 2):
 
 def encode_image(u8, fmt: str = "PNG", note: dict | None = None) -> bytes:
     """The image file's bytes, carrying `note` (JSON): a PNG in its NOTE_KEY text chunk, a JPEG or GIF
-    in a comment and a WebP or TIFF in its ImageDescription, both behind the key; a BMP has no room."""
+    in a comment and a WebP or TIFF in its ImageDescription, both behind the key; a BMP has no room.
+    16-bit grey (uint16) stays 16-bit in a PNG or TIFF and is rounded to 8 bits for the rest."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    arr = u8.cpu().numpy()  # 1, 3 channels, or with alpha 2 (LA) or 4 (RGBA)
+    if bits_of(u8) == 16 and fmt not in ("PNG", "TIFF"):  # the formats that hold 16-bit grey
+        u8 = eight_bit(u8)
+    arr = u8.cpu().numpy()  # 1, 3 channels, or with alpha 2 (LA) or 4 (RGBA); 16-bit grey: PIL's I;16
     im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
     extra = {}
     text = None if note is None else json.dumps(note, sort_keys=True)  # ASCII: EXIF's text is

@@ -139,17 +139,17 @@ def files_in(arg: str) -> list[str]:
 def describe(path: str) -> tuple[str, dict]:
     """(text, data) of what a file says of how colddiff made it: a model's metadata, or the note
     in an image (`colddiff info`)."""
-    from image_io import alpha_pixels, frame_count, neutral, read_pixels
+    from image_io import alpha_pixels, bits_of, frame_count, neutral, read_pixels
 
     if Path(path).suffix.lower() == ".safetensors":
         return describe_model(path)
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
-    u8 = read_pixels(path)  # one clear line for a file that is neither a model nor an image
-    c, h, w = u8.shape
-    alpha, frames = alpha_pixels(path) is not None, frame_count(path)
-    size = {"width": w, "height": h, "channels": c}  # not "image": generate's notes number their images so
-    kind = f"{w}x{h} {'grey' if c == 1 else 'grey, stored as colour' if neutral(u8) else 'colour'}"  # as colddiff reads it: upright, in sRGB
+    px = read_pixels(path, deep=True)  # one clear line for a file that is neither a model nor an image
+    c, h, w = px.shape
+    alpha, frames, bits = alpha_pixels(path) is not None, frame_count(path), bits_of(px)
+    size = {"width": w, "height": h, "channels": c, "bits": bits}  # not "image": generate's notes number their images so
+    kind = f"{w}x{h} {'16-bit grey' if bits == 16 else 'grey' if c == 1 else 'grey, stored as colour' if neutral(px) else 'colour'}"  # as colddiff reads it: upright, in sRGB
     kind += ", with transparency" if alpha else ""
     kind += f", {frames} frames: colddiff reads the first" if frames > 1 else ""
     extra = {"size": size, "alpha": alpha, "frames": frames}

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from common import Stop, Terminated, UserError
-from image_io import IMAGE_EXTS, STDIO, check_size, check_suffix, encode_image, format_of, keeps_alpha, read_note
+from image_io import IMAGE_EXTS, STDIO, check_size, check_suffix, eight_bit, encode_image, format_of, keeps_alpha, read_note
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -65,11 +65,11 @@ def stdout_is_terminal() -> bool:
 
 def write_image(u8, dest: str, note: dict | None = None, alpha=None) -> None:
     """To `dest` (- for stdout, as PNG), in the format its suffix names, carrying `note` (encode_image)
-    and `alpha` (uint8 (1, H, W), read_alpha's) where the format holds it."""
+    and `alpha` (uint8 (1, H, W), read_alpha's) where the format holds it (then at 8 bits: PIL writes no 16-bit grey with alpha)."""
     if alpha is not None and keeps_alpha(dest):
         import torch
 
-        u8 = torch.cat([u8.cpu(), alpha])
+        u8 = torch.cat([eight_bit(u8.cpu()), alpha])
     if dest == STDIO:
         write_stdout(encode_image(u8, note=note))
         return

@@ -318,7 +318,7 @@ class RunLog:
 
     @torch.no_grad()
     def sample(self, step, loss, rate):
-        from image_io import encode_image, grid_image, to_uint8
+        from image_io import encode_image, grid_image, to_pixels
         from outputs import atomic_write
 
         with bf16(self.device):
@@ -327,7 +327,7 @@ class RunLog:
         rmse_direct = float(((direct.clamp(-1, 1) - self.x0) / 2).pow(2).mean().sqrt())
         rmse_degraded = float(((self.xt - self.x0) / 2).pow(2).mean().sqrt())
         rows = torch.stack([self.xt, direct, self.x0], 1).flatten(0, 1)
-        atomic_write(self.run_dir / f"step_{step:08d}.png", encode_image(to_uint8(grid_image(rows, ncol=3))))
+        atomic_write(self.run_dir / f"step_{step:08d}.png", encode_image(to_pixels(grid_image(rows, ncol=3))))
         line = {"step": step, "loss": loss, "img_per_s": rate, "rmse_degraded": rmse_degraded, "rmse_direct": rmse_direct, "time": time.time()}
         if self.progress.mode == "lines":  # the bar shows this on a terminal
             self.log(f"step {step}/{self.cfg.steps} loss {loss:.4f} {rate:,.0f} img/s rmse degraded {rmse_degraded:.4f} direct {rmse_direct:.4f}")

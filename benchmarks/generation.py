@@ -30,7 +30,7 @@ import checkpoint  # noqa: E402
 import generative  # noqa: E402
 import metrics  # noqa: E402
 from samplers import open_model  # noqa: E402
-from image_io import encode_image, grid_image, load_folder, to_uint8  # noqa: E402
+from image_io import encode_image, grid_image, load_folder, to_pixels  # noqa: E402
 
 
 class Classifier(nn.Module):
@@ -145,7 +145,7 @@ def main():
         if a.grids:
             name = Path(spec.split(":")[0]).stem + "".join("_" + o.replace("=", "") for o in spec.split(":")[1:])
             Path(a.grids).mkdir(parents=True, exist_ok=True)
-            Path(a.grids, f"{name}.png").write_bytes(encode_image(to_uint8(grid_image(images[:64] * 2 - 1, ncol=8))))
+            Path(a.grids, f"{name}.png").write_bytes(encode_image(to_pixels(grid_image(images[:64] * 2 - 1, ncol=8))))
         rows.append((spec, fcd, *diversity(images), time.time() - t1))
     print(f"\n{a.n} images each, torch {torch.__version__}, {device}")
     print("| images | FCD (lower is better) | diversity (pixel std) | shape diversity | generation s |")

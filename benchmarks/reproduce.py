@@ -51,7 +51,7 @@ import metrics  # noqa: E402
 import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
-from image_io import encode_image, grid_image, to_uint8  # noqa: E402
+from image_io import encode_image, grid_image, to_pixels  # noqa: E402
 from train_config import LR_SCHEDULES  # noqa: E402
 
 # The report seed's App. C, MNIST rows (degraded / sampled / direct x FID, SSIM, RMSE). The report
@@ -209,7 +209,7 @@ def generation_all(a, out, train_dir, test_dir, log):
         images, _ = G.generate(spec, n, device)
         fcd = metrics.frechet_distance(G.features(clf, images.float()), ref[:n])
         grid = a.results / f"generate_{name}{'_' + option if option else ''}.png"
-        grid.write_bytes(encode_image(to_uint8(grid_image(images[:64] * 2 - 1, ncol=8))))
+        grid.write_bytes(encode_image(to_pixels(grid_image(images[:64] * 2 - 1, ncol=8))))
         log["generation"][variant] = {"fcd": fcd, "diversity": float(images.std(0).mean()), "n": n, "seconds": time.time() - t1,
                                       "steps": steps, "grid": grid.name}
         save_log(out, log)

@@ -1,4 +1,5 @@
 """`colddiff degrade` and `colddiff ops` as a user runs them: files, folders, pipes, bad input."""
+import io
 import json
 import shutil
 
@@ -10,7 +11,7 @@ from PIL import Image
 import checkpoint
 import operators
 from conftest import DATA, FMNIST, PHOTO, png
-from image_io import read_image, read_note, to_model, to_uint8
+from image_io import read_image, read_note, to_model, to_pixels
 
 
 @pytest.mark.parametrize("op", list(operators.OPERATORS))
@@ -397,7 +398,7 @@ def test_degrade_with_a_models_operator_gives_what_restore_takes(cli, gen_model,
     assert r.returncode == 0 and "as if degraded" not in r.stderr.decode(), r.stderr.decode()
     assert read_note(str(tmp_path / "mr.png"))["t"] == 20
     x0 = to_model(read_image(str(img)))[None]
-    assert np.array_equal(png((tmp_path / "m.png").read_bytes()), to_uint8(op.apply(x0, torch.tensor([20])))[0, 0].numpy())
+    assert np.array_equal(png((tmp_path / "m.png").read_bytes()), to_pixels(op.apply(x0, torch.tensor([20])))[0, 0].numpy())
     for args, said in ((["--op", "snow"], "give --op, or --model"), (["--no-fit"], "give --no-fit, or --model"),
                        (["--t", "31"], "--t must be in 0..30 for blur")):
         r = cli("degrade", img, "--model", gen_model, *args, "-o", tmp_path / "x.png")
@@ -405,3 +406,37 @@ def test_degrade_with_a_models_operator_gives_what_restore_takes(cli, gen_model,
     r = cli("degrade", PHOTO, "--model", gen_model, "-o", tmp_path / "x.png")
     assert r.returncode == 1 and "is colour (3-channel) but" in r.stderr.decode()
     assert not (tmp_path / "x.png").exists()
+
+
+def sixteen_bit_grey(path, seed=0):
+    """A smooth 16-bit grey image (40 x 56) whose levels an 8-bit file cannot hold, as a scientific camera writes it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:40, :56]
+    v = 30000 + 20000 * np.sin(xx / 7) * np.cos(yy / 5) + rng.normal(0, 300, (40, 56))
+    Image.fromarray(np.clip(np.rint(v), 0, 65535).astype(np.uint16)).save(path)
+    return np.asarray(Image.open(path))
+
+
+def test_degrade_keeps_a_sixteen_bit_grey_image_sixteen_bit(cli, tmp_path):
+    """A 16-bit grey PNG comes out of degrade as 16-bit PNG (file and pipe) or TIFF: t = 0 gives every
+    one of its levels back, and x_t is D's float result to the level, 256 times finer than 8 bits.
+    The 8-bit formats it is asked for get 8 bits."""
+    v = sixteen_bit_grey(tmp_path / "g.png")
+    assert cli("degrade", tmp_path / "g.png", "--op", "blur", "--t", "0", "-o", tmp_path / "t0.png").returncode == 0
+    back = np.asarray(Image.open(tmp_path / "t0.png"))
+    assert back.dtype == np.uint16 and np.array_equal(back, v)  # D(x, 0) = x, every level
+    op = operators.make_operator("blur").fit_to(1, 40, 56)[0]  # as degrade fits it to the image
+    exact = (op.apply(torch.from_numpy(v / 32767.5 - 1).float()[None, None], torch.tensor([5]))[0, 0].numpy() + 1) / 2  # on [0, 1]
+    r = cli("degrade", tmp_path / "g.png", "--op", "blur", "--t", "5")
+    assert r.returncode == 0, r.stderr.decode()
+    out = np.asarray(Image.open(io.BytesIO(r.stdout)))
+    assert out.dtype == np.uint16 and np.abs(out / 65535 - exact).max() <= 1 / 65535
+    for name, bits in (("t5.tif", 16), ("t5.jpg", 8), ("t5.webp", 8)):
+        assert cli("degrade", tmp_path / "g.png", "--op", "blur", "--t", "5", "-o", tmp_path / name).returncode == 0
+        im = Image.open(tmp_path / name)
+        assert (np.asarray(im).dtype.itemsize * 8, im.size) == (bits, (56, 40)), name
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "t5.tif")), out)
+    assert "16-bit grey" in cli("info", tmp_path / "t5.tif").stdout.decode()
+    strip = cli("degrade", tmp_path / "g.png", "--op", "blur", "--strip", "--frames", "3")
+    frames = np.asarray(Image.open(io.BytesIO(strip.stdout)))
+    assert frames.dtype == np.uint16 and np.array_equal(frames[:, :56], v)

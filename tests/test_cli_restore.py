@@ -395,7 +395,7 @@ def test_restore_strip_is_the_samplers_own_states_x_t_to_x_0(cli, blur_model, tm
     import torch
 
     import checkpoint
-    from image_io import read_image, to_model, to_uint8
+    from image_io import read_image, to_model, to_pixels
 
     img = sorted((DATA / "fmnist").iterdir())[3]
     assert cli("degrade", img, "--op", "blur", "--t", "20", "-o", tmp_path / "d.png").returncode == 0
@@ -412,10 +412,10 @@ def test_restore_strip_is_the_samplers_own_states_x_t_to_x_0(cli, blur_model, tm
     x, expected = to_model(read_image(tmp_path / "d.png"))[None], []
     with torch.no_grad():
         for s in range(20, 0, -1):
-            expected.append(to_uint8(x)[0, 0].numpy().astype(int))
+            expected.append(to_pixels(x)[0, 0].numpy().astype(int))
             x0_hat = net(x, torch.full((1,), s))
             x = x - op.degrade(x0_hat, torch.full((1,), s)) + op.degrade(x0_hat, torch.full((1,), s - 1))
-    expected.append(to_uint8(x)[0, 0].numpy().astype(int))
+    expected.append(to_pixels(x)[0, 0].numpy().astype(int))
     diffs = [np.abs(a - b).max() for a, b in zip(frames, expected)]
     assert max(diffs) <= 1 and np.mean([np.abs(a - b).mean() for a, b in zip(frames, expected)]) < 0.01, diffs
     assert len({f.tobytes() for f in frames}) > 15  # it is a trajectory, not one image repeated
@@ -445,7 +445,7 @@ def test_restore_strip_x0_hat_row_is_R_from_each_state(cli, blur_model, tmp_path
     import torch
 
     import checkpoint
-    from image_io import read_image, to_model, to_uint8
+    from image_io import read_image, to_model, to_pixels
 
     img = sorted((DATA / "fmnist").iterdir())[3]
     assert cli("degrade", img, "--op", "blur", "--t", "20", "-o", tmp_path / "d.png").returncode == 0
@@ -461,7 +461,7 @@ def test_restore_strip_x0_hat_row_is_R_from_each_state(cli, blur_model, tmp_path
     with torch.no_grad():
         for s in range(20, 0, -1):
             x0_hat = net(x, torch.full((1,), s))
-            expected[s] = to_uint8(x0_hat)[0, 0].numpy().astype(int)
+            expected[s] = to_pixels(x0_hat)[0, 0].numpy().astype(int)
             x = x - op.degrade(x0_hat, torch.full((1,), s)) + op.degrade(x0_hat, torch.full((1,), s - 1))
     diffs = [np.abs(predicted[k] - expected[s]) for k, s in enumerate((20, 15, 10, 5))]
     assert max(d.max() for d in diffs) <= 1 and np.mean([d.mean() for d in diffs]) < 0.01, [d.max() for d in diffs]
@@ -509,3 +509,35 @@ def test_a_degrade_strip_says_what_it_is_restore_refuses_it_and_skip_existing_ch
     assert r.returncode == 1 and b"give another -o, or --force" in r.stderr
     r = cli("degrade", src, "--op", "blur", "--preset", "celeba", "--no-fit", "--strip", "--frames", "5", "-o", tmp_path / "k1", "--skip-existing")
     assert r.returncode == 1 and b"px_scale" in r.stderr, r.stderr.decode()
+
+
+def test_restore_keeps_a_sixteen_bit_grey_image_sixteen_bit(cli, blur_model, tmp_path):
+    """A 16-bit grey image degraded by colddiff is restored to 16 bits: R's output to the level (the
+    obvious reference: R and Algorithm 2 by hand on the 16-bit pixels). In a folder with an 8-bit
+    image of the same size each keeps its own depth, and the 8-bit one is what it is restored alone."""
+    import torch
+
+    import checkpoint
+    from image_io import read_image, to_model, to_pixels
+
+    rng = np.random.default_rng(4)
+    img = np.asarray(Image.open(sorted((DATA / "fmnist").iterdir())[5])).astype(np.float64)
+    v = np.clip(np.rint(img * 257 + rng.normal(0, 40, img.shape)), 0, 65535).astype(np.uint16)  # 16-bit: levels between 8-bit ones
+    (tmp_path / "in").mkdir()
+    Image.fromarray(v).save(tmp_path / "in" / "a16.png")
+    Image.fromarray(img.astype(np.uint8)).save(tmp_path / "in" / "b8.png")
+    assert cli("degrade", tmp_path / "in", "--op", "blur", "--t", "20", "-o", tmp_path / "deg/").returncode == 0
+    r = cli("restore", tmp_path / "deg", "--model", blur_model, "--steps", "4", "-o", tmp_path / "out/")
+    assert r.returncode == 0, r.stderr.decode()
+    a = np.asarray(Image.open(tmp_path / "out" / "a16.png"))
+    assert a.dtype == np.uint16 and np.asarray(Image.open(tmp_path / "out" / "b8.png")).dtype == np.uint8
+    assert cli("restore", tmp_path / "deg" / "b8.png", "--model", blur_model, "--steps", "4", "-o", tmp_path / "b8.png").returncode == 0
+    assert (tmp_path / "b8.png").read_bytes() == (tmp_path / "out" / "b8.png").read_bytes()
+    net, op, _ = checkpoint.load_model(blur_model)
+    x = to_model(read_image(tmp_path / "deg" / "a16.png", deep=True))[None]
+    with torch.no_grad():
+        for s, s_next in zip((20, 15, 10, 5), (15, 10, 5, 0)):  # 4 steps from 20
+            x0_hat = net(x, torch.full((1,), s))
+            x = x - op.degrade(x0_hat, torch.full((1,), s)) + op.degrade(x0_hat, torch.full((1,), s_next))
+    expected = to_pixels(x, 16)[0, 0].numpy().astype(int)
+    assert np.abs(a.astype(int) - expected).max() <= 1 and len(np.unique(a % 257)) > 50  # 16-bit levels, not 8-bit ones x 257

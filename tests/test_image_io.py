@@ -1,4 +1,6 @@
 """Loading a folder of training or evaluation images: threaded, into one tensor, errors by name."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from PIL import Image
 
 from common import UserError
 from conftest import DATA
-from image_io import load_folder, read_image, resize_square
+from image_io import load_folder, read_image, resize_square, to_model, to_pixels
 
 
 def photos(folder, n=150, seed=0):
@@ -82,6 +84,32 @@ def test_sixteen_bit_and_float_grey_are_scaled_not_clipped(tmp_path):
         x = read_image(str(tmp_path / name))
         assert tuple(x.shape) == (1, 20, 30), name
         assert torch.equal(x[0], torch.from_numpy(v)), name
+
+
+def test_sixteen_bit_grey_read_deep_and_written_back_at_sixteen_bits(tmp_path):
+    """deep=True (degrade's and restore's read) keeps a 16-bit grey image's 65,536 levels; PNG and
+    TIFF write them back exactly, the 8-bit formats get each rounded to the nearest of 256 levels."""
+    from image_io import bits_of, eight_bit, encode_image, read_pixels
+
+    rng = np.random.default_rng(2)
+    v = rng.integers(0, 65536, (20, 30)).astype(np.uint16)
+    v[0, :4] = (0, 128, 129, 65535)  # 128/257 rounds to 0 and 129/257 to 1
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    px = read_image(str(tmp_path / "g16.png"), deep=True)
+    assert px.dtype == torch.uint16 and bits_of(px) == 16 and np.array_equal(px[0].numpy(), v)
+    assert read_pixels(str(tmp_path / "g16.png")).dtype == np.uint8  # everything else (training, eval) reads 8 bits
+    assert torch.equal(to_pixels(to_model(px), 16), px)  # into the model's [-1, 1] and back: no level lost
+    assert torch.allclose(to_model(px), torch.from_numpy(v / 65535 * 2 - 1).float()[None], atol=1e-6, rtol=0)
+    for fmt in ("PNG", "TIFF"):
+        back = np.asarray(Image.open(io.BytesIO(encode_image(px, fmt))))
+        assert back.dtype == np.uint16 and np.array_equal(back, v), fmt
+    eight = np.rint(v / 257).astype(np.uint8)
+    assert eight[0, :4].tolist() == [0, 0, 1, 255] and np.array_equal(eight_bit(px)[0].numpy(), eight)
+    for fmt in ("WEBP", "BMP"):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_image(px, fmt))).convert("L")), eight), fmt
+    small = rng.integers(0, 256, (20, 30)).astype(np.int32)  # 32-bit grey that holds 8-bit values stays 8-bit
+    Image.fromarray(small).save(tmp_path / "i32.tif")
+    assert read_image(str(tmp_path / "i32.tif"), deep=True).dtype == torch.uint8
 
 
 def _bradford_d65_to_d50():
@@ -174,12 +202,12 @@ def test_images_smaller_than_the_size_are_counted_when_upscaled(tmp_path):
 
 
 def test_grid_of_uint8_images_is_the_grid_of_their_floats():
-    from image_io import grid_image, grid_size, to_model, to_uint8
+    from image_io import grid_image, grid_size, to_model, to_pixels
 
     u8 = torch.randint(0, 256, (7, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     grid = grid_image(u8, ncol=3)  # generate builds its grid in uint8: a quarter of the memory
     assert grid.dtype == torch.uint8 and tuple(grid.shape[::-1][:2]) == grid_size(7, 3, 5, 4)
-    assert torch.equal(grid, to_uint8(grid_image(to_model(u8), ncol=3)))
+    assert torch.equal(grid, to_pixels(grid_image(to_model(u8), ncol=3)))
     assert grid[:, :2].eq(255).all() and grid[:, 2:7, 2:6].equal(u8[0])  # white gutters, image 0 top left
 
 

@@ -70,7 +70,7 @@ def test_info_of_an_image_is_its_note(cli, tmp_path):
     assert f"{PHOTO}: an image with no colddiff note (192x128 colour)" in out and "  size        28x28 grey" in out
     note = json.loads(cli("info", "--json", tmp_path / "d.png").stdout)
     assert (note["command"], note["t"], note["seed"], note["params"]["T"]) == ("degrade", 9, 2, 50)
-    assert note["size"] == {"width": 28, "height": 28, "channels": 1} and (note["alpha"], note["frames"]) == (False, 1)
+    assert note["size"] == {"width": 28, "height": 28, "channels": 1, "bits": 8} and (note["alpha"], note["frames"]) == (False, 1)
     from PIL import Image
 
     frames = [Image.open(PHOTO).convert("RGBA") for _ in range(2)]
