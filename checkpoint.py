@@ -15,7 +15,7 @@ import torch
 
 import operators
 import unet
-from common import UserError
+from errors import UserError
 
 FORMAT = "colddiff-model"
 FORMAT_VERSION = 1

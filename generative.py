@@ -12,7 +12,9 @@ import math
 
 import torch
 
-from common import ImageRNG, UserError, to_device
+from errors import UserError
+from machine import to_device
+from seeding import ImageRNG
 
 
 def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -110,10 +112,10 @@ def check(sampling) -> None:
 
 
 def generate(sampling, n: int, batch: int, seed: int, device, break_noise: float = 0.0, numbers: list[int] | None = None):
-    """Yield (the images' numbers, images) batch by batch, with `sampling` (samplers.Sampling): images
+    """Yield (the images' numbers, images) batch by batch, with `sampling` (sampling.Sampling): images
     0 .. n - 1, or those `numbers` of them (image i draws from its own seed, whatever else is made)."""
-    from common import image_seed
-    from operators import cat_hidden
+    from operator_base import cat_hidden
+    from seeding import image_seed
 
     op, meta = sampling.op, sampling.meta
     shape = (1, meta["image"]["channels"], meta["image"]["height"], meta["image"]["width"])
@@ -154,12 +156,7 @@ def symmetry_defaults(train_noise: float, flat_start: bool, step_noise: float | 
 def model_symmetry(meta: dict, op) -> dict:
     """A model's symmetry breaking: as stored, else (models from before it was stored, the bundled
     one among them: all trained without noise) the default for its operator."""
-    return meta.get("symmetry") or symmetry_defaults(0.0, flat_start(op))
-
-
-def flat_start(op) -> bool:
-    """x_T is one flat colour per image (blur's generation preset): only noise can break its symmetry."""
-    return bool(getattr(op, "flat_last", False))
+    return meta.get("symmetry") or symmetry_defaults(0.0, op.flat_start)
 
 
 def break_symmetry(sampling, symmetry: str, break_noise: float | None = None, step_noise: float | None = None) -> float:

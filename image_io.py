@@ -1,8 +1,9 @@
-"""Image files for colddiff: find them, read them, encode them (with colddiff's note), load a folder.
+"""Image files for colddiff: find them, read them, encode them (with colddiff's note); their formats and limits.
 
 Where outputs go and how they are written (atomically, never over a file silently) is outputs.py.
 Images come in as uint8 (C, H, W) tensors, 1 channel for grey and 3 for colour (uint16 for 16-bit
-grey where degrade and restore ask for it: deep=True), and go into the model as float in [-1, 1]. Errors are UserError: one line for the user, never a traceback.
+grey where degrade and restore ask for it: deep=True), and go into the model as float in [-1, 1].
+Errors are UserError: one line for the user, never a traceback.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from errors import UserError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 STDIO = "-"
@@ -24,9 +27,6 @@ SHRINK_MARGIN = 4  # 12 MP JPEGs to 128 px: 5x faster, within 2 grey levels of a
 # t, seed), so that `colddiff restore` needs no --t or --seed, in a pipe too.
 NOTE_KEY = "colddiff"
 IMAGE_DESCRIPTION = 0x010E  # the EXIF/TIFF tag that carries the note in a WebP or TIFF
-
-
-from common import UserError
 
 
 def source_name(source: str | bytes) -> str:
@@ -203,14 +203,6 @@ def frame_count(source: str | bytes) -> int:
         return 1
 
 
-def say_first_frames(items, say) -> None:
-    """One line for the inputs that hold several frames: only the first is used, which is no surprise once said."""
-    many = [(source_name(src), n) for src, _, _ in items if (n := frame_count(src)) > 1]
-    if many:
-        others = f" (and {len(many) - 1} more such input{'s' * (len(many) > 2)})" if len(many) > 1 else ""
-        say(f"{many[0][0]} holds {many[0][1]} frames{others}: colddiff reads only the first{' of each' if others else ''}")
-
-
 def to_srgb(im, icc: bytes):
     """A colour image with an embedded profile (a phone's Display P3, a camera's Adobe RGB, a
     print CMYK) as sRGB, what models are trained on and what a PNG without a profile is shown as:
@@ -250,85 +242,6 @@ def eight_bit(px):
     import torch
 
     return px if bits_of(px) == 8 else (px.float() / 257).round().to(torch.uint8)
-
-
-STRIP_WIDTH = 16383  # WebP's limit (MAX_SIDE) and wider than any screen: --strip shrinks a photo's frames to fit it
-
-
-def strip_frame_size(n: int, h: int, w: int) -> tuple[int, int]:
-    """(height, width) of each of a strip's n frames of an h x w image: its own, or shrunk (aspect
-    kept) so that the strip is at most STRIP_WIDTH wide: 11 frames of a 12 MP photo were a 132 MP PNG."""
-    if n * w <= STRIP_WIDTH:
-        return h, w
-    fw = max(1, STRIP_WIDTH // n)
-    return max(1, round(h * fw / w)), fw
-
-
-def shrunk_line(name: str, n: int, h: int, w: int) -> str:
-    """What a strip of n frames of an h x w image says where strip_frame_size shrinks them."""
-    fh, fw = strip_frame_size(n, h, w)
-    return f"{name}: a strip of {n} frames of {w}x{h} would be {n * w} px wide; its frames are shrunk to {fw}x{fh}"
-
-
-def check_strip(strip: bool, frames: int | None, x0_hat: bool = False) -> None:
-    if frames is not None and not strip:
-        raise UserError("--frames applies to --strip")
-    if x0_hat and not strip:
-        raise UserError("--x0-hat applies to --strip")
-    if frames is not None and frames < 2:
-        raise UserError(f"--frames must be at least 2, got {frames}")
-
-
-def strip_steps(path: list[int], frames: int | None) -> list[int]:
-    """The steps of a --strip: `frames` (check_strip's) of the states `path` (degrade: 0 .. T;
-    restore, generate: the sampler's t .. 0) evenly spread, the first and last among them; by
-    default every one up to 21, else 11."""
-    last = len(path) - 1
-    n = last + 1 if frames is None and last <= 20 else min(frames or 11, last + 1)
-    return [path[k] for k in sorted({round(i * last / (n - 1)) for i in range(n)})] if n > 1 else list(path)
-
-
-def strip_frame(x, size, bits: int = 8):
-    """The frames of a strip from x (B, C, H, W) in [-1, 1]: uint8 (or 16-bit) on the CPU, shrunk to `size` (h, w)
-    where strip_frame_size shrank them (the step itself ran at full size; None: as they are)."""
-    import torch.nn.functional as F
-
-    if size is not None and tuple(size) != tuple(x.shape[-2:]):
-        x = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return to_pixels(x, bits).cpu()
-
-
-def strip_recording(sampling, steps: list[int], size, x0_hat: bool, bits: int = 8):
-    """(sampling, states, predicted): `sampling` recording a --strip's frames as it runs, the states
-    x_s at `steps` into `states` and, with --x0-hat, R's x0_hat from each into `predicted` (else
-    None), each as strip_frame makes them (uint8 on the CPU, at once: R's output buffer is reused)."""
-    states, predicted = [], [] if x0_hat else None
-    recorded = sampling.recorded(set(steps), lambda x, s: states.append(strip_frame(x, size, bits)),
-                                 (lambda x0, s: predicted.append(strip_frame(x0, size, bits))) if x0_hat else None)
-    return recorded, states, predicted
-
-
-def strip_rows(states: list, predicted: list | None = None):
-    """(B, C, h, n w) strips from a strip's n frames, each (B, C, h, w) uint8: the states x_s side by
-    side; with `predicted` (R's x0_hat from each state but x_0), a second row of them under the
-    first, (B, C, 2 h, n w), blank (black) under x_0, the output, which R never saw."""
-    import torch
-
-    top = states[0] if len(states) == 1 else torch.cat(states, dim=-1)  # one frame: no copy
-    if predicted is None:
-        return top
-    return torch.cat([top, torch.cat([*predicted, torch.zeros_like(states[-1])], dim=-1)], dim=-2)
-
-
-def strip_alpha(alpha, size, n: int, rows: int = 1):
-    """An image's alpha (1, H, W) for each of a strip's n frames of `size` in `rows` rows: every frame keeps the image's transparency."""
-    import torch.nn.functional as F
-
-    if alpha is None:
-        return None
-    if size is not None and tuple(size) != tuple(alpha.shape[-2:]):
-        alpha = to_pixels(F.interpolate(to_model(alpha)[None], size=tuple(size), mode="bilinear", antialias=True)[0])
-    return alpha.repeat(1, rows, n)
 
 
 def grid_size(n: int, ncol: int, h: int, w: int, pad: int = 2) -> tuple[int, int]:
@@ -437,144 +350,9 @@ def read_note(source: str | bytes) -> dict | None:
     return note
 
 
-def load_folder(folder: str, size: int | None, channels: int | None, limit: int | None = None, quiet: bool = True, say=None,
-                mixed_size: tuple[int, str] | None = None, skip: str | None = None, size_is: str | None = None):
-    """The images of a folder (the first `limit`, sorted by name) as one uint8 tensor (N, C, S, S),
-    or at the images' own size. Decoded on worker threads (PIL decodes without the GIL) straight
-    into the one tensor: CelebA's 200k images at 128 px are 9.8 GB, not twice that while stacking.
-    channels None: the images' own, and where grey and colour images mix, the majority's (ties:
-    colour), which say() is told; not the first image's, which could turn a colour folder grey.
-    channels given: say() is told how many images were converted to it. size None and images of
-    several sizes: an error, or with mixed_size = (px, why) all resized to px, which say() is told.
-    skip: the command's output folder, not read where it lies inside `folder` (find_images).
-    size_is: where a size the user did not ask for comes from ("the model's size"): say() is then
-    told how many images were resized to it, not only how many were upscaled."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    from common import Progress
-
-    if channels not in (None, 1, 3):
-        raise UserError(f"--channels must be 1 or 3, got {channels}")
-    if size is not None and size < 8:
-        raise UserError(f"--size must be at least 8, got {size}")
-    items = find_images([folder], skip)[:limit]
-    first = read_image(items[0][0], channels)
-    C = channels or (1 if neutral(first) else first.shape[0])
-    out = torch.empty((len(items), C, *((size, size) if size is not None else first.shape[-2:])), dtype=torch.uint8)
-
-    own = torch.zeros(len(items), dtype=torch.uint8)  # each image's own channels
-    resized = torch.zeros(len(items), dtype=torch.bool)  # not size x size
-    upscaled = torch.zeros(len(items), dtype=torch.bool)  # short side under `size`: stretched, not sharp
-    mixed = []  # with mixed_size: the first image found whose size differs (the rest is not loaded)
-
-    def load(chunk: range) -> int:
-        for i in chunk:
-            if mixed:
-                return 0
-            src = items[i][0]
-            im = read_image(src, shrink_to=size)
-            own[i] = 1 if neutral(im) else im.shape[0]
-            if im.shape[0] != C:
-                im = im[:1] if own[i] == 1 and C == 1 else read_image(src, C, shrink_to=size)
-            if size is not None and im.shape[-2:] != (size, size):
-                resized[i], upscaled[i] = True, min(im.shape[-2:]) < size
-                im = resize_square(im, size)
-            elif size is None and im.shape[-2:] != first.shape[-2:]:
-                sizes = f"{src}: {tuple(im.shape[-2:])} differs from {tuple(first.shape[-2:])}"
-                if mixed_size is None:
-                    raise UserError(f"{sizes}; pass --size to resize all")
-                mixed.append(sizes)
-                return 0
-            out[i] = im
-        return len(chunk)
-
-    chunks = [range(i, min(i + 64, len(items))) for i in range(0, len(items), 64)]
-    pool = ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(chunks))))
-    try:
-        with Progress("loading", len(items), "images", quiet=quiet or len(items) < 5000) as progress:
-            for n in pool.map(load, chunks):  # in order: an error names the first bad image by name
-                progress.update(progress.done + n)
-    finally:
-        pool.shutdown(cancel_futures=True)  # Ctrl-C or an error: the images not started are dropped
-    if mixed:
-        if say:
-            say(f"the images differ in size ({mixed[0]}): resizing and centre-cropping them to {mixed_size[0]} px, "
-                f"{mixed_size[1]} (--size chooses)")
-        return load_folder(folder, mixed_size[0], channels, limit, quiet, say, skip=skip)
-    if say and size_is and bool(resized.any()):
-        n, up = int(resized.sum()), int(upscaled.sum())
-        which = ("the image is" if len(items) == 1 else f"all {n} images are" if n == len(items)
-                 else f"{n} of the {len(items)} images {'is' if n == 1 else 'are'}")
-        say(f"{folder}: {which} resized and centre-cropped to {size}x{size}, {size_is}" + (f" ({up} of them upscaled: blurrier)" if up else ""))
-    elif say and bool(upscaled.any()):
-        n = int(upscaled.sum())
-        say(f"{folder}: {n} of the {len(items)} images {'is' if n == 1 else 'are'} smaller than {size} px on the short side "
-            f"and upscaled to it (blurrier than {'the rest' if n < len(items) else 'the size promises'})")
-    colour = int((own == 3).sum())
-    if channels is None and 0 < colour < len(items):
-        majority = 3 if 2 * colour >= len(items) else 1
-        if say:
-            say(f"{folder}: {colour} {'image is' if colour == 1 else 'images are'} colour and {len(items) - colour} grey: using them as "
-                f"{'colour' if majority == 3 else 'grey'} (--channels chooses)")
-        if majority != C:
-            return load_folder(folder, size, majority, limit, quiet, skip=skip, size_is=size_is)
-    elif channels is not None and say and bool((own != channels).any()):
-        kind = {1: "grey", 3: "colour"}
-        say(f"{folder}: {int((own != channels).sum())} of the {len(items)} images are {kind[4 - channels]}: using them as {kind[channels]}")
-    return out
-
-
-def check_input(u8, channels: int, op, src, model, least: int = 0) -> None:
-    """An input image fits the model: its channels (a colour image whose channels are equal is grey), and
-    a short side of at least 8 px, the operator's smallest size and `least`."""
-    name = source_name(src)
-    if u8.shape[0] != channels and not (channels == 1 and neutral(u8)):
-        kind = {1: "grey (1-channel)", 3: "colour (3-channel)"}
-        raise UserError(f"{name}: is {kind[u8.shape[0]]} but {model} was trained on {kind[channels]} images")
-    check_side(u8, op, src, max(least, 8))  # R pads any size, but under 8 px it would see mostly padding
-
-
-def check_side(u8, op, src, least: int = 1) -> None:
-    """An input image's short side is at least what the operator's D needs (pixelate halves it T
-    times) and `least`."""
-    m = max(op.min_size(), least)
-    if min(u8.shape[-2:]) < m:
-        raise UserError(f"{source_name(src)}: {u8.shape[-1]}x{u8.shape[-2]} is too small for {op.name} (at least {m}x{m})")
-
-
 def neutral(u8) -> bool:
     """A colour image whose channels are all equal (R = G = B): grey, whatever the file stores (a WebP
     holds no grey mode). Models take it as grey, losslessly: its 1-channel read has the same values."""
     return u8.shape[0] == 3 and bool((u8 == u8[:1]).all())
 
 
-def resize_square(im, size: int):
-    """Resize the short side to `size` and centre-crop (uint8 in, uint8 out)."""
-    import torch
-    import torch.nn.functional as F
-
-    H, W = im.shape[-2:]
-    s = size / min(H, W)
-    h, w = max(size, round(H * s)), max(size, round(W * s))
-    x = F.interpolate(im[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-
-
-def attach_source(op, folder: str | None, device):
-    """animorph-like operators: their z images, every image of --source resized to the first's size."""
-    import torch
-    import torch.nn.functional as F
-
-    if not op.needs_source:
-        return
-    if folder is None:
-        raise UserError(f"{op.name} needs --source DIR, a folder of the images to morph into")
-    items = find_images([folder])
-    first = read_image(items[0][0])
-    imgs = [to_model(read_image(src, channels=first.shape[0]))[None] for src, _, _ in items]
-    size = first.shape[-2:]
-    imgs = [im if im.shape[-2:] == size else F.interpolate(im, size=size, mode="bilinear", antialias=True, align_corners=False) for im in imgs]
-    op.source = torch.cat(imgs).to(device)

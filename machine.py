@@ -1,9 +1,16 @@
 """What this machine has and whether the work fits it: CPU threads, the device, free memory, and
-the memory a network call needs (so that a call that cannot fit is refused, or tiled, before it starts)."""
+the memory a network call needs (so that a call that cannot fit is refused, or tiled, before it starts);
+moving tensors to the device, bf16 on CUDA, and the versions a bug report needs."""
+from __future__ import annotations
+
 import math
 import os
+from typing import TYPE_CHECKING
 
-from common import UserError, at_least
+from errors import UserError, at_least
+
+if TYPE_CHECKING:
+    import torch
 
 
 def out_of_memory(e: BaseException) -> bool:
@@ -100,3 +107,44 @@ def check_fits(sampling, name: str, h: int, w: int, batch: int, device, tile: in
     where = f" in {side} px tiles" if side < max(h, w) else ""
     raise UserError(f"{name}: {w}x{h}{where} at --batch {batch} needs about {need * batch / gb:.1f} GB for the network, "
                     f"{free / gb:.1f} GB are free on {device.type}; {advice}")
+
+
+def versions(device=None) -> dict:
+    """colddiff's and torch's versions and the device: what a bug report or a model's provenance needs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    try:
+        own = version("colddiff")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own = "not installed"
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {"colddiff": own, "torch": torch.__version__, "device": name}
+
+
+def bf16(device):
+    """bf16 autocast on CUDA; elsewhere nothing (the CPU computes in float32)."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cuda", torch.bfloat16) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+
+
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """x (drawn on the CPU) on `device`, without making the host wait. A plain .to("cuda") of
+    pageable memory waits until every kernel already queued has run, so a step's draws on the CPU
+    (t, crops, noise, ...) could not overlap the GPU's work on the step before; on CUDA the copy
+    goes through pinned memory instead, which the caching host allocator keeps until the copy is done."""
+    import torch
+
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        x = x.contiguous().pin_memory()
+    return x.to(device, non_blocking=True)  # from the host that is always safe: the device waits for the copy

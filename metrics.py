@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import ImageRNG, UserError
+from errors import UserError
+from seeding import ImageRNG
 
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -113,7 +114,7 @@ def evaluate(sampling, x0, seed: int, batch: int, device, fid_weights=None, prog
     """The papers' restoration table for clean images x0 (N, C, H, W) in [-1, 1].
 
     Degrades image i to T with its own hidden randomness (ImageRNG.numbered(seed, i)), restores
-    it with `direct` and `sampling` (samplers.Sampling), and scores degraded / sampled / direct
+    it with `direct` and `sampling` (sampling.Sampling), and scores degraded / sampled / direct
     against the originals. Returns (table, columns); columns hold the images in [0, 1]."""
     import samplers
 
@@ -151,3 +152,46 @@ def paired_verdict(diff: float, se: float | None) -> str:
     if se is None or abs(diff) <= 2 * se:
         return "no difference measured"
     return "higher" if diff > 0 else "lower"
+
+
+def plan_outputs(out: str | None, force: bool) -> list[Path]:
+    """`colddiff eval -o DIR`'s eval.json and grid.png ([] without -o), checked before any work."""
+    from outputs import check_folder_name, check_writable
+
+    if out:
+        check_folder_name(out, "eval.json and grid.png")
+    dests = [Path(out) / "eval.json", Path(out) / "grid.png"] if out else []
+    if any(p.exists() for p in dests) and not force:
+        raise UserError(f"{next(p for p in dests if p.exists())}: output exists; pass --force to overwrite")
+    check_writable(dests)
+    return dests
+
+
+def report(table: dict, sampling, name: str, n: int) -> str:
+    """The papers' table of evaluate's results, and the sampled - direct SSIM with its verdict."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    d = table["sampled_minus_direct"]
+    lines = [
+        f"{sampling.op.name} (T={sampling.op.T}), {n} images, sampler {sampling.sampler}" + (f", {sampling.steps} steps" if sampling.steps else ""),
+        "|        | degraded FID | SSIM  | RMSE  | sampled FID | SSIM  | RMSE  | direct FID | SSIM  | RMSE  |",
+        "|--------|---|---|---|---|---|---|---|---|---|",
+        "| " + name + " | " + " | ".join(fmt(table[c][k]) for c in ("degraded", "sampled", "direct") for k in ("fid", "ssim", "rmse")) + " |",
+        f"sampled - direct SSIM: {d['ssim']:+.3f}" + ("" if d["ssim_se"] is None else f" +- {2 * d['ssim_se']:.3f} (2 standard errors "
+        f"over the {n} paired images)") + f": {paired_verdict(d['ssim'], d['ssim_se'])}",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(dests: list[Path], table: dict, columns: dict) -> None:
+    """eval.json and grid.png (8 images: degraded, direct, sampled, original in a row each), if -o was given."""
+    import json
+
+    from image_io import encode_image, grid_image, to_pixels
+    from outputs import atomic_write
+
+    if not dests:
+        return
+    k = min(8, len(columns["original"]))
+    rows = torch.stack([columns[c][:k] for c in ("degraded", "direct", "sampled", "original")], 1).flatten(0, 1)
+    atomic_write(dests[1], encode_image(to_pixels(grid_image(rows * 2 - 1, ncol=4))))
+    atomic_write(dests[0], (json.dumps(table, indent=2) + "\n").encode())

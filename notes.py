@@ -11,9 +11,8 @@ import functools
 import json
 from pathlib import Path
 
-from common import UserError
+from errors import UserError
 from image_io import read_note
-
 
 STRIP = "degrade --strip"
 
@@ -49,28 +48,17 @@ def degraded_into(op, t: int, seed: int, fit: bool, strip: list[int] | None = No
     return note
 
 
-def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None, strip: bool = False, frames: int | None = None,
-                x0_hat: bool = False):
+def restored_as(model: str, sampling, t: int | None, seed: int | None, steps: int | None, strip_at):
     """expected(src, dest) for `restore --skip-existing`: the note restore writes for src (its tiling,
-    which follows the memory free, aside)."""
+    which follows the memory free, aside); strip_at(sampling, t): the --strip of an image restored from t."""
     from image_io import source_name
 
     def note(src, dest) -> dict:
         t_i, seed_i, _ = degradation_of(src, source_name(src), sampling.op, model, t, seed)
         at_t = sampling.at(t_i, steps)
-        return {**made("restore", model, at_t, **strip_of(at_t, t_i, strip, frames, x0_hat)), "t": t_i, "seed": seed_i}
+        return {**made("restore", model, at_t, **strip_at(at_t, t_i).note()), "t": t_i, "seed": seed_i}
 
     return note
-
-
-def strip_of(sampling, t: int, strip: bool, frames: int | None, x0_hat: bool = False) -> dict:
-    """The note's word on a --strip of restore or generate: the steps s of its frames x_s, and
-    whether a row of R's x0_hat from each lies under them (--x0-hat)."""
-    from image_io import strip_steps
-
-    if not strip:
-        return {}
-    return {"strip": strip_steps(sampling.path(t), frames), **({"x0_hat_row": True} if x0_hat else {})}
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,107 +111,3 @@ def degradation_of(src, name: str, op, model: str, t: int | None, seed: int | No
             seed if seed is not None else 0 if said_seed is None else said_seed, said_t is not None)
 
 
-def files_in(arg: str) -> list[str]:
-    """`colddiff info`'s files: the argument, or a folder's images and models (recursive, sorted)."""
-    from image_io import IMAGE_EXTS, scan
-
-    folder = Path(arg)
-    if not folder.is_dir():
-        return [arg]
-    found = [str(p) for p in scan(folder, IMAGE_EXTS | {".safetensors"})]
-    if not found:
-        raise UserError(f"{arg}: folder holds no images or models")
-    return found
-
-
-def describe(path: str) -> tuple[str, dict]:
-    """(text, data) of what a file says of how colddiff made it: a model's metadata, or the note
-    in an image (`colddiff info`)."""
-    from image_io import alpha_pixels, bits_of, frame_count, neutral, read_pixels
-
-    if Path(path).suffix.lower() == ".safetensors":
-        return describe_model(path)
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such file")
-    px = read_pixels(path, deep=True)  # one clear line for a file that is neither a model nor an image
-    c, h, w = px.shape
-    alpha, frames, bits = alpha_pixels(path) is not None, frame_count(path), bits_of(px)
-    size = {"width": w, "height": h, "channels": c, "bits": bits}  # not "image": generate's notes number their images so
-    kind = f"{w}x{h} {'16-bit grey' if bits == 16 else 'grey' if c == 1 else 'grey, stored as colour' if neutral(px) else 'colour'}"  # as colddiff reads it: upright, in sRGB
-    kind += ", with transparency" if alpha else ""
-    kind += f", {frames} frames: colddiff reads the first" if frames > 1 else ""
-    extra = {"size": size, "alpha": alpha, "frames": frames}
-    note = read_note(path)
-    if note is None:
-        return f"{path}: an image with no colddiff note ({kind})", extra
-    rows = [row("size", kind)] + [row(k, worded(k, v, note)) for k, v in note.items() if k not in ("command", "params")]
-    rows += [row("parameters", settings(note["params"]))] if isinstance(note.get("params"), dict) else []
-    return "\n".join([f"{path}: made by colddiff {note.get('command')}", *rows]), {**note, **extra}
-
-
-def describe_model(path: str) -> tuple[str, dict]:
-    import json
-
-    import checkpoint
-    import unet
-
-    metadata = checkpoint.read_metadata(path)
-    if metadata.get("format") == checkpoint.FORMAT + "-state":  # MODEL.state.safetensors
-        info = json.loads(metadata.get("colddiff", "{}"))
-        model = Path(path).name.removesuffix(".state.safetensors") + ".safetensors"
-        return (f"{path}: a colddiff training state at step {info.get('step', '?')}, what `train --resume` continues "
-                f"{model} from (`colddiff info {model}` describes the model)"), {"training_state": True, "step": info.get("step")}
-    net, op, meta = checkpoint.load_model(path)
-    img, train, n = meta["image"], meta.get("train", {}), unet.count_parameters(net)
-    steps = train.get("sampling_steps") or op.default_steps
-    lines = [f"{path}: colddiff model, step {meta.get('step', '?')}",
-             row("operator", f"{op.name}, {preset_of(op)}"),
-             row("network", f"{meta.get('network_preset', 'custom')}, {n / 1e6:.2f} M parameters ({settings(meta['network'])})"),
-             row("images", f"{img['width']}x{img['height']} {'grey' if img['channels'] == 1 else 'colour'}"),
-             row("training", settings(train)),
-             row("sampling", f"default {op.default_sampler}, " + (f"{steps} steps" if steps else "every step"))]
-    if meta.get("prior"):
-        p = meta["prior"]
-        lines.append(row("prior", f"{p.get('kind')}, {p.get('components')} component(s) over {p.get('features')}"))
-    if meta.get("symmetry"):
-        lines.append(row("symmetry", settings(meta["symmetry"])))
-    if meta.get("made_by"):
-        lines.append(row("made by", settings(meta["made_by"])))
-    state = checkpoint.state_path(path)
-    lines.append(row("resume", f"{state.name} beside it" if state.is_file() else "no training state beside it (cannot --resume)"))
-    return "\n".join(lines), {**meta, "parameters": n}
-
-
-def preset_of(op) -> str:
-    """The preset the operator is, or the nearest one and what differs from it."""
-    import operators
-
-    cls, mine = type(op), op.params()
-
-    def diff(preset):
-        theirs = operators.make_operator(op.name, preset).params()
-        return {k: v for k, v in mine.items() if theirs.get(k) != v}
-
-    best = min(cls.PRESETS, key=lambda p: len(diff(p)))
-    changed = diff(best)
-    return f"preset {best}" + (f" with {settings(changed)}" if changed else "") + f" ({settings(mine)})"
-
-
-def worded(key: str, value, note: dict):
-    """A note's value as info says it: a strip's x0_hat row, and what a null means (restore's and
-    generate's steps and tile)."""
-    if key == "x0_hat_row":
-        return "yes: under each frame, R's x0_hat from it" if value else "no"
-    if value is not None:
-        return value
-    if key == "steps":
-        return "one network call" if note.get("sampler") == "direct" else "every step"
-    return "none, the whole image at once" if key == "tile" else "none"
-
-
-def row(key: str, value) -> str:
-    return f"  {key:<12}{value}"
-
-
-def settings(d: dict) -> str:
-    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in d.items())

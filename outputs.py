@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Stop, Terminated, UserError
+from errors import Stop, Terminated, UserError
 from image_io import IMAGE_EXTS, STDIO, check_size, check_suffix, eight_bit, encode_image, format_of, keeps_alpha, read_note
 
 

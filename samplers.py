@@ -19,36 +19,31 @@ For the interpolation operators
 (noise, animorph, colour: D = a_s x0 + b_s z) `z="estimated"` re-estimates z at every step,
 z_hat = (x_s - a_s x0_hat) / b_s (the DDIM choice); `z="fixed"` reuses the z in `hidden`.
 
-A sampler is one function registered with `@sampler(predicts, steps, eta)`: it applies to the
+A model opened for sampling (R, its operator and these choices) is sampling.py's; R in tiles is
+tiles.py's. A sampler is one function registered with `@sampler(predicts, steps, eta)`: it applies to the
 operators whose network predicts that ("x0": cold diffusion, "eps": blur diffusion; None: any),
 and says whether it jumps in --steps and takes --eta. Its docstring's first sentence is what
 `colddiff ops` says it does.
 
-This module imports torch inside the functions that use it, as common.py does: colddiff lists
+This module imports torch inside the functions that use it, as seeding.py does: colddiff lists
 SAMPLERS in its --help.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from common import ImageRNG, UserError, bf16
-
-if TYPE_CHECKING:
-    import torch
+from errors import UserError
+from seeding import ImageRNG
 
 SAMPLERS: dict = {}
 Z_MODES = ("fixed", "estimated")
 
 
-def sampler(predicts: str | None, steps: bool = True, eta: bool = False, step_noise: bool = False):
+def sampler(predicts: str | None, steps: bool = True, eta: bool = False, step_noise: bool = False, one_call: bool = False):
     """Register a sampler under its function's name, for operators whose R predicts `predicts`;
     `steps`: it jumps in --steps K; `eta`: it takes --eta (stochasticity); `step_noise`: it takes
-    --step-noise."""
+    --step-noise; `one_call`: it calls R once, at t, and passes through no other state."""
 
     def register(fn):
-        fn.predicts, fn.steps, fn.eta, fn.step_noise = predicts, steps, eta, step_noise
+        fn.predicts, fn.steps, fn.eta, fn.step_noise, fn.one_call = predicts, steps, eta, step_noise, one_call
         SAMPLERS[fn.__name__] = fn
         return fn
 
@@ -67,7 +62,17 @@ def schedule(t: int, steps: int | None) -> list[int]:
     return sorted({round(t * i / K) for i in range(K + 1)}, reverse=True)
 
 
-def _step_tensor(x, s):
+def path(name: str, t: int, steps: int | None) -> list[int]:
+    """The steps s of the states x_s that sampler `name` passes through from x_t, t down to 0: R is
+    called on every one but the last, x_0, the output."""
+    if t == 0:  # x_0 is the image itself: sample() returns it
+        return [0]
+    if SAMPLERS[name].one_call:
+        return [t, 0]
+    return schedule(t, steps) if SAMPLERS[name].steps else list(range(t, -1, -1))
+
+
+def step_tensor(x, s):
     import torch
 
     return torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
@@ -79,16 +84,16 @@ def with_z(op, hidden, x_s, x0_hat, s: int, z: str):
 
     if z != "estimated":
         return hidden
-    a, b = op.coefficients(_step_tensor(x_s, s), x_s, hidden)
+    a, b = op.coefficients(step_tensor(x_s, s), x_s, hidden)
     safe = b > 1e-6  # where b = 0 (colour: pixels the mask never reached) z plays no part
     z_hat = torch.where(safe, (x_s.float() - a * x0_hat.float()) / torch.where(safe, b, 1), 0)
     return {**hidden, "z": z_hat}
 
 
-@sampler(predicts=None, steps=False)
+@sampler(predicts=None, steps=False, one_call=True)
 def direct(restore, op, x_t, t: int, hidden=None, steps=None, z="fixed", eta=0.0, step_noise=0.0):
     """x0_hat from one network call at t."""
-    return op.x0_hat(x_t, _step_tensor(x_t, t), restore(x_t, t))
+    return op.x0_hat(x_t, step_tensor(x_t, t), restore(x_t, t))
 
 
 @sampler(predicts="x0", step_noise=True)
@@ -216,28 +221,6 @@ def sample(name: str, restore, op, x_t, t: int, hidden=None, steps=None, z: str 
     return SAMPLERS[name](restore, op, x_t, t, hidden, steps, z, eta, step_noise)
 
 
-def make_restorer(net, device, compile: bool = False):
-    """R as a function of (x, s): bf16 autocast on CUDA, optionally compiled with CUDA graphs."""
-    import torch
-
-    cuda = device.type == "cuda"
-    model = net
-    if cuda:
-        model = net.to(memory_format=torch.channels_last)
-        if compile:
-            # "reduce-overhead" captures each fixed-shape call in a CUDA graph
-            model = torch.compile(model, mode="reduce-overhead")
-
-    @torch.no_grad()
-    def restore(x, s: int):
-        with bf16(device):
-            out = model(x, _step_tensor(x, s))
-        # a copy: CUDA-graph replays overwrite their output buffer on the next call
-        return out.to(torch.float32, copy=True)
-
-    return restore
-
-
 def steps_for(name: str, op, meta: dict, t: int, steps: int | None) -> int | None:
     """--steps if given; for samplers that jump, the model's recommended steps, else the
     operator's default, at most t; else None (every step)."""
@@ -245,158 +228,3 @@ def steps_for(name: str, op, meta: dict, t: int, steps: int | None) -> int | Non
     if steps is None and default is not None and SAMPLERS[name].steps:
         return min(default, max(t, 1))
     return steps
-
-
-def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
-    """Where tiles of `tile` px start along an axis of n px: evenly spread, overlapping by at least
-    `overlap`, the first at 0 and the last ending at n (every tile the same size: one CUDA graph)."""
-    if n <= tile:
-        return [0]
-    k = -(-(n - tile) // (tile - overlap))  # strides
-    return [round(i * (n - tile) / k) for i in range(k + 1)]
-
-
-def tile_ramp(n: int, overlap: int, first: bool, last: bool, device=None) -> torch.Tensor:
-    """A tile's blending weight along one axis: 1 inside, falling linearly over `overlap` px at an edge
-    that a neighbour overlaps (not at the image's own edges, which no other tile covers). Made on
-    the device: a host copy would wait for the GPU."""
-    import torch
-
-    w = torch.ones(n, device=device)
-    ramp = (torch.arange(overlap, device=device) + 0.5) / overlap
-    if not first:
-        w[:overlap] = ramp
-    if not last:
-        w[n - overlap :] = torch.minimum(w[n - overlap :], ramp.flip(0))
-    return w
-
-
-def tile_overlap(tile: int) -> int:
-    """colddiff's overlap of N px tiles: N/8 (measured: README, "Large images")."""
-    return max(8, tile // 8)
-
-
-def tile_count(h: int, w: int, tile: int) -> int:
-    """Network calls per R call on an h x w image in tiles of `tile` px."""
-    return len(tile_starts(h, tile, tile_overlap(tile))) * len(tile_starts(w, tile, tile_overlap(tile)))
-
-
-def tiled(restore, tile: int, overlap: int | None = None):
-    """R over overlapping tile x tile windows, blended by linear ramps: peak memory that of one tile
-    and time linear in the pixels (the whole image costs memory in proportion to its pixels, and time
-    quadratic in them in the middle attention). Images no larger than a tile go through whole."""
-    import torch
-
-    overlap = tile_overlap(tile) if overlap is None else overlap
-    layouts: dict = {}  # (H, W, device) -> the tiles' windows and weights, and their sum: once, not every step
-
-    def layout(H: int, W: int, device):
-        tops, lefts = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
-        h, w = min(H, tile), min(W, tile)
-        tiles, weight = [], torch.zeros(H, W, device=device)
-        for i, top in enumerate(tops):
-            wy = tile_ramp(h, overlap, i == 0, i == len(tops) - 1, device)
-            for j, left in enumerate(lefts):
-                wt = wy[:, None] * tile_ramp(w, overlap, j == 0, j == len(lefts) - 1, device)
-                window = (..., slice(top, top + h), slice(left, left + w))
-                tiles.append((window, wt))
-                weight[window[1:]] += wt
-        return tiles, weight
-
-    def restore_tiled(x, s: int):
-        H, W = x.shape[-2:]
-        if H <= tile and W <= tile:
-            return restore(x, s)
-        key = (H, W, x.device)
-        if key not in layouts:
-            layouts[key] = layout(H, W, x.device)
-        tiles, weight = layouts[key]
-        out = torch.zeros(x.shape, device=x.device)
-        for window, wt in tiles:
-            out[window] += restore(x[window].contiguous(), s) * wt
-        return out / weight
-
-    return restore_tiled
-
-
-@dataclass
-class Sampling:
-    """A model opened for sampling: its operator and metadata, R, and the chosen sampler."""
-
-    op: object
-    meta: dict
-    restore: object
-    sampler: str
-    steps: int | None
-    z: str
-    eta: float = 0.0
-    step_noise: float = 0.0
-
-    def __call__(self, x_t, t: int, hidden):
-        return sample(self.sampler, self.restore, self.op, x_t, t, hidden, self.steps, self.z, self.eta, self.step_noise)
-
-    def at(self, t: int, steps: int | None = None) -> "Sampling":
-        """This sampling from step t (restoring images degraded less than T): --steps, else the
-        model's steps cut to t; checked, a UserError before any work."""
-        steps = steps_for(self.sampler, self.op, self.meta, t, steps)
-        check(self.sampler, self.op, t, self.z, self.eta, steps, self.step_noise)
-        return dataclasses.replace(self, steps=steps)
-
-    def describe(self) -> dict:
-        """The choices that make its images, for the note in each output PNG."""
-        return {"sampler": self.sampler, "steps": self.steps, "z": self.z, "eta": self.eta, "step_noise": self.step_noise}
-
-    def path(self, t: int) -> list[int]:
-        """The steps s of the states x_s that sampling from x_t passes through, t down to 0: R is
-        called on every one but the last, x_0, the output."""
-        if t == 0:  # x_0 is the image itself: sample() returns it
-            return [0]
-        if self.sampler == "direct":
-            return [t, 0]
-        return schedule(t, self.steps) if SAMPLERS[self.sampler].steps else list(range(t, -1, -1))
-
-    def calls(self, t: int) -> int:
-        """Network calls per batch from step t: 1 (direct), the jumps, or every step."""
-        return len(self.path(t)) - 1
-
-    def recorded(self, keep, record, record_x0_hat=None) -> "Sampling":
-        """This sampling, calling record(x_s, s) with each state x_s handed to R at a step s in
-        `keep` (the frames of a --strip: the sampler's own states, whatever it is), and
-        record_x0_hat(x0_hat, s) with R's prediction from it (the released code's X_0s)."""
-        def restore(x, s):
-            if s in keep:
-                record(x, s)
-            out = self.restore(x, s)
-            if s in keep and record_x0_hat:
-                record_x0_hat(self.op.x0_hat(x, _step_tensor(x, s), out), s)
-            return out
-
-        return dataclasses.replace(self, restore=restore)
-
-    def watched(self, after_call) -> "Sampling":
-        """This sampling, calling after_call() after every network call (progress within a batch)."""
-        def restore(x, s):
-            out = self.restore(x, s)
-            after_call()
-            return out
-
-        return dataclasses.replace(self, restore=restore)
-
-
-def open_model(path: str, device, sampler=None, steps=None, z=None, t=None, source=None, compile=True, eta=None):
-    """A model ready to sample (Sampling), every choice checked before any work:
-    the operator's default sampler (with its default eta) and z mode unless given; for samplers
-    that jump, --steps, else the model's recommended steps, else the operator's default (at most t)."""
-    import checkpoint
-    from image_io import attach_source
-
-    net, op, meta = checkpoint.load_model(path, device)
-    attach_source(op, source, device)
-    if eta is None:
-        eta = op.default_eta if sampler is None else 0.0
-    sampler = sampler or op.default_sampler
-    z = z or op.z_modes[0]
-    t = op.T if t is None else t
-    check(sampler, op, t, z, eta, steps)
-    restore = make_restorer(net, device, compile and device.type == "cuda")
-    return Sampling(op, meta, restore, sampler, steps_for(sampler, op, meta, t, steps), z, eta)

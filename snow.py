@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import UserError, to_device
-from operators import Operator, _float, _per_image, register, scaled_taps
+from errors import UserError
+from machine import to_device
+from operator_base import Operator, _float, _per_image, register, scaled_taps
 
 SNOW_LEVELS = {
     # c0, c1, c2 (zoom), c4 (motion kernel length), threshold start -> end, motion sigma start -> end

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 
 import checkpoint
 import unet
-from common import Progress, Stop, UserError, bf16, duration, to_device, versions
-from generative import fit_prior, flat_start, symmetry_defaults
+from errors import Stop, UserError
+from generative import fit_prior, symmetry_defaults
+from machine import bf16, to_device, versions
 from outputs import check_writable
+from progress import Progress, duration
 from train_config import TrainConfig
 
 
@@ -74,6 +76,37 @@ def check_output(out: str, resume: bool, force: bool) -> dict:
     if Path(out).exists() and not force and not (resume and has_state):
         raise UserError(f"{out}: exists; pass --resume to continue training it or --force to start over")
     return checkpoint.saved_run(out) if resume and has_state else {}
+
+
+@dataclasses.dataclass
+class Settings:
+    """A training run as `colddiff train`'s options resolve it: what is trained, how, and the run it resumes."""
+
+    op: object
+    net: str
+    net_overrides: dict
+    cfg: TrainConfig
+    saved: dict  # the metadata of the run being resumed, or {}
+
+
+def resolve(given: dict, typed: set) -> Settings:
+    """The run of `colddiff train`'s parsed options `given` (by name; `typed`: those typed on the
+    command line): a --resume alone continues the run with its operator, network and settings
+    (typed ones win); the operator's method and the papers fill in the rest (method_defaults)."""
+    import operators
+
+    out = given["out"]
+    saved = check_output(out, given["resume"], given["force"])
+    if saved and not typed & {"op", "preset", "param"}:  # --resume alone: the operator the run began with
+        op = operators.operator_from_params(saved["operator"]["name"], saved["operator"]["params"])
+    else:
+        op = operators.from_options(given["op"], given["preset"], given["param"])
+    check_operator(saved, op, out)
+    given = method_defaults(op, resumed_settings(saved, given, typed))
+    cfg = TrainConfig(**{f.name: given[f.name] for f in dataclasses.fields(TrainConfig)})
+    cfg.check(op)
+    net_overrides = given.get("net_config") or unet.parse_overrides(given["net"], given["net_param"] or [])
+    return Settings(op, given["net"], net_overrides, cfg, saved)
 
 
 def check_operator(saved: dict, op, out: str):
@@ -155,7 +188,9 @@ def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
     return op.loss(pred.float(), x0, hidden)
 
 
-CPU_FLOPS_PER_THREAD = 50e9  # a training step on one CPU thread: measured 24-64 G (small net, 28 px; 64 in both 2-thread bundled-model runs) as the shared machine's load varied
+# a training step on one CPU thread: measured 24-64 G (small net, 28 px; 64 in both 2-thread bundled-model runs) as the
+# shared machine's load varied
+CPU_FLOPS_PER_THREAD = 50e9
 CUDA_FLOPS = 100e12  # a guess for a recent GPU in bf16, until benchmarks/train.py measures one
 
 
@@ -184,38 +219,13 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         m = op.min_size()
         raise UserError(f"{op.name} {op.preset} needs images of at least {m}x{m}, these are {W}x{H}: pass --size {m} or more")
     torch.manual_seed(cfg.seed)
-    net = unet.build(C, net_preset, **(net_overrides or {})).to(device)
-    ema = unet.build(C, net_preset, **(net_overrides or {})).to(device).requires_grad_(False)
-    ema.load_state_dict(net.state_dict())
-    if cuda:  # the EMA too: update_ema's multi-tensor kernels need the same layout on both sides
-        net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, **({"fused": True} if cuda else {}))
+    net, ema, opt = build(C, net_preset, net_overrides, cfg, device)
     rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # data order, t, hidden randomness, augmentation
-    meta = {
-        "version": checkpoint.FORMAT_VERSION,
-        "operator": {"name": op.name, "params": op.params()},
-        "network": net.config,
-        "network_preset": net_preset,
-        "image": {"channels": C, "height": H, "width": W},
-        "train": dataclasses.asdict(cfg) | {"images": N, "world_size": world, "distributed": backend},
-        "prior": fit_prior(op, data, cfg.gmm_components, cfg.seed, device),
-        "symmetry": symmetry_defaults(cfg.train_noise, flat_start(op), cfg.step_noise),
-        "made_by": versions(device),
-    }
-    step = 0
-    if resume and checkpoint.state_path(out).exists():
-        step = checkpoint.load_training_state(out, net, ema, opt, rng)
-        if step >= cfg.steps:
-            raise Stop(0, f"{out} is at step {step} already, not below --steps {cfg.steps}: nothing to do (raise --steps to train on)")
-        log(resumed_line(step, checkpoint.saved_run(out), meta))
-    seconds, line = estimate(net, cfg, H, W, cfg.steps - step, world, device)
+    meta = run_meta(op, net, net_preset, data, cfg, world, backend, device)
+    saver = Saver(out, net, ema, opt, rng, meta, rank)
+    step = saver.resume(cfg, log) if resume and checkpoint.state_path(out).exists() else 0
     if rank == 0:
-        log(line)
-        if seconds > 86400:
-            log(f"warning: that is {duration(seconds)}: use a GPU, a smaller --net (small, tiny), fewer --steps or a smaller --size")
-        warning = ema_warning(cfg)
-        if warning:
-            log(warning)
+        announce(net, cfg, H, W, cfg.steps - step, world, device, log)
     # keep the data on the GPU as uint8 when it fits easily (a quarter of free memory)
     if cuda and data.numel() < torch.cuda.mem_get_info(device)[0] // 4:
         data = data.to(device)
@@ -226,21 +236,6 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
         model = torch.compile(model)
     train_step = make_step(model, opt, op, cfg, device)
     view = RunLog(op, ema, data, out, cfg, device, log, enabled=rank == 0, quiet=quiet)
-
-    saved = {"step": step if resume and step else None}
-
-    def save(step):
-        kept = f"{out} keeps step {saved['step']}" if saved["step"] is not None else f"nothing was saved to {out}"
-        if not all(bool(torch.isfinite(p).all()) for m in (net, ema) for p in m.parameters()):
-            raise Stop(1, f"the weights became non-finite by step {step} (is --lr too large?); stopped, {kept}")
-        if rank == 0:
-            try:  # state first: a model file never runs ahead of the state that resumes it
-                checkpoint.save_training_state(out, net, ema, opt, step, rng, meta)
-                checkpoint.save_model(out, ema, meta | {"step": step})
-            except UserError as e:
-                raise Stop(1, f"{e}; training stopped at step {step}, {kept}") from None
-        saved["step"] = step
-
     losses = []
     with stop_on_signals() as stop, view:
         view.begin(step)
@@ -255,11 +250,79 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
             update_ema(ema, net, step, cfg)
             view.update(step, total, world)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                save(step)
+                saver.save(step)
             if stop["signal"] is not None:
-                save(step)
+                saver.save(step)
                 raise Stop(128 + stop["signal"], f"interrupted at step {step}: saved {out}; continue with --resume")
     return Trained(net, ema, losses)
+
+
+def build(C: int, net_preset: str, net_overrides: dict | None, cfg: TrainConfig, device):
+    """(net, ema, opt): the network, its EMA (a copy to begin with) and Adam; channels_last and fused on CUDA."""
+    net = unet.build(C, net_preset, **(net_overrides or {})).to(device)
+    ema = unet.build(C, net_preset, **(net_overrides or {})).to(device).requires_grad_(False)
+    ema.load_state_dict(net.state_dict())
+    cuda = device.type == "cuda"
+    if cuda:  # the EMA too: update_ema's multi-tensor kernels need the same layout on both sides
+        net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
+    return net, ema, torch.optim.Adam(net.parameters(), lr=cfg.lr, **({"fused": True} if cuda else {}))
+
+
+def run_meta(op, net, net_preset: str, data: torch.Tensor, cfg: TrainConfig, world: int, backend, device) -> dict:
+    """What a model file says of itself: its operator, network, images, training, prior and provenance."""
+    N, C, H, W = data.shape
+    return {
+        "version": checkpoint.FORMAT_VERSION,
+        "operator": {"name": op.name, "params": op.params()},
+        "network": net.config,
+        "network_preset": net_preset,
+        "image": {"channels": C, "height": H, "width": W},
+        "train": dataclasses.asdict(cfg) | {"images": N, "world_size": world, "distributed": backend},
+        "prior": fit_prior(op, data, cfg.gmm_components, cfg.seed, device),
+        "symmetry": symmetry_defaults(cfg.train_noise, op.flat_start, cfg.step_noise),
+        "made_by": versions(device),
+    }
+
+
+def announce(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, device, log) -> None:
+    """The run's estimated time, and warnings about its length and its EMA."""
+    seconds, line = estimate(net, cfg, H, W, steps_left, world, device)
+    log(line)
+    if seconds > 86400:
+        log(f"warning: that is {duration(seconds)}: use a GPU, a smaller --net (small, tiny), fewer --steps or a smaller --size")
+    warning = ema_warning(cfg)
+    if warning:
+        log(warning)
+
+
+class Saver:
+    """A run's checkpoints: the training state first, then the model, so that a model file never runs
+    ahead of the state that resumes it; only finite weights are saved (rank 0 writes)."""
+
+    def __init__(self, out: str, net, ema, opt, rng: torch.Generator, meta: dict, rank: int):
+        self.out, self.net, self.ema, self.opt, self.rng, self.meta, self.rank = out, net, ema, opt, rng, meta, rank
+        self.step = None  # the step saved last (this run's, or the one resumed)
+
+    def resume(self, cfg: TrainConfig, log) -> int:
+        """The step of the state resumed (its weights, optimizer and random state loaded)."""
+        step = checkpoint.load_training_state(self.out, self.net, self.ema, self.opt, self.rng)
+        if step >= cfg.steps:
+            raise Stop(0, f"{self.out} is at step {step} already, not below --steps {cfg.steps}: nothing to do (raise --steps to train on)")
+        log(resumed_line(step, checkpoint.saved_run(self.out), self.meta))
+        self.step = step or None
+        return step
+
+    def save(self, step: int) -> None:
+        kept = f"{self.out} keeps step {self.step}" if self.step is not None else f"nothing was saved to {self.out}"
+        if not all(bool(torch.isfinite(p).all()) for m in (self.net, self.ema) for p in m.parameters()):
+            raise Stop(1, f"the weights became non-finite by step {step} (is --lr too large?); stopped, {kept}")
+        if self.rank == 0:
+            try:
+                checkpoint.save_training_state(self.out, self.net, self.ema, self.opt, step, self.rng, self.meta)
+                checkpoint.save_model(self.out, self.ema, self.meta | {"step": step})
+            except UserError as e:
+                raise Stop(1, f"{e}; training stopped at step {step}, {kept}") from None
+        self.step = step
 
 
 class stop_on_signals:

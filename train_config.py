@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from common import UserError
+from errors import UserError
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -53,8 +53,6 @@ class TrainConfig:
         if self.step_noise is not None:
             if not 0 <= self.step_noise < 1:
                 raise UserError(f"--step-noise must be in [0, 1), got {self.step_noise}")
-            from generative import flat_start
-
-            if not flat_start(op):
+            if not op.flat_start:
                 raise UserError(f"--step-noise breaks the symmetry of a flat x_T (blur's generation preset); {op.name} ({op.preset}) has none")
 

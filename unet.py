@@ -378,7 +378,7 @@ def from_config(config: dict) -> Net:
 
 
 def build(channels: int, preset: str = "paper", **overrides) -> Net:
-    from common import UserError
+    from errors import UserError
 
     if preset not in PRESETS:
         raise UserError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -397,7 +397,7 @@ def parse_overrides(preset: str, pairs: list[str]) -> dict:
     value takes the type of the architecture's default, and integers must be positive."""
     import inspect
 
-    from common import UserError
+    from errors import UserError
 
     if preset not in PRESETS:
         raise UserError(f"unknown network preset {preset!r}; choose from {', '.join(PRESETS)}")

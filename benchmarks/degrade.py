@@ -122,7 +122,8 @@ def sweep(a, devices):
     with tempfile.TemporaryDirectory() as old_dir:
         codes = {"new": str(ROOT)}
         if a.old != "none":
-            for f in ("operators.py", "common.py", "blurdiff.py", "spectral.py"):
+            for f in ("operators.py", "operator_base.py", "cold.py", "common.py", "errors.py", "seeding.py", "machine.py", "blurdiff.py",
+                      "spectral.py"):
                 blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{a.old}:{f}"], capture_output=True)
                 if blob.returncode == 0:
                     Path(old_dir, f).write_bytes(blob.stdout)
@@ -159,9 +160,9 @@ def crossover(devices):
                     spectral.DENSE_MAX = limit
                     if make == "blur":
                         ax = spectral.AxisBlur(operators.make_operator("blur", "celeba").kernels, n, "reflect", device)
-                        cells.append(timed(lambda: ax(x, t), device, repeat=5))
+                        cells.append(timed(lambda: ax(x, t), device, repeat=5))  # noqa: B023 (timed calls it at once)
                     else:
-                        cells.append(timed(lambda: spectral.dct(x, -1), device, repeat=5))
+                        cells.append(timed(lambda: spectral.dct(x, -1), device, repeat=5))  # noqa: B023 (timed calls it at once)
             print(f"| {dev_name} | {n} | " + " | ".join(f"{c * 1e3:.2f}" for c in cells) + " |")
 
 
@@ -196,10 +197,10 @@ def main():
             op = operators.make_operator("blur", preset)
             x = torch.rand(a.batch, 3, a.size, a.size, device=device) * 2 - 1
             t = torch.full((a.batch,), op.T, device=device)
-            fast = timed(lambda: op.apply(x, t), device, repeat=10)
+            fast = timed(lambda: op.apply(x, t), device, repeat=10)  # noqa: B023 (timed calls it at once)
             nseq = a.seq_batch or (a.batch if device.type == "cuda" else 4)
             xs = x[:nseq]
-            seq = timed(lambda: sequential_blur(op, xs, op.T), device, repeat=3 if device.type == "cuda" else 1)
+            seq = timed(lambda: sequential_blur(op, xs, op.T), device, repeat=3 if device.type == "cuda" else 1)  # noqa: B023
             err = float((op.apply(xs, t[:nseq]) - sequential_blur(op, xs, op.T)).abs().max())
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
             rows.append((name, preset, op.T, op.kernel_size, a.batch / fast, nseq / seq, (a.batch / fast) / (nseq / seq), err))

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoint  # noqa: E402
 import generative  # noqa: E402
 import metrics  # noqa: E402
-from samplers import open_model  # noqa: E402
-from image_io import encode_image, grid_image, load_folder, to_pixels  # noqa: E402
+from folders import load_folder  # noqa: E402
+from image_io import encode_image, grid_image, to_pixels  # noqa: E402
+from sampling import Choices, open_model  # noqa: E402
 
 
 class Classifier(nn.Module):
@@ -98,7 +99,7 @@ def generate(spec, n, device):
             o[key] = {"steps": int, "seed": int, "sampler": str}.get(key, float)(value)
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec}")
-    sampling = open_model(path, device, sampler=o["sampler"], steps=o["steps"], z=o["z"], compile=False, eta=o["eta"])
+    sampling = open_model(path, device, Choices(sampler=o["sampler"], steps=o["steps"], z=o["z"], eta=o["eta"], compile=False))
     x_T_noise = generative.break_symmetry(sampling, o["symmetry"], o["break_noise"], o["step_noise"])
     out = [imgs.cpu() for _, imgs in generative.generate(sampling, n, 100, o["seed"], device, x_T_noise)]
     return (torch.cat(out).clamp(-1, 1) + 1) / 2, sampling.meta

@@ -169,6 +169,156 @@ def profile(fn, steps: int = 3) -> list:
     return [{"name": e.key[:90], "ms_per_call": getattr(e, key, 0) / 1e3 / steps, "calls": e.count // steps} for e in events]
 
 
+class Session:
+    """One run of this script: its results (rewritten to --json after every row) and the rows it measures,
+    each under the clock, an exception or the deadline recorded rather than raised."""
+
+    def __init__(self, a):
+        self.a, self.clock = a, Clock(a.deadline)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+        self.path = Path(a.json)
+        self.result = {"device": self.name, "torch": torch.__version__, "command": " ".join(sys.argv), "rows": [], "errors": []}
+        try:  # before anything is measured: a --json that cannot be written would lose it all
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.result) + "\n")
+        except OSError as e:
+            sys.exit(f"gpu.py: error: {self.path}: cannot write there ({e.strerror or e})")
+        self.net = "tiny" if a.tiny else "paper"
+        self.rows, self.measured = self.result["rows"], None
+
+    def save(self):
+        self.path.write_text(json.dumps(self.result, indent=2, default=str) + "\n")
+
+    def attempt(self, label, fn, reserve=15.0):
+        """fn() under the clock; an exception or the deadline is recorded, not raised."""
+        try:
+            self.clock.limit(reserve)
+            return fn()
+        except Exception as e:  # noqa: BLE001 (a row's failure must not cost the rows after it)
+            Clock.disarm()
+            message = f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            self.result["errors"].append({"row": label, "error": message, "traceback": traceback.format_exc()[-3000:]})
+            print(f"ERROR {message}", flush=True)
+            return None
+        finally:
+            Clock.disarm()
+            self.save()
+
+    def add(self, workload, value, unit, extra, run, profile_calls=3):
+        released, target = TARGETS[workload]
+        met = None if target is None else value >= target if unit == "img/s" else value <= target
+        row = {"workload": workload, "value": value, "unit": unit, "released": released, "target": target, "met": met, **extra}
+        self.rows.append(row)
+        self.save()
+        print(json.dumps(row), flush=True)
+        if met is False and run is not None and self.clock.left() > 60:
+            row["profile"] = self.attempt(f"profile {workload}", lambda: profile(run, profile_calls))
+
+    def train_row(self, case, batch, workload=None, network=None, compile=True, cudnn_benchmark=False, augment=True):
+        a = self.a
+        args = Namespace(net=network or self.net, batch=4 if a.tiny else batch, steps=2 if a.tiny else 20, warmup=1 if a.tiny else 5,
+                         no_compile=not compile, peak_tflops=DATASHEET_TFLOPS, augment=augment)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        try:
+            r = train_bench.bench(case, args, self.device)
+        finally:
+            torch.backends.cudnn.benchmark = False
+        mfu_measured = r["tflops"] / self.measured if self.measured else None
+        self.add(workload or f"train {case}", r["rate"], "img/s", {"batch": args.batch, "mfu": r["mfu"], "mfu_of_measured_matmul": mfu_measured,
+                                                                  "tflops": r["tflops"], "first_steps_s": r["first"]}, r["run"])
+        if case == "celeba" and workload is None:
+            self.add("peak GiB train celeba", r["peak"] if r["peak"] == r["peak"] else 0.0, "GiB", {"batch": args.batch}, None)
+        del r
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def sample_row(self, case, workload, step_noise=0.0):
+        a = self.a
+        args = Namespace(net=self.net, no_compile=False, n=2 if a.tiny else 64, steps=None, repeat=1 if a.tiny else 3, step_noise=step_noise)
+        r = sample.bench(case, args, self.device)
+        self.add(workload, r["time"], "s", {"images": args.n, "px": r["size"], "network_calls": r["steps"], "first_call_s": r["first_call"],
+                                            "peak_gib": r["peak"]}, r["run"], 1)
+
+    def large_row(self, tile):
+        """One R call (eager bf16, `net`) on a 4000 x 3000 image (512 x 384 with --tiny), whole or tiled."""
+        import sampling
+        import tiles
+        import unet
+
+        device, cuda = self.device, self.device.type == "cuda"
+        w, h, px = (512, 384, 128) if self.a.tiny else (4000, 3000, 512)
+        restore = sampling.make_restorer(unet.build(3, self.net).to(device).eval(), device)
+        restore = tiles.tiled(restore, px) if tile else restore
+        x = (torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+
+        def once():
+            out = restore(x, 10)
+            if cuda:
+                torch.cuda.synchronize()
+            return out
+
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        once()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        once()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        self.add(f"R call 12 MP, {'512 px tiles' if tile else 'whole'}", seconds, "s",
+                 {"px": f"{w}x{h}", "tiles": tiles.tile_count(h, w, px) if tile else 1, "first_call_s": first, "peak_gib": peak}, None)
+        if cuda:
+            torch.cuda.empty_cache()
+
+    def plan(self, parts: set) -> list:
+        """(label, row) in the order of what matters most when time runs short; generation and restore
+        celeba share one compiled graph."""
+        plan = []
+        if "train" in parts:
+            plan.append(("train celeba", lambda: self.train_row("celeba", 128)))
+        if "sample" in parts:
+            plan += [("generate generation", lambda: self.sample_row("generation", "generate generation")),
+                     ("restore celeba", lambda: self.sample_row("celeba", "restore celeba")),
+                     ("restore mnist", lambda: self.sample_row("mnist", "restore mnist"))]
+        if "train" in parts:
+            plan.append(("train mnist", lambda: self.train_row("mnist", self.a.mnist_batch)))
+        if "sample" in parts:
+            plan.append(("generate generation, step noise", lambda: self.sample_row("generation", "generate generation, step noise", STEP_NOISE)))
+        if "train" in parts:
+            small = "tiny" if self.a.tiny else "small"
+            plan += [("train bundled, small, compiled", lambda: self.train_row("bundled", 128, "train bundled, small, compiled", small, augment=False)),
+                     ("train reproduce, small, eager", lambda: self.train_row("mnist", 128, "train reproduce, small, eager", small, compile=False)),
+                     ("train celeba, cudnn.benchmark", lambda: self.train_row("celeba", 128, "train celeba, cudnn.benchmark", cudnn_benchmark=True))]
+        if "large" in parts:  # last: the whole image may not fit (an OutOfMemoryError is recorded, and the tiles still run)
+            plan += [("R call 12 MP, whole", lambda: self.large_row(False)), ("R call 12 MP, 512 px tiles", lambda: self.large_row(True))]
+        return plan
+
+    def report(self) -> None:
+        result = self.result
+        print(f"\n{self.name}, torch {torch.__version__}, net={self.net}, bf16, compiled; {time.monotonic() - self.clock.start:.0f} s")
+        c = result.get("ceilings") or {}
+        if c.get("matmul_tflops"):
+            print(f"ceilings: bf16 matmul {c['matmul_tflops']:.0f} TFLOP/s, copy {c['copy_tb_s']:.2f} TB/s")
+        if result.get("tests"):
+            print(f"pytest -m cuda: {result['tests']['summary']} (exit {result['tests']['returncode']}, {result['tests']['seconds']:.0f} s)")
+        print("| workload | colddiff | released code (H100) | target | met | notes |")
+        print("|---|---|---|---|---|---|")
+        for r in self.rows:
+            notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                              if k not in ("workload", "value", "unit", "released", "target", "met", "profile"))
+            met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+            print(f"| {r['workload']} | {r['value']:,.3g} {r['unit']} | {r['released'] or '-'} | {r['target'] or '-'} | {met} | {notes} |")
+        for r in self.rows:
+            if r.get("profile"):
+                print(f"\n{r['workload']}: top kernels")
+                for e in r["profile"][:6]:
+                    print(f"  {e['ms_per_call']:9.3f} ms  x{e['calls']:<5} {e['name']}")
+        for e in result["errors"]:
+            print(f"ERROR {e['error']}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="where to write the results (rewritten after every row)")
@@ -179,151 +329,17 @@ def main():
     ap.add_argument("--test-timeout", type=int, default=150, help="seconds one CUDA test may take (pytest-timeout, where installed)")
     ap.add_argument("--mnist-batch", type=int, default=1024, help="training batch of the 32 px case")
     a = ap.parse_args()
-    clock = Clock(a.deadline)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    path = Path(a.json)
-    result = {"device": name, "torch": torch.__version__, "command": " ".join(sys.argv), "rows": [], "errors": []}
-    try:  # before anything is measured: a --json that cannot be written would lose it all
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result) + "\n")
-    except OSError as e:
-        sys.exit(f"gpu.py: error: {path}: cannot write there ({e.strerror or e})")
-    parts = set(a.only.split(","))
-    net = "tiny" if a.tiny else "paper"
-    rows = result["rows"]
-
-    def save():
-        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-
-    def attempt(label, fn, reserve=15.0):
-        """fn() under the clock; an exception or the deadline is recorded, not raised."""
-        try:
-            clock.limit(reserve)
-            return fn()
-        except Exception as e:  # noqa: BLE001 (a row's failure must not cost the rows after it)
-            Clock.disarm()
-            message = f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-            result["errors"].append({"row": label, "error": message, "traceback": traceback.format_exc()[-3000:]})
-            print(f"ERROR {message}", flush=True)
-            return None
-        finally:
-            Clock.disarm()
-            save()
-
-    def add(workload, value, unit, extra, run, profile_calls=3):
-        released, target = TARGETS[workload]
-        met = None if target is None else value >= target if unit == "img/s" else value <= target
-        row = {"workload": workload, "value": value, "unit": unit, "released": released, "target": target, "met": met, **extra}
-        rows.append(row)
-        save()
-        print(json.dumps(row), flush=True)
-        if met is False and run is not None and clock.left() > 60:
-            row["profile"] = attempt(f"profile {workload}", lambda: profile(run, profile_calls))
-
+    run, parts = Session(a), set(a.only.split(","))
     if "ceilings" in parts:
-        result["ceilings"] = attempt("ceilings", lambda: ceilings(device, a.tiny)) or {}
-        print(json.dumps({"ceilings": result["ceilings"]}), flush=True)
-    measured = (result.get("ceilings") or {}).get("matmul_tflops")
+        run.result["ceilings"] = run.attempt("ceilings", lambda: ceilings(run.device, a.tiny)) or {}
+        print(json.dumps({"ceilings": run.result["ceilings"]}), flush=True)
+    run.measured = (run.result.get("ceilings") or {}).get("matmul_tflops")
     if "tests" in parts:
-        result["tests"] = attempt("tests", lambda: run_tests(path, min(a.tests_max, clock.left() - 30), a.test_timeout), reserve=5)
-
-    def train_row(case, batch, workload=None, network=None, compile=True, cudnn_benchmark=False, augment=True):
-        args = Namespace(net=network or net, batch=4 if a.tiny else batch, steps=2 if a.tiny else 20, warmup=1 if a.tiny else 5,
-                         no_compile=not compile, peak_tflops=DATASHEET_TFLOPS, augment=augment)
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        try:
-            r = train_bench.bench(case, args, device)
-        finally:
-            torch.backends.cudnn.benchmark = False
-        mfu_measured = r["tflops"] / measured if measured else None
-        add(workload or f"train {case}", r["rate"], "img/s", {"batch": args.batch, "mfu": r["mfu"], "mfu_of_measured_matmul": mfu_measured,
-                                                             "tflops": r["tflops"], "first_steps_s": r["first"]}, r["run"])
-        if case == "celeba" and workload is None:
-            add("peak GiB train celeba", r["peak"] if r["peak"] == r["peak"] else 0.0, "GiB", {"batch": args.batch}, None)
-        del r
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def sample_row(case, workload, step_noise=0.0):
-        args = Namespace(net=net, no_compile=False, n=2 if a.tiny else 64, steps=None, repeat=1 if a.tiny else 3, step_noise=step_noise)
-        r = sample.bench(case, args, device)
-        add(workload, r["time"], "s", {"images": args.n, "px": r["size"], "network_calls": r["steps"], "first_call_s": r["first_call"],
-                                       "peak_gib": r["peak"]}, r["run"], 1)
-
-    def large_row(tile):
-        """One R call (eager bf16, `net`) on a 4000 x 3000 image (512 x 384 with --tiny), whole or tiled."""
-        import samplers
-        import unet
-
-        w, h, px = (512, 384, 128) if a.tiny else (4000, 3000, 512)
-        restore = samplers.make_restorer(unet.build(3, net).to(device).eval(), device)
-        restore = samplers.tiled(restore, px) if tile else restore
-        x = (torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
-
-        def once():
-            out = restore(x, 10)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        once()
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        once()
-        seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-        add(f"R call 12 MP, {'512 px tiles' if tile else 'whole'}", seconds, "s",
-            {"px": f"{w}x{h}", "tiles": samplers.tile_count(h, w, px) if tile else 1, "first_call_s": first, "peak_gib": peak}, None)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    # the order of what matters most when time runs short; generation and restore celeba share one compiled graph
-    plan = []
-    if "train" in parts:
-        plan.append(("train celeba", lambda: train_row("celeba", 128)))
-    if "sample" in parts:
-        plan += [("generate generation", lambda: sample_row("generation", "generate generation")),
-                 ("restore celeba", lambda: sample_row("celeba", "restore celeba")),
-                 ("restore mnist", lambda: sample_row("mnist", "restore mnist"))]
-    if "train" in parts:
-        plan.append(("train mnist", lambda: train_row("mnist", a.mnist_batch)))
-    if "sample" in parts:
-        plan.append(("generate generation, step noise", lambda: sample_row("generation", "generate generation, step noise", STEP_NOISE)))
-    if "train" in parts:
-        small = "tiny" if a.tiny else "small"
-        plan += [("train bundled, small, compiled", lambda: train_row("bundled", 128, "train bundled, small, compiled", small, augment=False)),
-                 ("train reproduce, small, eager", lambda: train_row("mnist", 128, "train reproduce, small, eager", small, compile=False)),
-                 ("train celeba, cudnn.benchmark", lambda: train_row("celeba", 128, "train celeba, cudnn.benchmark", cudnn_benchmark=True))]
-    if "large" in parts:  # last: the whole image may not fit (an OutOfMemoryError is recorded, and the tiles still run)
-        plan += [("R call 12 MP, whole", lambda: large_row(False)), ("R call 12 MP, 512 px tiles", lambda: large_row(True))]
-    for label, fn in plan:
-        attempt(label, fn)
-
-    save()
-    print(f"\n{name}, torch {torch.__version__}, net={net}, bf16, compiled; {time.monotonic() - clock.start:.0f} s")
-    c = result.get("ceilings") or {}
-    if c.get("matmul_tflops"):
-        print(f"ceilings: bf16 matmul {c['matmul_tflops']:.0f} TFLOP/s, copy {c['copy_tb_s']:.2f} TB/s")
-    if result.get("tests"):
-        print(f"pytest -m cuda: {result['tests']['summary']} (exit {result['tests']['returncode']}, {result['tests']['seconds']:.0f} s)")
-    print("| workload | colddiff | released code (H100) | target | met | notes |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                          if k not in ("workload", "value", "unit", "released", "target", "met", "profile"))
-        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        print(f"| {r['workload']} | {r['value']:,.3g} {r['unit']} | {r['released'] or '-'} | {r['target'] or '-'} | {met} | {notes} |")
-    for r in rows:
-        if r.get("profile"):
-            print(f"\n{r['workload']}: top kernels")
-            for e in r["profile"][:6]:
-                print(f"  {e['ms_per_call']:9.3f} ms  x{e['calls']:<5} {e['name']}")
-    for e in result["errors"]:
-        print(f"ERROR {e['error']}")
+        run.result["tests"] = run.attempt("tests", lambda: run_tests(run.path, min(a.tests_max, run.clock.left() - 30), a.test_timeout), reserve=5)
+    for label, fn in run.plan(parts):
+        run.attempt(label, fn)
+    run.save()
+    run.report()
 
 
 if __name__ == "__main__":

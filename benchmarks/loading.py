@@ -27,11 +27,12 @@ def one_load(folder: str, size: int, margin: float, out: str) -> None:
 
     from safetensors.torch import save_file
 
+    import folders
     import image_io
 
     image_io.SHRINK_MARGIN = margin
     start = time.perf_counter()
-    x = image_io.load_folder(folder, size, None)
+    x = folders.load_folder(folder, size, None)
     seconds = time.perf_counter() - start
     save_file({"images": x}, out)  # safetensors: nothing here is ever unpickled
     print(json.dumps({"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))

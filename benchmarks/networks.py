@@ -20,10 +20,11 @@ sys.path.insert(0, str(ROOT))
 import checkpoint  # noqa: E402
 import metrics  # noqa: E402
 import operators  # noqa: E402
-import samplers  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
-from image_io import load_folder, to_model  # noqa: E402
+from folders import load_folder  # noqa: E402
+from image_io import to_model  # noqa: E402
+from sampling import Sampling, make_restorer  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "fashion-mnist-2k"
 
@@ -55,7 +56,7 @@ def main():
         run = T.train(train_set, op, a.net, str(out), cfg, device, resume=False, log=lambda m: None, net_overrides={"variant": variant})
         rate = a.steps * a.batch / (time.perf_counter() - start)
         net, op_, meta = checkpoint.load_model(out, device)
-        sampling = samplers.Sampling(op_, meta, samplers.make_restorer(net, device), "tacos", None, "fixed")
+        sampling = Sampling(op_, meta, make_restorer(net, device), "tacos", None, "fixed")
         table, _ = metrics.evaluate(sampling, held, seed=0, batch=100, device=device)
         rows.append((variant, unet.count_parameters(run.net), unet.forward_flops(net.config, 28, 28) / 1e9, rate,
                      sum(run.losses[-50:]) / 50, table))

@@ -45,13 +45,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
-import checkpoint  # noqa: E402
 import generation as G  # noqa: E402
+
+import checkpoint  # noqa: E402
 import metrics  # noqa: E402
 import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
 from image_io import encode_image, grid_image, to_pixels  # noqa: E402
+from samplers import SAMPLERS  # noqa: E402
 from train_config import LR_SCHEDULES  # noqa: E402
 
 # The report seed's App. C, MNIST rows (degraded / sampled / direct x FID, SSIM, RMSE). The report
@@ -201,10 +203,11 @@ def generation_all(a, out, train_dir, test_dir, log):
         if out_of_time(a, f"generating {variant}"):
             break
         op_name, preset = {**RESTORATION, **GENERATION}[name]
-        reverse = op_name == "blurdiff"  # Lee et al.'s sampler: all 1000 steps
-        n, steps = (a.blurdiff_n, 1000) if reverse else (a.gen_n, min(a.gen_steps, operators.make_operator(op_name, preset).T))
+        op = operators.make_operator(op_name, preset)
+        every_step = not SAMPLERS[op.released_sampler].steps  # Lee et al.'s sampler: all T steps
+        n, steps = (a.blurdiff_n, op.T) if every_step else (a.gen_n, min(a.gen_steps, op.T))
         spec = ":".join([str(out / "models" / f"{name}.safetensors")] + ([option] if option else [])
-                        + (["sampler=reverse"] if reverse else [f"steps={steps}"] if steps else []))
+                        + ([f"sampler={op.released_sampler}"] if every_step else [f"steps={steps}"] if steps else []))
         t1 = time.time()
         images, _ = G.generate(spec, n, device)
         fcd = metrics.frechet_distance(G.features(clf, images.float()), ref[:n])
@@ -229,6 +232,38 @@ def device_name(device):
     return f"CPU: {cpu}, {torch.get_num_threads()} threads"
 
 
+def generation_report(a, log, grids: str) -> list[str]:
+    """The generation table and its findings, where results.json has them."""
+    lines: list[str] = []
+    if "floor" not in log["generation"]:
+        return lines
+    fl = log["generation"]["floor"]
+    lines += ["", "### Generation (Fashion-MNIST, same budget per model)", "",
+              f"Quality: FCD, the Frechet distance in the 128-d features of a small CNN ({fl['classifier']}) between "
+              "generated images and the test split; lower is better. Diversity: mean per-pixel std across the images.", "",
+              "| images | n | sampling steps | FCD | diversity | seconds | paper FID (their data) | grid |", "|---|---|---|---|---|---|---|---|",
+              f"| train split vs test split (floor) | {a.gen_n} | | {fl['fcd']:.2f} | {fl['diversity']:.3f} | | | |"]
+    for variant, _name, _, paper in VARIANTS:
+        g = log["generation"].get(variant)
+        if g:
+            lines.append(f"| {variant} | {g['n']} | {g['steps'] or 'T'} | {g['fcd']:.2f} | {g['diversity']:.3f} | {g['seconds']:.0f} | {paper} | "
+                         f"[grid]({grids}/{g['grid']}) |")
+    pairs = [("blur, broken symmetry", "blur, perfect symmetry", "breaking symmetry"),
+             ("blur, released nudge of x_T", "blur, perfect symmetry", "the released nudge"), ("noise, estimated z", "noise, fixed z", "estimated z"),
+             ("blurdiff quartic f_N=0.14", "DDPM (blurdiff, f = 0)", "blur diffusion"),
+             ("blur, broken symmetry", "noise, estimated z", "cold (blur) generation")]
+    lines += ["", f"Findings, computed from the table above (FCDs within {FCD_SAME:.0%} of each other are called the same: "
+              "two seeds of one model scored up to 5.6 % apart, RESULTS.md, \"The bundled model\"):", ""]
+    for x, y, what in pairs:
+        gx, gy = log["generation"].get(x), log["generation"].get(y)
+        if gx and gy:
+            same = abs(gx["fcd"] - gy["fcd"]) <= FCD_SAME * max(gx["fcd"], gy["fcd"])
+            verdict = "no difference measured" if same else "helps here" if gx["fcd"] < gy["fcd"] else "does not help here"
+            lines.append(f"- {what}: FCD {gx['fcd']:.2f} ({x}) vs {gy['fcd']:.2f} ({y}): {verdict}; "
+                         f"diversity {gx['diversity']:.3f} vs {gy['diversity']:.3f}.")
+    return lines
+
+
 def report(a, log):
     """The generated section of RESULTS.md: every number below comes from results.json."""
     f3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -238,7 +273,8 @@ def report(a, log):
              f"Budget per model: {a.steps} steps × batch {a.batch} × {a.accumulate} accumulation, `{a.net}` network "
              f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr} ({a.lr_schedule}), {a.size}×{a.size} px.",
              "", "### Restoration (Fashion-MNIST test split; the papers: MNIST, App. C of the report)", "",
-             "| operator | n | source | degraded FID | SSIM | RMSE | Algorithm 2 FID | SSIM | RMSE | direct FID | SSIM | RMSE | direct/degraded SSIM | train s | eval s | grid |",
+             "| operator | n | source | degraded FID | SSIM | RMSE | Algorithm 2 FID | SSIM | RMSE | direct FID | SSIM | RMSE "
+             "| direct/degraded SSIM | train s | eval s | grid |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in RESTORATION:
         if name not in log["eval"]:
@@ -264,30 +300,7 @@ def report(a, log):
             lines.append(f"- {name}: Algorithm 2 {verdict} direct restoration: {d:+.3f} SSIM ({margin}; "
                          f"RMSE {t['sampled']['rmse']:.3f} vs {t['direct']['rmse']:.3f}); both beat the degraded input: "
                          f"{'yes' if min(t['sampled']['ssim'], t['direct']['ssim']) > t['degraded']['ssim'] else 'no'}.")
-    if "floor" in log["generation"]:
-        fl = log["generation"]["floor"]
-        lines += ["", "### Generation (Fashion-MNIST, same budget per model)", "",
-                  f"Quality: FCD, the Frechet distance in the 128-d features of a small CNN ({fl['classifier']}) between "
-                  "generated images and the test split; lower is better. Diversity: mean per-pixel std across the images.", "",
-                  "| images | n | sampling steps | FCD | diversity | seconds | paper FID (their data) | grid |", "|---|---|---|---|---|---|---|---|",
-                  f"| train split vs test split (floor) | {a.gen_n} | | {fl['fcd']:.2f} | {fl['diversity']:.3f} | | | |"]
-        for variant, name, _, paper in VARIANTS:
-            g = log["generation"].get(variant)
-            if g:
-                lines.append(f"| {variant} | {g['n']} | {g['steps'] or 'T'} | {g['fcd']:.2f} | {g['diversity']:.3f} | {g['seconds']:.0f} | {paper} | "
-                             f"[grid]({grids}/{g['grid']}) |")
-        pairs = [("blur, broken symmetry", "blur, perfect symmetry", "breaking symmetry"),
-                 ("blur, released nudge of x_T", "blur, perfect symmetry", "the released nudge"), ("noise, estimated z", "noise, fixed z", "estimated z"),
-                 ("blurdiff quartic f_N=0.14", "DDPM (blurdiff, f = 0)", "blur diffusion"), ("blur, broken symmetry", "noise, estimated z", "cold (blur) generation")]
-        lines += ["", f"Findings, computed from the table above (FCDs within {FCD_SAME:.0%} of each other are called the same: "
-                  "two seeds of one model scored up to 5.6 % apart, RESULTS.md, \"The bundled model\"):", ""]
-        for x, y, what in pairs:
-            gx, gy = log["generation"].get(x), log["generation"].get(y)
-            if gx and gy:
-                same = abs(gx["fcd"] - gy["fcd"]) <= FCD_SAME * max(gx["fcd"], gy["fcd"])
-                verdict = "no difference measured" if same else "helps here" if gx["fcd"] < gy["fcd"] else "does not help here"
-                lines.append(f"- {what}: FCD {gx['fcd']:.2f} ({x}) vs {gy['fcd']:.2f} ({y}): {verdict}; "
-                             f"diversity {gx['diversity']:.3f} vs {gy['diversity']:.3f}.")
+    lines += generation_report(a, log, grids)
     lines += ["", "Training commands (data = the train split at 32 px):", "", "```sh"]
     lines += [log["train"][k]["command"] for k in log["train"]] + ["```"]
     return "\n".join(lines)

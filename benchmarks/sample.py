@@ -3,7 +3,7 @@
     python benchmarks/sample.py                          # CUDA: 64 x 128 px celeba blur (T=200), 64 x 32 px mnist (T=20)
     python benchmarks/sample.py --device cpu --net tiny --n 8
 
-Uses the same path as `colddiff restore`: samplers.make_restorer (bf16 autocast, channels_last,
+Uses the same path as `colddiff restore`: sampling.make_restorer (bf16 autocast, channels_last,
 torch.compile with CUDA graphs unless --no-compile) and samplers.tacos. Untrained weights: the
 time does not depend on them. Reports the median of --repeat runs after a warm-up run.
 --step-noise DELTA adds `colddiff generate`'s noise after every step, drawn on the host from each
@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import operators  # noqa: E402
 import samplers  # noqa: E402
+import sampling  # noqa: E402
 import unet  # noqa: E402
 
 CASES = {"celeba": ("blur", "celeba", 128, 3), "mnist": ("blur", "mnist", 32, 1), "generation": ("blur", "generation", 128, 3)}
@@ -28,7 +29,7 @@ def bench(case, a, device):
     op_name, preset, size, channels = CASES[case]
     op = operators.make_operator(op_name, preset)
     net = unet.build(channels, a.net).to(device).eval()
-    restore = samplers.make_restorer(net, device, compile=device.type == "cuda" and not a.no_compile)
+    restore = sampling.make_restorer(net, device, compile=device.type == "cuda" and not a.no_compile)
     x0 = torch.rand(a.n, channels, size, size, device=device) * 2 - 1
     x_t = op.apply(x0, op.T)
     delta = getattr(a, "step_noise", 0.0)

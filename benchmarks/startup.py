@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "tests" / "data" / "fmnist"
 
 # print whether torch was imported, at exit, whatever the command did (typer exits through SystemExit)
-PROBE = "import atexit, sys; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr)); import colddiff; sys.argv = ['colddiff', *sys.argv[1:]]; colddiff.main()"
+PROBE = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr)); import colddiff; "
+         "sys.argv = ['colddiff', *sys.argv[1:]]; colddiff.main()")
 
 
 def commands(tmp: Path) -> list[tuple[str, list[str]]]:

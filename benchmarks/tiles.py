@@ -23,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import samplers  # noqa: E402
+import sampling  # noqa: E402
+import tiles  # noqa: E402
 import unet  # noqa: E402
 
 SIZES = ["512x512", "1024x1024", "2048x2048", "4000x3000"]
@@ -33,9 +35,9 @@ def one_call(a) -> dict:
     torch.manual_seed(0)
     w, h = map(int, a.one.split("x"))
     net = unet.build(3, a.net).eval()
-    restore = samplers.make_restorer(net, torch.device("cpu"))
+    restore = sampling.make_restorer(net, torch.device("cpu"))
     if a.tile:
-        restore = samplers.tiled(restore, a.tile)
+        restore = tiles.tiled(restore, a.tile)
     x = torch.rand(1, 3, h, w) * 2 - 1
     start = time.perf_counter()
     restore(x, 10)
@@ -58,18 +60,18 @@ def cost(a):
                                capture_output=True, text=True)
             row.append(json.loads(p.stdout.splitlines()[-1]) if p.returncode == 0 else None)
         whole, tiled = row
-        n = samplers.tile_count(h, w, a.tile)
+        n = tiles.tile_count(h, w, a.tile)
         fmt = lambda r, k: "not run" if r is None else f"{r[k]:.1f}" if k == "seconds" else f"{r[k]:.2f}"
         print(f"| {size} | {fmt(whole, 'seconds')} | {fmt(whole, 'peak_gb')} | {n} x {a.tile} px | {fmt(tiled, 'seconds')} | {fmt(tiled, 'peak_gb')} |")
 
 
 def agreement(a):
     import checkpoint
-    from common import ImageRNG
     from image_io import read_image, to_model
+    from seeding import ImageRNG
 
     net, op, meta = checkpoint.load_model(a.model, "cpu")
-    restore = samplers.make_restorer(net, torch.device("cpu"))
+    restore = sampling.make_restorer(net, torch.device("cpu"))
     x0 = to_model(read_image(a.image, channels=meta["image"]["channels"]))[None]
     hidden = ImageRNG([0]).draw(op, x0)
     x_t = op.apply(x0, a.t, hidden)
@@ -83,8 +85,8 @@ def agreement(a):
         for tile in (64, 128, 256):
             if tile >= max(x0.shape[-2:]):
                 continue
-            out = samplers.sample(sampler, samplers.tiled(restore, tile), op, x_t, a.t, hidden, steps)
-            print(f"| {sampler}{'' if steps is None else f' ({steps} steps)'} | {tile} px | {samplers.tile_overlap(tile)} px | "
+            out = samplers.sample(sampler, tiles.tiled(restore, tile), op, x_t, a.t, hidden, steps)
+            print(f"| {sampler}{'' if steps is None else f' ({steps} steps)'} | {tile} px | {tiles.tile_overlap(tile)} px | "
                   f"{rmse(out, whole):.4f} | {float(((out.clamp(-1, 1) - whole.clamp(-1, 1)) / 2).abs().max()):.3f} | "
                   f"{rmse(out, x0):.4f} | {rmse(whole, x0):.4f} |")
 

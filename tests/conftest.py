@@ -62,7 +62,7 @@ def png(data: bytes):
 
 def run_cli(*args, stdin: bytes | None = None, cwd=None, env=None):
     """Run `python -m colddiff ARGS` as a user would: real pipes, real exit code."""
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "colddiff", *map(str, args)],
         input=stdin if stdin is not None else b"", capture_output=True, cwd=cwd, env=e, timeout=600,
@@ -76,11 +76,10 @@ class Result:
 
 def invoke(*args, stdin: bytes | None = None, env=None):
     """The same command in this process (no 2 s torch import); an exception escaping is a bug."""
+    import torch
     from typer.testing import CliRunner
 
     import colddiff
-
-    import torch
 
     threads = torch.get_num_threads()  # commands set it (--threads, or the idle cores): not for the tests after
     try:

@@ -1,21 +1,31 @@
 """The operator is the unit of a method: no operator names outside operators.py, a new operator is
 one class, every user error is one line, random operators never draw silently."""
 import re
-from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import ALL, ROOT, make, rand_images, run_cli
 
 import operators as O
-from common import ImageRNG, UserError
-from conftest import ALL, ROOT, make, rand_images
+from errors import UserError
+from seeding import ImageRNG
+
+SWITCH = re.compile(r"""op\.name ==|op\.name in|objective ==|\.name == "|op_name == "|sampler == "|sampler"\) == "|== "direct"|getattr\(op, ["']""")
 
 
-def test_no_operator_switches_outside_operators_py():
-    pattern = re.compile(r"op\.name ==|op\.name in|objective ==|\.name == \"")
-    files = [p for p in [*ROOT.glob("*.py"), *ROOT.glob("benchmarks/*.py")] if p.name != "operators.py"]
-    hits = [f"{p.name}:{i}: {line.strip()}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+def test_no_operator_or_sampler_switches_outside_their_files():
+    """What differs between operators or samplers is their attribute, never a test of their name
+    elsewhere (a new operator or sampler would have to be added to every such test)."""
+    own = {p for p in ROOT.glob("*.py") if re.search(r"^@register$", p.read_text(), re.M)} | {ROOT / "operator_base.py", ROOT / "operators.py"}
+    files = [p for p in [*ROOT.glob("*.py"), *ROOT.glob("benchmarks/*.py")] if p not in own]
+    hits = [f"{p.name}:{i}: {line.strip()}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1) if SWITCH.search(line)]
     assert len(files) >= 10 and hits == []
+
+
+def test_the_switch_pattern_catches_the_switches_it_names():
+    for line in ('if op.name == "blur":', 'reverse = op_name == "blurdiff"', 'if self.sampler == "direct":',
+                 'note.get("sampler") == "direct"', 'bool(getattr(op, "flat_last", False))'):
+        assert SWITCH.search(line), line
 
 
 @pytest.mark.parametrize("name,preset", ALL)
@@ -42,10 +52,17 @@ def test_image_rng_draws_per_image_whatever_the_batch():
     assert torch.equal(same["layer"][0], same["layer"][1])
 
 
-@dataclass
-class Fade(O.Operator):
-    """A toy generative operator, defined here only: x_t fades linearly into a flat grey c."""
+FADE = '''"""A toy generative operator in a file of its own: x_t fades linearly into a flat grey c."""
+from dataclasses import dataclass
 
+import torch
+
+from operator_base import Operator, register
+
+
+@register
+@dataclass
+class Fade(Operator):
     name = "fade"
     DEFAULT_PRESET = "default"
     generation = "a random flat grey"
@@ -62,23 +79,36 @@ class Fade(O.Operator):
 
 
 Fade.PRESETS = {"default": dict(T=4)}
+'''
 
 
-def test_a_new_operator_is_one_class_train_generate_restore(cli, monkeypatch, fmnist_split, tmp_path):
-    monkeypatch.setitem(O.OPERATORS, "fade", Fade)
+def test_a_new_operator_is_one_file_and_one_registry_line(fmnist_split, tmp_path):
+    """A copy of colddiff with fade.py beside its modules and one import line added to operators.py:
+    train, generate, degrade and restore take --op fade, and the samplers that do not fit it refuse it."""
+    import shutil
+
+    code = tmp_path / "code"
+    code.mkdir()
+    for p in PROJECT:
+        shutil.copy(p, code / p.name)
+    (code / "fade.py").write_text(FADE)
+    registry = (code / "operators.py").read_text()
+    line = "import snow  # noqa: F401  snow (ImageNet-C)\n"
+    assert line in registry
+    (code / "operators.py").write_text(registry.replace(line, line + "import fade  # noqa: F401\n"))
+    run = lambda *args: run_cli(*args, cwd=tmp_path, env={"PYTHONPATH": str(code)})  # noqa: E731
     model = tmp_path / "fade.safetensors"
-    r = cli("train", fmnist_split[0], "-o", model, "--op", "fade", "--net", "tiny", "--steps", "4", "--batch", "4",
+    r = run("train", fmnist_split[0], "-o", model, "--op", "fade", "--net", "tiny", "--steps", "4", "--batch", "4",
             "--accumulate", "1", "--save-every", "4", "--sample-every", "4", "--no-augment")
     assert r.returncode == 0, r.stderr.decode()
-    r = cli("generate", "--model", model, "--n", "3", "-o", tmp_path / "g.png")
-    assert r.returncode == 0, r.stderr.decode()
-    assert (tmp_path / "g.png").stat().st_size > 0
+    r = run("generate", "--model", model, "--n", "3", "-o", tmp_path / "g.png")
+    assert r.returncode == 0 and (tmp_path / "g.png").stat().st_size > 0, r.stderr.decode()
     img = sorted(fmnist_split[1].iterdir())[0]
-    r = cli("degrade", img, "--op", "fade", "--t", "2", "--seed", "3", "-o", tmp_path / "d.png")
+    r = run("degrade", img, "--op", "fade", "--t", "2", "--seed", "3", "-o", tmp_path / "d.png")
     assert r.returncode == 0, r.stderr.decode()
-    r = cli("restore", tmp_path / "d.png", "--model", model, "--t", "2", "--seed", "3", "-o", tmp_path / "r.png")
-    assert r.returncode == 0, r.stderr.decode()
-    r = cli("restore", tmp_path / "d.png", "--model", model, "--sampler", "reverse", "-o", tmp_path / "x.png")
+    r = run("restore", tmp_path / "d.png", "--model", model, "-o", tmp_path / "r.png")
+    assert r.returncode == 0 and (tmp_path / "r.png").exists(), r.stderr.decode()
+    r = run("restore", tmp_path / "d.png", "--model", model, "--sampler", "reverse", "-o", tmp_path / "x.png")
     assert r.returncode == 1 and b"fade samples with direct or naive or tacos, not reverse" in r.stderr
 
 
@@ -88,9 +118,8 @@ def test_a_new_operator_is_one_class_train_generate_restore(cli, monkeypatch, fm
 @pytest.fixture(scope="module")
 def bad_models(tmp_path_factory, blur_model):
     """A foreign .safetensors (no colddiff metadata), a truncated model, a model trained at 9 px."""
-    from safetensors.torch import save_file
-
     from conftest import invoke
+    from safetensors.torch import save_file
 
     d = tmp_path_factory.mktemp("bad")
     save_file({"w": torch.zeros(3)}, str(d / "foreign.safetensors"))
@@ -147,7 +176,7 @@ def test_bad_inputs_each_give_one_error_line(cli, bad_models, blur_model, fmnist
 
 def test_user_error_is_the_only_error_class():
     import checkpoint
-    import common
+    import errors
     import image_io
     import outputs
     import samplers
@@ -155,6 +184,119 @@ def test_user_error_is_the_only_error_class():
     for module in (O, samplers, checkpoint, image_io, outputs):
         own = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == module.__name__]
         assert own == [], (module.__name__, own)
-    assert issubclass(common.UserError, Exception)
+    assert issubclass(errors.UserError, Exception)
     with pytest.raises(UserError):
         O.make_operator("nope")
+
+
+# ----------------------------------------------------------------------------- the house: sizes, imports, modules
+
+PROJECT = sorted(p for p in ROOT.glob("*.py"))
+CHECKED = PROJECT + sorted(ROOT.glob("benchmarks/*.py"))
+COMMAND_LINES, FUNCTION_LINES = 40, 60
+
+
+def body_lines(fn) -> int:
+    """Lines of a function's body, its signature and docstring aside (blank lines and comments count:
+    they are what a reader reads)."""
+    import ast
+
+    body = fn.body[1:] if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(getattr(fn.body[0], "value", None), ast.Constant) \
+        and isinstance(fn.body[0].value.value, str) else fn.body
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def functions(path):
+    import ast
+
+    tree = ast.parse(path.read_text())
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def is_command(fn) -> bool:
+    return any("command" in ast_name(d) for d in fn.decorator_list)
+
+
+def ast_name(node) -> str:
+    import ast
+
+    return ast.unparse(node)
+
+
+def test_every_command_reads_as_a_few_labelled_steps():
+    """A command body is parse, plan the inputs, open the model, run, write: the work lives in the modules."""
+    long = [f"{fn.name}: {body_lines(fn)} lines" for fn in functions(ROOT / "colddiff.py") if is_command(fn) and body_lines(fn) > COMMAND_LINES]
+    assert len([fn for fn in functions(ROOT / "colddiff.py") if is_command(fn)]) >= 8
+    assert long == [], f"commands over {COMMAND_LINES} lines: {long}"
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [f"{p.relative_to(ROOT)}:{fn.lineno} {fn.name}: {body_lines(fn)} lines" for p in CHECKED for fn in functions(p)
+            if body_lines(fn) > FUNCTION_LINES]
+    assert long == [], f"functions over {FUNCTION_LINES} lines: {long}"
+
+
+def imports_of(path, modules: set) -> set:
+    """The project modules `path` imports, at its top or inside a function (a lazy import is an edge too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & modules - {path.stem}
+
+
+def cycles(graph: dict) -> list:
+    """Every import circle of `graph` (module -> modules it imports), each once, as a list of its modules."""
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_the_project_modules_import_each_other_without_a_circle():
+    modules = {p.stem for p in PROJECT}
+    graph = {p.stem: imports_of(p, modules) for p in PROJECT}
+    assert len(graph) >= 15 and graph["colddiff"]
+    assert cycles(graph) == []
+
+
+def test_cycles_finds_a_circle_through_a_lazy_import():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def py_modules() -> list:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+
+
+def test_every_top_level_module_is_installed():
+    """pip install . ships py-modules only: a module left out works from the checkout and fails installed."""
+    assert sorted(py_modules()) == sorted(p.stem for p in PROJECT)
+
+
+def test_every_operator_file_is_one_line_of_the_registry():
+    """A file whose classes @register themselves is imported by operators.py (else its operators exist
+    only where something else happens to import it), and every registered operator comes from one."""
+    import re
+
+    registering = {p.stem for p in PROJECT if re.search(r"^@register$", p.read_text(), re.M)}
+    imported = imports_of(ROOT / "operators.py", {p.stem for p in PROJECT})
+    assert registering and registering <= imported, registering - imported
+    assert {cls.__module__ for cls in O.OPERATORS.values()} == registering

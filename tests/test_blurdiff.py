@@ -8,7 +8,7 @@ import blurdiff as BD
 import generative as G
 import operators as O
 import samplers as S
-from common import UserError
+from errors import UserError
 
 
 def test_dct_is_orthonormal_and_inverts_exactly():
@@ -23,7 +23,7 @@ def test_dct_is_orthonormal_and_inverts_exactly():
 
 def test_eigenvalues_are_the_sampled_kernel_response():
     op = O.make_operator("blurdiff")
-    g = O.gaussian_kernel1d(3, 0.4)
+    g = BD.gaussian_kernel1d(3, 0.4)
     assert g.tolist() == pytest.approx([0.0404, 0.9192, 0.0404], abs=1e-4)
     d = op.log_d(16, 16, "cpu").exp()
     assert float(d.max()) == pytest.approx(1.0) and 0.69 < float(d.min()) < 0.72
@@ -56,7 +56,7 @@ def test_one_shot_matches_the_markov_chain_per_frequency():
     assert torch.allclose(chain.var(0), 1 - abar, atol=0.03)
     shot = op.to_dct(op.degrade(x0.expand(n, -1, -1, -1), torch.full((n,), t), g))
     assert torch.allclose(shot.mean(0), chain.mean(0), atol=0.04) and torch.allclose(shot.var(0), chain.var(0), atol=0.04)
-    assert float((abar.max() / abar.min())) > 2  # the blur really made frequencies decay at different rates
+    assert float(abar.max() / abar.min()) > 2  # the blur really made frequencies decay at different rates
 
 
 def test_f_zero_is_ddpm():

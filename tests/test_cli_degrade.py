@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, FMNIST, PHOTO, png
 from PIL import Image
 
 import checkpoint
 import operators
-from conftest import DATA, FMNIST, PHOTO, png
 from image_io import read_image, read_note, to_model, to_pixels
 
 
@@ -315,7 +315,7 @@ def test_desaturating_a_grey_image_says_so(cli, tmp_path):
 def test_blur_fits_its_kernels_to_the_image(cli, tmp_path):
     """Blur's sigmas and kernel reach are pixels too: on an image 4x the preset's size every kernel is
     the same sampled Gaussian 4x as wide (the slow reference), so the blur spreads an impulse 4x as far."""
-    from operators import blur_sigmas, gaussian_kernel1d
+    from cold import blur_sigmas, gaussian_kernel1d
 
     op = operators.make_operator("blur", "celeba")
     assert op.fit_to(3, 128, 140) == (op, None) and "px_scale" not in op.params()  # as older models store it

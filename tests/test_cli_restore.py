@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import DATA, PHOTO, png
+from PIL import Image
 
 
 def test_eval_table_direct_and_tacos_beat_degraded(cli, blur_model, fmnist_split, tmp_path, monkeypatch):
@@ -288,7 +287,10 @@ def test_skip_existing_finishes_an_interrupted_folder_and_keeps_what_is_there(cl
         (out / names[1]).write_bytes(b"kept as it is")
         r = cli(command, inputs, *args, "-o", out, "--skip-existing")
         assert r.returncode == 0 and "3 of the 5 outputs exist and are kept (--skip-existing); doing the other 2" in r.stderr.decode()
-        assert all((out / n).read_bytes() == first[n] for n in (names[0], names[3], names[2], names[4]))
+        # degrade's are the same bytes; restore's the same to one grey level: the network's float sums
+        # depend on the batch an image is in (oneDNN picks kernels by batch size and CPU model)
+        redone = [np.abs(png((out / n).read_bytes()).astype(int) - png(first[n]).astype(int)).max() for n in (names[0], names[3], names[2], names[4])]
+        assert max(redone) <= (0 if command == "degrade" else 1), redone
         assert (out / names[1]).read_bytes() == b"kept as it is"
         r = cli(command, inputs, *args, "-o", out, "--skip-existing")
         assert r.returncode == 0 and b"all 5 outputs exist already (--skip-existing): nothing to do" in r.stderr
@@ -336,7 +338,8 @@ def test_skip_existing_refuses_to_keep_outputs_another_run_made(cli, blur_model,
     model = ["--model", blur_model]
     gone = unfinished("restore", [tmp_path / "d"], tmp_path / "r", *model, "--steps", "3")
     refused("restore", [tmp_path / "d"], tmp_path / "r", *model, "--steps", "4", said="made with steps=3, not this command's steps=4")
-    refused("restore", [tmp_path / "d"], tmp_path / "r", *model, "--sampler", "direct", said="sampler=tacos, steps=3, not this command's sampler=direct, steps=none")
+    refused("restore", [tmp_path / "d"], tmp_path / "r", *model, "--sampler", "direct",
+            said="sampler=tacos, steps=3, not this command's sampler=direct, steps=none")
     refused("restore", [tmp_path / "d"], tmp_path / "r", *model, "--steps", "3", "--t", "8", said="made with t=10, not this command's t=8")
     r = cli("restore", tmp_path / "d", *model, "--steps", "3", "-o", tmp_path / "r", "--skip-existing")
     assert r.returncode == 0 and gone.exists(), r.stderr.decode()

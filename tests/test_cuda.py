@@ -7,14 +7,16 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, TRAIN_ARGS, run_cli
 
 import checkpoint
 import operators
 import samplers
+import sampling
+import tiles
 import train as T
 import unet
-from conftest import ROOT, TRAIN_ARGS, run_cli
-from image_io import load_folder
+from folders import load_folder
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -65,12 +67,12 @@ def test_cuda_graph_restorer_matches_eager_over_a_whole_algorithm_2_loop():
     net = unet.build(1, "small").to(CUDA).eval()
     x0 = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     x_t = op.apply(x0, torch.full((4,), op.T)).to(CUDA)
-    graphed = samplers.tacos(samplers.make_restorer(net, CUDA, compile=True), op, x_t, op.T)
-    eager = samplers.tacos(samplers.make_restorer(net, CUDA, compile=False), op, x_t, op.T)
-    cpu = samplers.tacos(samplers.make_restorer(copy.deepcopy(net).cpu(), torch.device("cpu")), op, x_t.cpu(), op.T)
+    graphed = samplers.tacos(sampling.make_restorer(net, CUDA, compile=True), op, x_t, op.T)
+    eager = samplers.tacos(sampling.make_restorer(net, CUDA, compile=False), op, x_t, op.T)
+    cpu = samplers.tacos(sampling.make_restorer(copy.deepcopy(net).cpu(), torch.device("cpu")), op, x_t.cpu(), op.T)
     assert (graphed - eager).abs().max() < 2e-2  # same bf16 arithmetic, fused differently
     assert (graphed.cpu() - cpu).abs().mean() < 2e-2  # bf16 against fp32 over 20 calls
-    again = samplers.tacos(samplers.make_restorer(net, CUDA, compile=True), op, x_t, op.T)
+    again = samplers.tacos(sampling.make_restorer(net, CUDA, compile=True), op, x_t, op.T)
     assert torch.equal(again, graphed)  # replays are deterministic and nothing aliases a reused buffer
 
 
@@ -141,7 +143,7 @@ def test_graphed_algorithm_2_with_step_noise_never_waits_for_the_gpu():
     Algorithm 2 loop with step noise makes no call that synchronises: the host queues step s + 1 and
     draws its noise while the GPU runs step s (tests/test_host_sync.py checks the same on the CPU)."""
     op = operators.make_operator("blur", "generation", T=30)
-    restore = samplers.make_restorer(unet.build(3, "small").to(CUDA).eval(), CUDA, compile=True)
+    restore = sampling.make_restorer(unet.build(3, "small").to(CUDA).eval(), CUDA, compile=True)
     x_t = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(CUDA) * 2 - 1
 
     def run():
@@ -164,8 +166,8 @@ def test_graphed_tiled_restore_matches_the_cpu_and_never_waits_for_the_gpu():
     op = operators.make_operator("blur", "celeba", T=20)
     net = unet.build(3, "small").eval()
     x_t = torch.rand(2, 3, 150, 200, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    restore = samplers.tiled(samplers.make_restorer(copy.deepcopy(net).to(CUDA), CUDA, compile=True), 64, 8)
-    cpu = samplers.tacos(samplers.tiled(samplers.make_restorer(net, torch.device("cpu")), 64, 8), op, x_t, op.T, steps=5)
+    restore = tiles.tiled(sampling.make_restorer(copy.deepcopy(net).to(CUDA), CUDA, compile=True), 64, 8)
+    cpu = samplers.tacos(tiles.tiled(sampling.make_restorer(net, torch.device("cpu")), 64, 8), op, x_t, op.T, steps=5)
     x_dev = x_t.to(CUDA)
     warm = samplers.tacos(restore, op, x_dev, op.T, steps=5)
     samplers.tacos(restore, op, x_dev, op.T, steps=5)  # graphs are recorded on a later call than the first

@@ -10,10 +10,10 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_cli
 from PIL import Image
 
 import checkpoint
-from conftest import ROOT, run_cli
 
 COLDDIFF = f"{sys.executable} -m colddiff"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -111,6 +111,43 @@ def test_lock_is_released_by_a_killed_holder(tmp_path):
         pass
 
 
+def with_hook(tmp_path, code: str) -> dict:
+    """ENV with a sitecustomize.py that runs `code` in every colddiff process started with it: a fault
+    delivered at a known point of the program, not after a sleep."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(code)
+    return {**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"}
+
+
+KILL_AT_STATE_RENAME = """
+import os, signal
+_replace = os.replace
+def replace(src, dst):
+    if str(dst).endswith(".state.safetensors"):  # the temporary is written and synced: die before the rename
+        os.kill(os.getpid(), signal.SIGKILL)
+    _replace(src, dst)
+os.replace = replace
+"""
+
+
+def test_a_run_killed_between_temporary_and_rename_leaves_a_temporary_the_next_run_removes(fmnist_split, tmp_path):
+    """kill -9 (or a power cut) at the one point where a write leaves something behind: after the
+    temporary is written, before its rename. The model is not there, the temporary is, and the
+    next `colddiff train` of that model removes it once it holds the lock."""
+    out = tmp_path / "m.safetensors"
+    args = [sys.executable, "-m", "colddiff", "train", fmnist_split[0], "-o", out, "--steps", "2", "--save-every", "1", *TINY_TRAIN]
+    r = subprocess.run(args, env=with_hook(tmp_path, KILL_AT_STATE_RENAME), cwd=ROOT, capture_output=True, timeout=300)
+    assert r.returncode == -9, r.stderr.decode()
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert [p.name.startswith(".m.state.safetensors.") for p in stale] == [True] and stale[0].stat().st_size > 0
+    assert not out.exists() and not checkpoint.state_path(out).exists()
+    r = subprocess.run(args, env=ENV, cwd=ROOT, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert not stale[0].exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert checkpoint.load_model(out)[2]["step"] == 2
+
+
 def test_failed_checkpoint_write_keeps_the_last_good_one(cli, fmnist_split, tmp_path, monkeypatch):
     """The disk fills at the second save: one line, the model still loads at step 1, no temp files."""
     import outputs
@@ -155,6 +192,43 @@ def test_full_tmpfs_outputs_are_one_line_and_leave_nothing(tmp_path, gen_model):
     err, listing = r.stderr.decode().split("LISTING")
     assert err.count("No space left on device") == 2 and err.count("rc=1") == 2 and "Traceback" not in err, err
     assert ".tmp" not in listing and "strip.png" not in listing  # no partial file; the images before the disk filled stay
+
+
+def disk_full_after(monkeypatch, n: int):
+    """Every write after the first n fails as a full disk does (ENOSPC at fsync), on any thread."""
+    import threading
+
+    import outputs
+
+    real, count, lock = os.fsync, [0], threading.Lock()
+
+    def fsync(fd):
+        with lock:
+            count[0] += 1
+            full = count[0] > n
+        if full:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(outputs.os, "fsync", fsync)
+
+
+def test_a_full_disk_under_a_strip_is_one_line_and_leaves_nothing(cli, tmp_path, monkeypatch):
+    x = noise_png(tmp_path / "x.png", 64, 64)
+    disk_full_after(monkeypatch, 0)
+    r = cli("degrade", x, "--op", "blur", "--no-fit", "--strip", "-q", "-o", tmp_path / "out" / "strip.png")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "No space left on device" in err and "strip.png" in err, err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_full_disk_under_generate_into_a_folder_keeps_the_whole_images_before_it(cli, gen_model, tmp_path, monkeypatch):
+    disk_full_after(monkeypatch, 5)
+    r = cli("generate", "--model", gen_model, "--n", "20", "--batch", "4", "--steps", "3", "-q", "-o", f"{tmp_path / 'many'}/")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err, err
+    kept = sorted((tmp_path / "many").iterdir())
+    assert len(kept) == 5 and all(p.suffix == ".png" and Image.open(p).size == (28, 28) for p in kept), kept
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, fmnist_split, gen_model, tmp_path):
@@ -212,12 +286,12 @@ def test_a_network_call_that_cannot_fit_is_refused_with_what_to_change(cli, blur
 
 
 def test_an_allocation_failure_is_one_line(cli, tmp_path, monkeypatch):
-    import operators
+    import cold
 
     def oom(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 38654705664 bytes.")
 
-    monkeypatch.setattr(operators.Blur, "apply", oom)
+    monkeypatch.setattr(cold.Blur, "apply", oom)
     x = noise_png(tmp_path / "x.png", 64, 64)
     r = cli("degrade", x, "--op", "blur", "--no-fit", "-o", tmp_path / "o.png")
     err = r.stderr.decode()
@@ -244,12 +318,12 @@ def test_kill_9_soak_every_file_loads_and_resumes():
 
 
 def test_an_allocation_failure_without_a_message_is_one_line(cli, tmp_path, monkeypatch):
-    import operators
+    import cold
 
     def oom(*a, **k):
         raise MemoryError()  # what Python raises for a buffer it cannot allocate: no message at all
 
-    monkeypatch.setattr(operators.Blur, "apply", oom)
+    monkeypatch.setattr(cold.Blur, "apply", oom)
     x = noise_png(tmp_path / "x.png", 64, 64)
     r = cli("degrade", x, "--op", "blur", "--no-fit", "-o", tmp_path / "o.png")
     err = r.stderr.decode()
@@ -260,20 +334,24 @@ def test_an_allocation_failure_without_a_message_is_one_line(cli, tmp_path, monk
 def test_a_folder_stopped_by_a_signal_leaves_whole_files_and_finishes_with_skip_existing(tmp_path, sig, code):
     """Ctrl-C or SIGTERM (a scheduler's) mid-folder: no temporary file left beside the outputs, one
     line that says how to finish, and --skip-existing does the rest."""
-    import signal
-    import time
-
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(3):
         for f in sorted((ROOT / "tests" / "data" / "fmnist").iterdir()):
             shutil.copy(f, src / f"{i}_{f.name}")
     args = [sys.executable, "-m", "colddiff", "degrade", src, "--op", "snow", "--preset", "celeba", "-o", out]
-    proc = subprocess.Popen(args, env=ENV, cwd=ROOT, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and len(list(out.iterdir())) >= 20) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    signal_at_20th_output = f"""
+import os, signal, threading
+_replace, _n, _lock = os.replace, [0], threading.Lock()
+def replace(src, dst):
+    _replace(src, dst)
+    with _lock:
+        _n[0] += 1
+        if str(dst).endswith(".png") and _n[0] == 20:  # the 20th output is whole: the signal comes now
+            os.kill(os.getpid(), signal.SIG{sig})
+os.replace = replace
+"""
+    proc = subprocess.Popen(args, env=with_hook(tmp_path, signal_at_20th_output), cwd=ROOT, stderr=subprocess.PIPE)
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == code and "--skip-existing does the rest" in err and "Traceback" not in err, err
     written = sorted(p.name for p in out.iterdir())

@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import png
 
 import checkpoint
 import generative as G
 import operators as O
 import samplers as S
-from common import UserError
-from conftest import png
+import sampling
+from errors import UserError
 
 
 def test_gmm_recovers_a_known_mixture():
@@ -104,7 +105,7 @@ def test_pixelate_generation_fits_the_chains_last_small_image_and_returns_full_s
 
 def test_perfect_symmetry_collapses_broken_symmetry_diversifies(gen_model):
     net, op, meta = checkpoint.load_model(gen_model)
-    restore = S.make_restorer(net, torch.device("cpu"))
+    restore = sampling.make_restorer(net, torch.device("cpu"))
     one_colour = {"weights": [1.0], "means": [meta["prior"]["means"][0]], "covs": [[[1e-12]]]}
     out = {}
     for symmetry in ("perfect", "broken"):
@@ -119,7 +120,7 @@ def test_broken_symmetry_defaults_spread_samples_from_one_colour(gen_model):
     """Symmetry alone: every sample starts from the same flat colour (a one-point prior). Perfect
     symmetry then gives one image; the chosen default (N(0, 0.025^2) after every tacos step) spreads
     the samples' per-pixel std at least twice as far as the released code's one-off nudge of x_T."""
-    from samplers import open_model
+    from sampling import open_model
 
     sampling = open_model(str(gen_model), torch.device("cpu"))
     assert G.model_symmetry(sampling.meta, sampling.op) == {"method": "step-noise", "train_noise": 0.0, "step_noise": 0.025, "break_noise": 0.0}

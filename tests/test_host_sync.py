@@ -9,15 +9,17 @@ tests/test_cuda.py checks the same on a real GPU with torch.cuda.set_sync_debug_
 """
 import pytest
 import torch
+from conftest import ALL, make
 from torch.overrides import TorchFunctionMode
 
 import checkpoint
 import generative
 import samplers as S
+import tiles
 import train as T
 import unet
-from common import ImageRNG
-from conftest import ALL, make
+from sampling import Sampling, make_restorer
+from seeding import ImageRNG
 
 META = torch.device("meta")
 
@@ -47,7 +49,7 @@ class BlockingCopies(TorchFunctionMode):
 
 def meta_restorer(op, channels):
     net = unet.build(channels, "tiny").to(META).eval()
-    return S.make_restorer(net, META)
+    return make_restorer(net, META)
 
 
 CASES = [(name, preset, sampler) for name, preset in ALL for sampler in S.applicable(make(name, preset))]
@@ -67,7 +69,7 @@ def test_every_sampler_runs_where_no_value_can_be_read(name, preset, sampler):
     hidden = {**(hidden or {}), "seed": torch.tensor([1, 2])}
     restore = meta_restorer(op, 3)
     for z in op.z_modes:
-        for first in (True, False):  # the first call builds the operator's tables on the device, once
+        for _first in (True, False):  # the first call builds the operator's tables on the device, once
             with BlockingCopies() as spy:
                 x_t = op.apply(x0, op.T, hidden)
                 out = S.sample(sampler, restore, op, x_t, op.T, hidden, steps=min(op.T, 4) if fn.steps else None, z=z,
@@ -79,7 +81,7 @@ def test_every_sampler_runs_where_no_value_can_be_read(name, preset, sampler):
 def test_generate_with_step_noise_runs_where_no_value_can_be_read():
     """`colddiff generate`'s loop (the bundled model, its prior, its step noise) on the meta device."""
     net, op, meta = checkpoint.load_model("models/fmnist-blur-gen.safetensors", torch.device("cpu"))
-    sampling = S.Sampling(op, meta, S.make_restorer(net.to(META), META), "tacos", 6, "fixed", 0.0, 0.0125)
+    sampling = Sampling(op, meta, make_restorer(net.to(META), META), "tacos", 6, "fixed", 0.0, 0.0125)
     list(generative.generate(sampling, 1, 1, 0, META))  # builds the operator's tables on the device
     with BlockingCopies() as spy:
         batches = list(generative.generate(sampling, 5, 3, 0, META))
@@ -91,7 +93,7 @@ def test_tiled_restore_runs_where_no_value_can_be_read():
     """`restore --tile`'s loop over tiles and its blending weights stay on the device."""
     op = make("blur", "celeba")
     x_t = torch.zeros(2, 3, 150, 97, device=META)
-    restore = S.tiled(meta_restorer(op, 3), 64)
+    restore = tiles.tiled(meta_restorer(op, 3), 64)
     with BlockingCopies():
         op.apply(x_t, op.T)  # builds the operator's tables on the device, once
     with BlockingCopies() as spy:

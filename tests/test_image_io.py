@@ -4,11 +4,12 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 from PIL import Image
 
-from common import UserError
-from conftest import DATA
-from image_io import load_folder, read_image, resize_square, to_model, to_pixels
+from errors import UserError
+from folders import load_folder, resize_square
+from image_io import read_image, to_model, to_pixels
 
 
 def photos(folder, n=150, seed=0):
@@ -248,6 +249,7 @@ def test_read_alpha_is_upright_with_the_colour_and_none_where_opaque(tmp_path):
 
 
 def test_the_writer_writes_every_image_raises_a_failed_write_and_drops_the_rest_on_ctrl_c(tmp_path, monkeypatch):
+    import threading
     import time
 
     import outputs
@@ -271,15 +273,27 @@ def test_the_writer_writes_every_image_raises_a_failed_write_and_drops_the_rest_
             for i, im in enumerate(images):
                 writer.write(im, str(tmp_path / "fail" / f"{i}.png"))
 
-    def slow(u8, dest, *rest):
-        time.sleep(0.3)
+    # Ctrl-C at a known point: the writes under way blocked in write_image, the rest queued; they are
+    # let go only once the queued ones are cancelled (or running), so exactly those under way finish
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(u8, dest, *rest):
+        started.set()
+        assert release.wait(60)
         real(u8, dest, *rest)
 
-    monkeypatch.setattr(outputs, "write_image", slow)
+    def release_once_cancelled(futures):
+        while not all(f.cancelled() or f.running() or f.done() for f in futures):
+            time.sleep(0.001)  # a state awaited, not a time
+        release.set()
+
+    monkeypatch.setattr(outputs, "write_image", blocked)
     with pytest.raises(KeyboardInterrupt):
         with outputs.Writer() as writer:
             for i, im in enumerate(images):
                 writer.write(im, str(tmp_path / "stop" / f"{i}.png"))
+            assert started.wait(60)
+            threading.Thread(target=release_once_cancelled, args=([f for f, _ in writer.waiting],)).start()
             raise KeyboardInterrupt
     written = sorted((tmp_path / "stop").iterdir())
     assert 1 <= len(written) <= writer.pool._max_workers < 10  # those under way finished, whole; the rest dropped

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import operators as O
-import spectral
 from conftest import gen, rand_images
 from test_operators import mask_reference
+
+import cold
+import operators as O
+import spectral
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def test_mask_far_beyond_its_sigmas_and_without_the_kept_table(keep, monkeypatch
     """80 x 90 px against mnist's sigma_T = 6 px: distances past the 80 sigma^2 cut-off, random
     centres at the corners; the rows-only path (a large image's) gives the same masks."""
     if not keep:
-        monkeypatch.setattr(O.Mask, "TABLE_MAX", 0)
+        monkeypatch.setattr(cold.Mask, "TABLE_MAX", 0)
     op = O.make_operator("mask", "mnist")
     x = rand_images(3, 1, 80, 90)
     hidden = {"centre": torch.tensor([[0, 0], [79, 89], [40, 3]])}
@@ -60,10 +61,10 @@ def test_mask_far_beyond_its_sigmas_and_without_the_kept_table(keep, monkeypatch
 def test_large_mask_computes_only_the_distances_that_occur(monkeypatch):
     """A large image's rows are computed at the squared distances its pixels have (a sixth of the
     integers up to the largest), not at every integer below Q, and are gathered back to the right pixels."""
-    monkeypatch.setattr(O.Mask, "TABLE_MAX", 0)
+    monkeypatch.setattr(cold.Mask, "TABLE_MAX", 0)
     asked = []
-    rows = O.Mask._rows
-    monkeypatch.setattr(O.Mask, "_rows", lambda self, want, d2: asked.append(d2) or rows(self, want, d2))
+    rows = cold.Mask._rows
+    monkeypatch.setattr(cold.Mask, "_rows", lambda self, want, d2: asked.append(d2) or rows(self, want, d2))
     op = O.make_operator("mask", "celeba")  # centred, sigma_T = 20 px: Q = 32,001 > the 60 x 80 image's 9,842
     x = rand_images(2, 1, 60, 80)
     centre = torch.tensor([[30, 40], [0, 79]])
@@ -78,13 +79,13 @@ def test_large_mask_computes_only_the_distances_that_occur(monkeypatch):
 
 def peak_mb(code: str) -> float:
     """Run `code` in a fresh process and return the growth of its peak resident memory in MB."""
-    script = textwrap.dedent("""
+    script = textwrap.dedent(f"""
         import resource, sys, torch
-        sys.path.insert(0, %r)
+        sys.path.insert(0, {str(ROOT)!r})
         torch.set_num_threads(2)
         import operators as O
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    """ % str(ROOT)) + textwrap.dedent(code) + "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+    """) + textwrap.dedent(code) + "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split()[-1]) / 1024

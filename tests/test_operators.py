@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-import operators as O
-import snow
-from common import UserError
 from conftest import ALL, gen, make, rand_images
 
+import cold
+import operators as O
+import snow
+from errors import UserError
 
 # ----------------------------------------------------------------------------- shared interface
 
@@ -104,11 +104,11 @@ def blur_sequential(op, x, t):
     return x
 
 
-@pytest.mark.parametrize("preset", list(O.Blur.PRESETS))
+@pytest.mark.parametrize("preset", list(cold.Blur.PRESETS))
 @pytest.mark.parametrize("padding", ["circular", "reflect"])
 @pytest.mark.parametrize("size", [(32, 28), (17, 13), (16, 3)])
 def test_blur_closed_form_equals_sequential_convolutions(preset, padding, size, spectral_path):
-    op = O.make_operator("blur", preset, padding=padding, kernel_size=min(O.Blur.PRESETS[preset]["kernel_size"], 2 * min(size) - 1))
+    op = O.make_operator("blur", preset, padding=padding, kernel_size=min(cold.Blur.PRESETS[preset]["kernel_size"], 2 * min(size) - 1))
     x = rand_images(3, 3, *size)
     for t in sorted({1, 2, op.T // 3, op.T - 1, op.T}):
         fast = op.apply(x, torch.full((3,), t))
@@ -123,7 +123,7 @@ def test_blur_closed_form_equals_sequential_convolutions(preset, padding, size, 
     ("cifar", 0.0, lambda i: 0.35 + (i - 1) / 100),
 ])
 def test_blur_schedules(schedule, s, expect):
-    sig = O.blur_sigmas(schedule, s, 30)
+    sig = cold.blur_sigmas(schedule, s, 30)
     assert sig == pytest.approx([expect(i) for i in range(1, 31)])
 
 
@@ -159,7 +159,7 @@ def test_kernel_responses_of_a_stack_in_chunks_are_each_kernels_sum():
     taps on p = 10,000 takes two chunks of the cosine table. Each row is sum_j g_j cos(2 pi j k / p)."""
     import spectral
 
-    g = torch.stack([O.gaussian_kernel1d(1001, s) for s in (3.0, 40.0, 300.0)])
+    g = torch.stack([cold.gaussian_kernel1d(1001, s) for s in (3.0, 40.0, 300.0)])
     p = 10_000
     got = spectral.kernel_response(g, p)
     j = torch.arange(1001, dtype=torch.float64) - 500
@@ -215,7 +215,7 @@ def test_colour_schedule_is_the_released_formula_for_every_t():
     assert float(big.alpha(torch.tensor([10]), hb["centre"], 128, 128).mean()) > 0.5
 
 
-@pytest.mark.parametrize("preset", list(O.Mask.PRESETS))
+@pytest.mark.parametrize("preset", list(cold.Mask.PRESETS))
 def test_mask_equals_reference_and_grows(preset):
     """Against the product of step masks built one by one (the table's cut-off at 80 sigma_T^2
     is reached: 30 px is far beyond the mnist sigmas)."""
@@ -351,7 +351,7 @@ def test_noise_moments_and_formula():
     z = op.draw(x, gen(3))["z"]
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
     assert abs(float(((z - z.mean()) ** 3).mean())) < 0.05  # symmetric
-    abar = O.cosine_alpha_bar(200)
+    abar = cold.cosine_alpha_bar(200)
     assert abar[0] == 1 and abar[-1] < 1e-6 and (abar[1:] < abar[:-1]).all()
     f = lambda t: math.cos((t / 200 + 0.008) / 1.008 * math.pi / 2) ** 2
     assert float(abar[50]) == pytest.approx(f(50) / f(0))

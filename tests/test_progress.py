@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_cli
 
 import machine
-from common import Progress
-from conftest import run_cli
+from progress import Progress
 
 
 def test_progress_lines_in_a_pipe_come_every_interval(capsys, monkeypatch):
@@ -130,7 +130,7 @@ def test_generate_progress_moves_within_a_batch(gen_model):
     """One batch of generate is every sampling step: progress counts the network calls (the model
     stores 10 steps), and watching changes no image."""
     import generative
-    from samplers import open_model
+    from sampling import open_model
 
     sampling = open_model(str(gen_model), torch.device("cpu"))
     assert sampling.calls(sampling.op.T) == 10
@@ -148,15 +148,15 @@ def test_restore_progress_moves_within_an_image_in_tiles(cli, blur_model, tmp_pa
     import numpy as np
     from PIL import Image
 
-    import common
+    import progress
 
-    seen, update = [], common.Progress.update
+    seen, update = [], progress.Progress.update
 
     def spy(self, done, info=""):
         seen.append(done)
         update(self, done, info)
 
-    monkeypatch.setattr(common.Progress, "update", spy)
+    monkeypatch.setattr(progress.Progress, "update", spy)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 150), dtype=np.uint8)).save(tmp_path / "x.png")
     r = cli("restore", tmp_path / "x.png", "-m", blur_model, "--tile", "64", "--steps", "5", "-o", tmp_path / "r.png")
     assert r.returncode == 0, r.stderr.decode()

@@ -1,11 +1,13 @@
 """Samplers: an oracle restorer inverts every operator exactly; Algorithm 2 stays stable on blur."""
 import pytest
 import torch
+from conftest import ALL, make, rand_images
 
 import operators as O
 import samplers as S
-from common import UserError
-from conftest import ALL, make, rand_images
+import sampling
+import tiles
+from errors import UserError
 
 COLD = [(name, preset) for name, preset in ALL if O.OPERATORS[name].predicts == "x0"]
 
@@ -79,9 +81,10 @@ def test_schedule_and_errors():
 
 def test_restore_seed_redraws_the_degrade_seeds_snow():
     """`restore --seed S` must redraw exactly the snow that `degrade --seed S` made."""
-    from common import generator as seeded
     from conftest import PHOTO
+
     from image_io import read_image, to_model
+    from seeding import generator as seeded
 
     x0 = to_model(read_image(str(PHOTO)))[None]
     op = O.make_operator("snow")
@@ -128,12 +131,12 @@ def test_step_noise_is_checked():
 
 @pytest.mark.parametrize("n,tile,overlap", [(150, 64, 8), (64, 64, 8), (65, 64, 8), (1000, 256, 32), (97, 40, 5)])
 def test_tiles_cover_every_pixel_with_the_overlap_asked(n, tile, overlap):
-    starts = S.tile_starts(n, tile, overlap)
+    starts = tiles.tile_starts(n, tile, overlap)
     assert starts[0] == 0 and starts[-1] == max(n - tile, 0) and starts == sorted(set(starts))
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours overlap by >= overlap
     covered = torch.zeros(n)
     for s in starts:
-        covered[s : s + tile] += S.tile_ramp(min(n, tile), overlap, s == starts[0], s == starts[-1])
+        covered[s : s + tile] += tiles.tile_ramp(min(n, tile), overlap, s == starts[0], s == starts[-1])
     assert covered.min() > 0.99  # the ramps of neighbours add up to at least a whole weight everywhere
 
 
@@ -148,17 +151,17 @@ def test_tiled_restore_of_a_pointwise_R_is_the_whole_images(shape, tile):
         calls.append(tuple(x.shape))
         return torch.tanh(1.7 * x + 0.1 * s)
 
-    out = S.tiled(restore, tile)(x, 3)
+    out = tiles.tiled(restore, tile)(x, 3)
     assert torch.allclose(out, torch.tanh(1.7 * x + 0.3), atol=1e-6)
     sizes = {c[-2:] for c in calls}
     assert len(sizes) == 1 and max(*sizes.pop()) <= tile  # every call one fixed shape (one CUDA graph), no larger than a tile
-    assert len(calls) == S.tile_count(shape[2], shape[3], tile)
+    assert len(calls) == tiles.tile_count(shape[2], shape[3], tile)
 
 
 def test_tiled_restore_of_an_image_within_one_tile_is_the_whole_call():
     import unet
 
     net = unet.build(1, "tiny").eval()
-    restore = S.make_restorer(net, torch.device("cpu"))
+    restore = sampling.make_restorer(net, torch.device("cpu"))
     x = rand_images(2, 1, 48, 40)
-    assert torch.equal(S.tiled(restore, 64, 8)(x, 5), restore(x, 5))
+    assert torch.equal(tiles.tiled(restore, 64, 8)(x, 5), restore(x, 5))
