@@ -16,6 +16,7 @@ import torch
 import operators
 import unet
 from errors import UserError
+from outputs import FileLock
 
 FORMAT = "colddiff-model"
 FORMAT_VERSION = 1
@@ -51,23 +52,34 @@ def read_safetensors(path) -> tuple[dict, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    data = _file(path).read_bytes()
+    data = _read(path)
     try:
         return load(data), _metadata(data)
     except (SafetensorError, ValueError, AttributeError, UnicodeDecodeError, OverflowError) as e:
         raise UserError(f"{path}: not a safetensors file ({str(e).splitlines()[0][:80]})") from None
 
 
+def _read(path, head: bool = False) -> bytes:
+    """A model file's bytes (with head: its 8-byte length and JSON header only); a file that may not be
+    read is one line."""
+    p = _file(path)
+    try:
+        if not head:
+            return p.read_bytes()
+        with p.open("rb") as f:
+            start = f.read(8)
+            n = int.from_bytes(start, "little")
+            if len(start) < 8 or n > p.stat().st_size - 8:
+                raise UserError(f"{path}: not a safetensors file (its header length {n} runs past its end)")
+            return start + f.read(n)
+    except PermissionError:
+        raise UserError(f"{path}: permission denied (the file may not be read)") from None
+
+
 def read_metadata(path) -> dict:
     """The metadata of a .safetensors file from its header alone: no tensor is read (a paper
     network's training state is 680 MB)."""
-    p = _file(path)
-    with p.open("rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little")
-        if len(head) < 8 or n > p.stat().st_size - 8:
-            raise UserError(f"{path}: not a safetensors file (its header length {n} runs past its end)")
-        data = head + f.read(n)
+    data = _read(path, head=True)
     try:
         return _metadata(data)
     except (ValueError, AttributeError, UnicodeDecodeError, OverflowError) as e:
@@ -75,6 +87,9 @@ def read_metadata(path) -> dict:
 
 
 def _file(path) -> Path:
+    from image_io import check_reachable
+
+    check_reachable(Path(path))
     if Path(path).is_dir():
         raise UserError(f"{path}: is a folder, not a model file (.safetensors)")
     if not Path(path).is_file():
@@ -112,13 +127,20 @@ def model_operator(path, metadata: dict | None = None):
 
 
 def inconsistent(path, e: Exception) -> UserError:
-    return UserError(f"{path}: colddiff model metadata or weights are inconsistent ({str(e).splitlines()[0][:100]})")
+    # torch's load_state_dict says "Error(s) in loading state_dict for UNet:" first; the line after names the tensor
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith("Error(s) in loading")]
+    first = lines[0] if lines else type(e).__name__
+    return UserError(f"{path}: colddiff model metadata or weights are inconsistent ({first[:240]})")
 
 
 def load_model(path, device="cpu"):
     """(net, operator, meta) from a colddiff model file; the net is in eval mode."""
     tensors, metadata = read_safetensors(path)
     op, meta = model_operator(path, metadata)
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a model saved from a diverged run restores to black
+        raise UserError(f"{path}: {len(broken)} of its weight tensors hold NaN or infinity ({broken[0]}, ...): "
+                        "the run that made it diverged; retrain it (a lower --lr)")
     try:
         net = unet.from_config(meta["network"])
         net.load_state_dict(tensors)
@@ -170,51 +192,22 @@ def load_training_state(path, net, ema, opt, rng: torch.Generator) -> int:
 
 
 
-class train_lock:
+class train_lock(FileLock):
     """Held while `colddiff train` writes a model: a second run on the same file is refused, not
-    interleaved. flock on MODEL.lock, released by the kernel even on kill -9; the file is removed
-    on a clean exit, and a lock taken on a file that was removed meanwhile is taken again."""
+    interleaved (MODEL.lock); taking it removes the temporaries a killed run left."""
 
     def __init__(self, model_path):
         p = Path(model_path)
-        self.path = p.with_name(p.name + ".lock")
+        super().__init__(p.with_name(p.name + ".lock"), f"{p}: another `colddiff train` is writing this model "
+                         f"(it holds {p.name}.lock); wait for it, or write another file")
 
-    def __enter__(self):
-        import fcntl
-        import os
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise UserError(f"{self.path.with_suffix('')}: another `colddiff train` is writing this model "
-                                f"(it holds {self.path.name}); wait for it, or write another file") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                self._remove_stale_temporaries()
-                return self
-            os.close(fd)  # the holder removed the file between our open and our lock: try again
-
-    def _remove_stale_temporaries(self):
+    def taken(self):
         """A write killed between its temp file and the rename (kill -9, power loss) leaves
         `.MODEL.XXXX.tmp`; with the lock held no one else can be writing them."""
         model = self.path.with_suffix("")
         for name in (model.name, state_path(model).name):
             for tmp in model.parent.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
-
-    def __exit__(self, *exc):
-        import os
-
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)
 
 
 def saved_run(path) -> dict:

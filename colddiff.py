@@ -23,7 +23,7 @@ from folders import attach_source, load_folder
 from image_io import find_images, read_image, to_model
 from inputs import plan as plan_inputs
 from machine import check_fits, out_of_memory, pick_device
-from outputs import Writer, check_writable, finish_later
+from outputs import Writer, check_writable, finish_later, folder_lock
 from progress import Progress
 from samplers import SAMPLERS
 from sampling import Choices, batches, open_model
@@ -33,7 +33,6 @@ from train_config import TrainConfig
 app = typer.Typer(
     add_completion=False,
     suggest_commands=False,  # click suggests already: one "Did you mean", not two
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Cold diffusion: degrade, restore, train and generate images with deterministic transforms.",
 )
@@ -48,10 +47,10 @@ def fail_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.echo(f"colddiff: error: {e}", err=True)
+            typer.echo(f"colddiff: error: {one_line(str(e))}", err=True)
             raise typer.Exit(1) from None
         except Stop as stop:
-            typer.echo(f"colddiff: {stop}", err=True)
+            typer.echo(f"colddiff: {one_line(str(stop))}", err=True)
             raise typer.Exit(stop.code) from None
         except KeyboardInterrupt:
             typer.echo("colddiff: interrupted", err=True)
@@ -71,9 +70,29 @@ def fail_cleanly(fn):
     return wrapper
 
 
+def one_line(message: str) -> str:
+    """A message as one line: a newline in a file name would split the one error line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def reflowed(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line: --help wraps it to the terminal, and keeps the
+    source's line breaks otherwise (sentences broken mid-way)."""
+    import inspect
+
+    if doc is None:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
 def command(name: str | None = None):
     """An app command that fails cleanly."""
-    return lambda fn: app.command(name)(fail_cleanly(fn))
+
+    def register(fn):
+        fn.__doc__ = reflowed(fn.__doc__)
+        return app.command(name)(fail_cleanly(fn))
+
+    return register
 
 
 def say_line(message: str) -> None:
@@ -146,8 +165,9 @@ def print_version(value: bool):
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(
+    ctx: typer.Context,
     max_megapixels: float = typer.Option(128, "--max-megapixels", min=0.001, help="Refuse images larger than this (a guard against decompression bombs)."),
     _version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True, help=(
         "Print the versions of colddiff and torch, and the GPU, and exit."
@@ -156,42 +176,34 @@ def main_options(
     """Cold diffusion: degrade, restore, train and generate images with deterministic transforms."""
     import image_io
 
+    if ctx.invoked_subcommand is None:  # bare `colddiff`: the help, and success (as git)
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
     image_io.MAX_PIXELS = int(max_megapixels * 1e6)
 
 
 @command()
-def ops():
-    """List the operators, their presets, T, the image size each preset was made for, and parameters; and the samplers."""
-    from rich.console import Console
-    from rich.table import Table
+def ops(as_json: bool = typer.Option(False, "--json", help="The two tables as one JSON object (lists of rows by column name).")):
+    """List the operators, their presets, T, the image size each preset was made for, and parameters; and the samplers.
 
-    import operators
+    On a terminal as tables; piped, as tab-separated lines (a header, then a row a line), whole."""
+    import describe
 
-    table = Table(title="colddiff operators")
-    for col in ("operator", "preset", "T", "images", "parameters"):
-        table.add_column(col)
-    for name, cls in operators.OPERATORS.items():
-        for preset in cls.PRESETS:
-            p = operators.make_operator(name, preset).params()
-            T = p.pop("T")
-            default = " (default)" if preset == cls.DEFAULT_PRESET else ""
-            size = f"{cls.NATIVE[preset]} px" if preset in cls.NATIVE else "any"
-            table.add_row(name, preset + default, str(T), size, ", ".join(f"{k}={v}" for k, v in p.items()))
-    Console().print(table)
-    table = Table(title="samplers (restore, eval, generate --sampler)")
-    for col in ("sampler", "operators", "options", "what it does"):
-        table.add_column(col)
-    for name, fn in SAMPLERS.items():
-        ops_ = [n for n, cls in operators.OPERATORS.items() if fn.predicts in (None, cls.predicts)]
-        default = [n for n in ops_ if operators.OPERATORS[n].default_sampler == name]
-        takes = [flag for flag, on in (("--steps", fn.steps), ("--eta", fn.eta), ("--step-noise", fn.step_noise)) if on]
-        others = [n for n in operators.OPERATORS if n not in ops_]
-        applies = "all" if not others else f"all but {', '.join(others)}" if len(others) < len(ops_) else ", ".join(ops_)
-        does = " ".join(fn.__doc__.split()).split(". ")[0].rstrip(".") + "."  # the docstring's first sentence
-        if default:
-            does += " The default." if len(default) > 1 else f" The default for {default[0]}."
-        table.add_row(name, applies, ", ".join(takes) or "-", does)
-    Console().print(table)
+    tables = describe.ops_tables()
+    if as_json:
+        typer.echo(json.dumps({key: [dict(zip(columns, row)) for row in rows] for key, (_, columns, rows) in tables.items()}))
+    elif not os.isatty(1):  # a pipe or a file: no boxes cut to 80 columns
+        for title, columns, rows in tables.values():
+            typer.echo(f"# {title}\n" + "\n".join("\t".join(map(str, r)) for r in [columns, *rows]))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        for title, columns, rows in tables.values():
+            table = Table(*columns, title=title)
+            for row in rows:
+                table.add_row(*map(str, row))
+            Console().print(table)
 
 
 @command()
@@ -251,8 +263,8 @@ def degrade(
     # run and write: a strip counts frames (one of a 12 MP photo is 11 full-size D's, about 40 s on 2 cores)
     per_image = len(steps)
     total, say = len(planned) * per_image, say_once(quiet)
-    with finish_later(len(planned)), Progress("degrading", total, "frames" if shown else "images", quiet=quiet or total == 1) as progress, \
-            Writer() as writer:
+    with folder_lock(out, len(planned) > 1), finish_later(len(planned)), \
+            Progress("degrading", total, "frames" if shown else "images", quiet=quiet or total == 1) as progress, Writer() as writer:
         for i, (src, dest, _) in enumerate(planned):
             degrading.degrade_image(operator, src, dest, steps, shown, seed, dev, fit, say, writer.write,
                                     frames_done=lambda k, i=i: progress.update(i * per_image + k))
@@ -284,7 +296,7 @@ def train(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay (default 0.995; blurdiff 0.9999)."),
     ema_every: Optional[int] = typer.Option(None, "--ema-every", help="Steps between EMA updates (default 10; blurdiff 1)."),
     ema_start: Optional[int] = typer.Option(None, "--ema-start", help="EMA copies the model until this step (default 2000; blurdiff 0)."),
-    save_every: int = typer.Option(CFG.save_every, "--save-every"),
+    save_every: int = typer.Option(CFG.save_every, "--save-every", help="Save the model and its training state every N steps (and at the end, and on Ctrl-C)."),
     sample_every: int = typer.Option(CFG.sample_every, "--sample-every", help="Write a sample grid and a metrics.jsonl line."),
     augment: bool = typer.Option(CFG.augment, "--augment/--no-augment", help="Resize 1.12x + random crop + flip."),
     seed: int = SeedOpt,
@@ -404,7 +416,8 @@ def restore(
     # run and write, a batch of images of one size, t and tiling per sampling call
     C = sampling.meta["image"]["channels"]
     loaded = (restoring.load(src, dest, plan, C, dev) for src, dest, plan in planned)
-    with finish_later(len(planned)), Progress("restoring", len(planned), "images", quiet=quiet) as progress, Writer() as writer:
+    with folder_lock(out, len(planned) > 1), finish_later(len(planned)), \
+            Progress("restoring", len(planned), "images", quiet=quiet) as progress, Writer() as writer:
         done = 0
         for images in batches(loaded, batch, restoring.batch_key):
             restoring.restore_batch(images, model, progress, done, writer.write)
@@ -423,7 +436,7 @@ def evaluate(
     eta: Optional[float] = EtaOpt,
     seed: int = typer.Option(0, "--seed", help="Image i's hidden randomness is seeded from (seed, i), as in generate."),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Folder for eval.json and grid.png."),
-    batch: int = typer.Option(64, "--batch"),
+    batch: int = typer.Option(64, "--batch", help="Images per network call."),
     fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05 weights file for FID."),
     source: Optional[str] = SourceOpt,
     device: str = DeviceOpt,
@@ -456,14 +469,15 @@ def evaluate(
     if images.shape[-2:] != (H, W):
         raise UserError(f"{data}: images are {images.shape[-1]}x{images.shape[-2]}, the model was trained on {W}x{H}")
     # run
-    with Progress("evaluating", len(images), "images", quiet=quiet) as progress:
-        table, columns = metrics.evaluate(sampling, to_model(images), seed, batch, dev, fid_weights, progress=progress.update)
-    table = {"model": str(model), "operator": sampling.meta["operator"], **table}
-    # write
-    typer.echo(metrics.report(table, sampling, Path(data).name, len(images)))
-    if not table["fid_available"]:
-        say_line(f"FID n/a: {table['fid_note']}")
-    metrics.write_outputs(dests, table, columns)
+    with folder_lock(out):
+        with Progress("evaluating", len(images), "images", quiet=quiet) as progress:
+            table, columns = metrics.evaluate(sampling, to_model(images), seed, batch, dev, fid_weights, progress=progress.update)
+        table = {"model": str(model), "operator": sampling.meta["operator"], **table}
+        # write
+        typer.echo(metrics.report(table, sampling, Path(data).name, len(images)))
+        if not table["fid_available"]:
+            say_line(f"FID n/a: {table['fid_note']}")
+        metrics.write_outputs(dests, table, columns)
 
 
 @command()
@@ -527,7 +541,8 @@ def generate(
     outputs = Generated(out, n, seed, ncol, shown, size, made, force, skip_existing, None if quiet else say_line)
     # run and write
     todo, frame = len(outputs.numbers), shown.frame_size(*size)
-    with finish_later(todo if outputs.folder else 1), Progress("generating", todo, "images", quiet=quiet) as progress, Writer() as writer:
+    with folder_lock(out, outputs.folder), finish_later(todo if outputs.folder else 1), \
+            Progress("generating", todo, "images", quiet=quiet) as progress, Writer() as writer:
         per_batch = sampling.calls(sampling.op.T)  # progress within a batch: the share of its network calls made
         watched = sampling.watched(lambda: progress.update(min(todo, progress.done + min(batch, todo) / per_batch)))
         watched, states, predicted = shown.record(watched, frame)
@@ -551,16 +566,24 @@ def info(
     seed; restore, generate: model and sampling). A folder: each of its images and models."""
     import describe
 
-    for path in [f for arg in files for f in describe.files_in(arg)]:
-        text, data = describe.describe(path)
-        typer.echo(json.dumps({"file": path, **data}) if as_json else text)
+    failed = 0
+    for arg in files:  # every file is reported; one that cannot be is a line, and exit 1 at the end
+        try:
+            for path in describe.files_in(arg):
+                text, data = describe.describe(path)
+                typer.echo(json.dumps({"file": path, **data}) if as_json else text)
+        except UserError as e:
+            typer.echo(f"colddiff: error: {one_line(str(e))}", err=True)
+            failed += 1
+    if failed:
+        raise typer.Exit(1)
 
 
 @command("fit-prior")
 def fit_prior(
     data: str = typer.Argument(..., metavar="FOLDER", help="Folder of the training images."),
     model: str = ModelOpt,
-    gmm_components: int = typer.Option(1, "--gmm-components"),
+    gmm_components: int = typer.Option(1, "--gmm-components", help="Components of the Gaussian mixture fitted as the generation prior."),
     seed: int = SeedOpt,
     out: Optional[str] = typer.Option(None, "-o", "--out", help="Where to write the updated model (default: MODEL, needs --force)."),
     device: str = DeviceOpt,

@@ -115,3 +115,32 @@ def row(key: str, value) -> str:
 
 def settings(d: dict) -> str:
     return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in d.items())
+
+
+def ops_tables() -> dict:
+    """`colddiff ops`: {"operators": (title, columns, rows), "samplers": (...)}."""
+    import operators
+    from samplers import SAMPLERS
+
+    rows = []
+    for name, cls in operators.OPERATORS.items():
+        for preset in cls.PRESETS:
+            p = operators.make_operator(name, preset).params()
+            T = p.pop("T")
+            default = " (default)" if preset == cls.DEFAULT_PRESET else ""
+            size = f"{cls.NATIVE[preset]} px" if preset in cls.NATIVE else "any"
+            rows.append((name, preset + default, T, size, ", ".join(f"{k}={v}" for k, v in p.items())))
+    samplers = []
+    for name, fn in SAMPLERS.items():
+        ops_ = [n for n, cls in operators.OPERATORS.items() if fn.predicts in (None, cls.predicts)]
+        default = [n for n in ops_ if operators.OPERATORS[n].default_sampler == name]
+        takes = [flag for flag, on in (("--steps", fn.steps), ("--eta", fn.eta), ("--step-noise", fn.step_noise)) if on]
+        others = [n for n in operators.OPERATORS if n not in ops_]
+        applies = "all" if not others else f"all but {', '.join(others)}" if len(others) < len(ops_) else ", ".join(ops_)
+        does = " ".join(fn.__doc__.split()).split(". ")[0].rstrip(".") + "."  # the docstring's first sentence
+        if default:
+            does += " The default." if len(default) > 1 else f" The default for {default[0]}."
+        samplers.append((name, applies, ", ".join(takes) or "-", does))
+    return {"operators": ("colddiff operators", ("operator", "preset", "T", "images", "parameters"), rows),
+            "samplers": ("samplers (restore, eval, generate --sampler)", ("sampler", "operators", "options", "what it does"), samplers)}
+

@@ -165,8 +165,8 @@ def break_symmetry(sampling, symmetry: str, break_noise: float | None = None, st
     from samplers import SAMPLERS, check
 
     for name, value in (("--break-noise", break_noise), ("--step-noise", step_noise)):
-        if value is not None and not value >= 0:
-            raise UserError(f"{name} must be at least 0, got {value}")
+        if value is not None and not 0 <= value < math.inf:
+            raise UserError(f"{name} must be at least 0 (and a finite number), got {value}")
     if symmetry not in ("broken", "perfect"):
         raise UserError(f"--symmetry must be broken or perfect, got {symmetry!r}")
     if symmetry == "perfect":

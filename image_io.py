@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,28 @@ def open_image(source: str | bytes):
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
+def check_reachable(p: Path) -> None:
+    """p can be looked at: a folder on its way that may not be searched is one line, not a traceback."""
+    try:
+        p.stat()
+    except PermissionError:
+        raise UserError(f"{p}: permission denied (a folder on its path may not be opened)") from None
+    except OSError:
+        pass  # missing, or a broken link: the caller says which
+
+
+def special_file(p: Path) -> tuple[bytes, str, bool]:
+    """A pipe (bash's <(...), a FIFO) is read whole, as stdin is; a device (/dev/zero) is no image file."""
+    import stat
+
+    if not stat.S_ISFIFO(p.stat().st_mode):
+        raise UserError(f"{p}: is a device or special file, not an image file")
+    data = p.read_bytes()
+    if not data:
+        raise UserError(f"{p}: the pipe held no image data")
+    return data, "pipe.png", False
+
+
 def find_images(inputs: list[str], skip: str | None = None) -> list[tuple[str | bytes, str, bool]]:
     """Expand the command line into (source, relative output name, came from a folder).
 
@@ -59,6 +82,7 @@ def find_images(inputs: list[str], skip: str | None = None) -> list[tuple[str | 
             items.append((data, "stdin.png", False))
             continue
         p = Path(arg)
+        check_reachable(p)
         if p.is_dir():
             found = scan(p, IMAGE_EXTS, skip)
             if not found:
@@ -66,6 +90,8 @@ def find_images(inputs: list[str], skip: str | None = None) -> list[tuple[str | 
             items += [(str(q), str(q.relative_to(p)), True) for q in found]
         elif p.is_file():
             items.append((arg, p.name, False))
+        elif p.exists():
+            items.append(special_file(p))
         else:
             raise UserError(f"{arg}: no such file or folder")
     if not items:
@@ -81,6 +107,10 @@ def scan(folder: Path, exts, skip: str | None = None) -> list[Path]:
     what lies in `skip` (find_images)."""
     inner = _inside(skip, folder)
     found = []
+    try:
+        os.listdir(folder)
+    except PermissionError:
+        raise UserError(f"{folder}: permission denied (the folder may not be listed)") from None
     for q in folder.rglob("*"):
         rel = q.relative_to(folder).parts
         if (q.suffix.lower() in exts and not any(part.startswith(".") or part == "__MACOSX" for part in rel)
@@ -126,6 +156,9 @@ def read_pixels(source: str | bytes, channels: int | None = None, shrink_to: int
         # 16-bit grey (I;16, or I with values over 255) is 0..65535; float grey is [0, 1] where it
         # fits in it (else 0..255, as PIL's own conversion takes it)
         v = np.asarray(im).astype(np.float64)
+        if not np.isfinite(v).all():  # a float TIFF's NaN would turn black silently
+            bad = int((~np.isfinite(v)).sum())
+            raise UserError(f"{source_name(source)}: {bad} of its {v.size} pixels are not numbers (NaN or infinity)")
         hi = v.max(initial=0)
         if im.mode == "F":
             scale = 255 if hi <= 1 else 1
@@ -148,7 +181,8 @@ def open_upright(source: str | bytes, shrink_to: int | None = None):
         im = open_image(source)
         w, h = im.size
         if w * h > MAX_PIXELS:
-            raise UserError(f"{name}: {w}x{h} is {w * h / 1e6:,.0f} megapixels, over the limit of {MAX_PIXELS / 1e6:,.0f} "
+            mp = lambda v: f"{v / 1e6:,.0f}" if v >= 1e7 else f"{v / 1e6:.3g}"  # noqa: E731 (under 10: its digits, not 0)
+            raise UserError(f"{name}: {w}x{h} is {mp(w * h)} megapixels, over the limit of {mp(MAX_PIXELS)} "
                             f"that guards against decompression bombs; for a genuinely huge image raise it with "
                             f"`colddiff --max-megapixels N ...`")
         if shrink_to and im.format == "JPEG":
@@ -156,7 +190,11 @@ def open_upright(source: str | bytes, shrink_to: int | None = None):
             if scale < 0.5:
                 im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))
         im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except PermissionError:
+        raise UserError(f"{name}: permission denied (the file may not be read)") from None
+    except UnidentifiedImageError:  # PIL's words name an object, not the file
+        raise UserError(f"{name}: not a readable image (not a format colddiff reads: {', '.join(sorted(e[1:] for e in IMAGE_EXTS))})") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{name}: not a readable image ({e})") from None
     try:  # a phone's JPEG stores its pixels sideways and says so in EXIF: restore it as it is seen
         im = ImageOps.exif_transpose(im)
@@ -308,8 +346,8 @@ def check_suffix(dest: str) -> str:
 
 
 def format_of(dest: str) -> str:
-    """The format an output is written in: its suffix's (check_suffix), PNG on stdout."""
-    return "PNG" if dest == STDIO else _FORMATS[Path(check_suffix(dest)).suffix.lower()]
+    """The format an output is written in: its suffix's (check_suffix), PNG on stdout (and /dev/null)."""
+    return "PNG" if dest in (STDIO, os.devnull) else _FORMATS[Path(check_suffix(dest)).suffix.lower()]
 
 
 def check_size(dest: str, width: int, height: int) -> None:
@@ -343,7 +381,7 @@ def read_note(source: str | bytes) -> dict | None:
         return None
     try:
         note = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
         note = None
     if not isinstance(note, dict):
         raise UserError(f"{name}: its {NOTE_KEY!r} note is not colddiff's (not a JSON object); pass --t to restore it anyway")

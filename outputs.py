@@ -20,7 +20,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = None
     try:  # a folder that cannot be made or written to (/proc, a file in the path) is the same one line
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # a name near the 255-byte limit leaves no room for the temporary's prefix and suffix: cut there
+        fd, tmp = tempfile.mkstemp(prefix=f".{cut_bytes(path.name, 200)}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -39,6 +40,11 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def cut_bytes(name: str, n: int) -> str:
+    """`name` cut to at most n bytes of UTF-8, on a character boundary."""
+    return name.encode()[:n].decode("utf-8", "ignore")
+
+
 def write_stdout(data: bytes) -> None:
     """Bytes to standard output. A reader that went away (or no stdout at all) is a BrokenPipeError,
     which the CLI turns into a quiet exit with SIGPIPE's status; any other failure (/dev/full) is
@@ -47,8 +53,14 @@ def write_stdout(data: bytes) -> None:
     try:
         if sys.stdout is None:
             raise BrokenPipeError(32, "standard output is closed")
-        sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, ValueError):  # no file descriptor (an in-process runner's buffer): its own write
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        write_all(fd, data)
     except OSError as e:
         if sys.stdout is not None:
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -57,6 +69,23 @@ def write_stdout(data: bytes) -> None:
         if isinstance(e, BrokenPipeError):
             raise
         raise UserError(f"standard output: could not write ({e.strerror or e})") from None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to fd, or an OSError: a short write (a disk that fills) is carried on from where it
+    stopped, and one that writes nothing is a full disk; a regular file is synced, so that a disk that
+    fills only at the sync (delayed allocation) is an error too, not a truncated file and exit 0."""
+    import errno
+    import stat
+
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fsync(fd)
 
 
 def stdout_is_terminal() -> bool:
@@ -70,6 +99,9 @@ def write_image(u8, dest: str, note: dict | None = None, alpha=None) -> None:
         import torch
 
         u8 = torch.cat([eight_bit(u8.cpu()), alpha])
+    if dest == os.devnull:
+        encode_image(u8, note=note)  # what would have been written is made, and dropped
+        return
     if dest == STDIO:
         write_stdout(encode_image(u8, note=note))
         return
@@ -121,6 +153,55 @@ class Writer:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class FileLock:
+    """flock on `path`, held for a `with` block: a second holder is refused with `busy` (a UserError),
+    not interleaved. The kernel releases it even on kill -9; the file is removed on exit, and a lock
+    taken on a file that was removed meanwhile is taken again. taken() runs once it is held."""
+
+    def __init__(self, path: Path, busy: str):
+        self.path, self.busy = Path(path), busy
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(self.busy) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                self.taken()
+                return self
+            os.close(fd)  # the holder removed the file between our open and our lock: try again
+
+    def taken(self):
+        pass
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+def folder_lock(out: str | None, several: bool = True):
+    """Held while a command writes into its output folder -o `out` (one taking several outputs, or
+    named as a folder): a second colddiff writing there at the same time, with other settings, would
+    replace its files silently. A hidden .colddiff.lock in it, which folder scans leave out. Nothing
+    for a single file, stdout or /dev/null."""
+    folder = Path(out or ".")
+    if out in (None, STDIO, os.devnull) or not (folder.is_dir() or out.endswith(("/", os.sep)) or several):
+        return contextlib.nullcontext()
+    return FileLock(folder / ".colddiff.lock", f"{folder}: another colddiff command is writing into this folder (it holds "
+                    f"{folder / '.colddiff.lock'}); wait for it, or give another -o")
+
+
 def check_writable(dests) -> None:
     """Every destination's folder exists or can be made, and takes a new file: a UserError now, not
     after the work (/proc, a file where a folder should be, a read-only mount). Nothing is left behind:
@@ -146,6 +227,8 @@ def check_writable(dests) -> None:
 def plan_outputs(items, out: str | None, force: bool) -> list[str]:
     """Where each input's result goes; checks every destination before anything is written."""
     single = len(items) == 1 and not items[0][2]
+    if out == os.devnull and single:  # a dry run: the work done, its output dropped
+        return [out]
     if out is None or out == STDIO:
         if not single:
             raise UserError("several input images: give an output folder with -o DIR")
@@ -262,6 +345,8 @@ def finish_later(n: int):
 def plan_grid_or_folder(out: str | None, names: list[str], force: bool) -> tuple[bool, list[str]]:
     """generate's outputs: (True, one path per image) for `-o DIR/` or an existing folder, else
     (False, [the grid's path or - for stdout]); checked before anything is written."""
+    if out == os.devnull:  # a dry run: the work done, its output dropped
+        return False, [out]
     if out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()):
         dests = [str(Path(out) / name) for name in names]
         clash = [d for d in dests if Path(d).exists()]

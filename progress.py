@@ -54,7 +54,9 @@ class Progress:
         rate = (self.done - self.start_done) / max(elapsed, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta = f", {duration(left)} left" if left == left and self.done < self.total else ""
-        return f"{self.what}: {int(self.done):,}/{self.total:,} {self.unit}, {rate:,.2f} {self.unit}/s{eta}" + (f", {self.info}" if self.info else "")
+        # under one a second (a photo restored in minutes), seconds per one: "0.01 images/s" says little
+        speed = f"{rate:,.2f} {self.unit}/s" if rate >= 1 or rate <= 0 else f"{duration(1 / rate)} per {self.unit.rstrip('s')}"
+        return f"{self.what}: {int(self.done):,}/{self.total:,} {self.unit}, {speed}{eta}" + (f", {self.info}" if self.info else "")
 
     def _line(self, text: str):
         import sys

@@ -74,6 +74,9 @@ def check_output(out: str, resume: bool, force: bool) -> dict:
     check_writable([out])  # before the data is loaded and hours are trained
     has_state = checkpoint.state_path(out).exists()
     if Path(out).exists() and not force and not (resume and has_state):
+        if resume:
+            raise UserError(f"{out}: exists, but no training state lies beside it ({checkpoint.state_path(out).name}) to resume; "
+                            "--force trains a new model in its place")
         raise UserError(f"{out}: exists; pass --resume to continue training it or --force to start over")
     return checkpoint.saved_run(out) if resume and has_state else {}
 
@@ -237,7 +240,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     train_step = make_step(model, opt, op, cfg, device)
     view = RunLog(op, ema, data, out, cfg, device, log, enabled=rank == 0, quiet=quiet)
     losses = []
-    with stop_on_signals() as stop, view:
+    with stop_on_signals(log if rank == 0 else None) as stop, view:
         view.begin(step)
         while step < cfg.steps:
             for group in opt.param_groups:  # set every step, so a resumed run follows the schedule
@@ -326,7 +329,12 @@ class Saver:
 
 
 class stop_on_signals:
-    """SIGINT/SIGTERM set stop["signal"] instead of killing the run: the loop saves and stops."""
+    """SIGINT/SIGTERM set stop["signal"] instead of killing the run: the loop saves and stops. The first
+    says so at once (a step of a large network on a CPU takes minutes); a second stops at once, without
+    that save (what was saved before stays whole: every write is atomic)."""
+
+    def __init__(self, say=None):
+        self.say = say
 
     def __enter__(self):
         self.stop = {"signal": None}
@@ -334,7 +342,15 @@ class stop_on_signals:
         return self.stop
 
     def _on_signal(self, signum, _frame):
+        from errors import Terminated
+
+        if self.stop["signal"] is not None:
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
         self.stop["signal"] = signum
+        if self.say:
+            again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+            self.say(f"colddiff: stopping: this step finishes and is saved, then the run ends ({again} again stops at once, "
+                     "without saving it)")
 
     def __exit__(self, *exc):
         for s, h in self.old.items():

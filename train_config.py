@@ -7,6 +7,7 @@ answer in a fraction of a second, not after torch's 2-3 s import.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from errors import UserError
 
@@ -37,8 +38,10 @@ class TrainConfig:
     step_noise: float | None = None  # the model's default generate --step-noise (None: symmetry_defaults')
 
     def check(self, op):
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise UserError(f"--lr must be positive (and a finite number), got {self.lr}")
+        if not 0 <= self.ema_decay <= 1:  # outside, the EMA weights grow without bound (restores are black)
+            raise UserError(f"--ema-decay must be in 0..1, got {self.ema_decay}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"unknown --lr-schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         for name in ("gmm_components", "steps", "batch", "accumulate", "save_every", "sample_every", "ema_every"):

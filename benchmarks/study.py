@@ -149,6 +149,7 @@ def score(a, run: Path, spec_opts: str) -> None:
     fcntl.flock(lock, fcntl.LOCK_EX)  # one scorer per run: a second waits, then finds the work done
     out = run / "score.json"
     done = json.loads(out.read_text()) if out.exists() else {}
+    done = {k + (f":n={v['n']}" if v.get("n", a.n) != a.n and ":n=" not in k else ""): v for k, v in done.items()}  # older keys
     size = SIZE
     te_x, _ = G.load_labelled(a.test, a.n, size)
     clf = G.Classifier(size)
@@ -157,9 +158,10 @@ def score(a, run: Path, spec_opts: str) -> None:
     ref = G.features(clf, te_x[: a.n])
     snaps = sorted(run.glob("step-*.safetensors"), key=lambda p: int(p.stem[5:]))
     # the final model at n on two seeds; the snapshots before it (the curve) at n_curve, seed 0
-    wanted = [(p, 0, a.n_curve) for p in snaps[:-1]] + [(snaps[-1], 0, a.n), (snaps[-1], 1, a.n)]
+    # the table's first; the curve's points all at n_curve (FCD grows as n falls: one n along a curve)
+    wanted = [(snaps[-1], 0, a.n), (snaps[-1], 1, a.n)] + [(p, 0, a.n_curve) for p in snaps]
     for path, seed, n in wanted:
-        key = f"{path.stem}:seed={seed}"
+        key = f"{path.stem}:seed={seed}" + (f":n={n}" if n != a.n else "")
         if key in done:
             continue
         t0 = time.time()
@@ -178,23 +180,30 @@ def score(a, run: Path, spec_opts: str) -> None:
 
 def report(a, plan: dict) -> None:
     """The study's table (Markdown, to stdout) and, with --curve, FCD vs training minutes as a PNG."""
+    cpu_file = a.out / "cpu_seconds.json"
+    cpu = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
     rows, curves = [], {}
     for name, p in plan["runs"].items():
         s = json.loads((a.out / name / "score.json").read_text()) if (a.out / name / "score.json").exists() else {}
-        final = [v for v in s.values() if v["step"] == p["steps"]]  # the curve's points are at --n-curve images
+        final = [v for v in s.values() if v["step"] == p["steps"] and v.get("n", a.n) == a.n]
         if len(final) < 2:
             continue
         f0, f1 = sorted(final, key=lambda v: v["seed"])
         mean = (f0["fcd"] + f1["fcd"]) / 2
-        rows.append((mean, p, f0, f1))
-        curves[f"{LABELS[p['method']]}, {p['net']}"] = sorted((v["step"] / p["steps"] * plan["minutes"], v["fcd"]) for v in s.values() if v["seed"] == 0)
+        rows.append((mean, p, f0, f1, cpu.get(name)))
+        curves[f"{LABELS[p['method']]}, {p['net']}"] = sorted((v["step"] / p["steps"] * plan["minutes"], v["fcd"]) for v in s.values()
+                                                              if v["seed"] == 0 and v.get("n") == a.n_curve)
     print(f"Budget per run: {plan['minutes']:g} minutes of one CPU thread; {plan['machine']}; n = {a.n}, FCD seeds 0 / 1.\n")
-    print("| method | network | params | img/s (1 thread) | steps x 32 | epochs | FCD seed 0 / 1 | mean | diversity | FCD per CPU hour |")
+    print("| method | network | params | img/s (1 thread) | steps x 32 | epochs | CPU min (whole run) | FCD seed 0 / 1 | mean | diversity |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for mean, p, f0, f1 in sorted(rows, key=lambda r: r[0]):
+    for mean, p, f0, f1, seconds in sorted(rows, key=lambda r: r[0]):
         print(f"| {LABELS[p['method']]} | `{p['net']}` | {p['params'] / 1e6:.2f} M | {p['img_per_s']:.0f} | {p['steps']:,} | "
-              f"{p['steps'] * BATCH / 60000:.1f} | {f0['fcd']:.1f} / {f1['fcd']:.1f} | **{mean:.1f}** | {f0['diversity']:.3f} | "
-              f"{mean:.1f} at {plan['minutes'] / 60:.2f} h |")
+              f"{p['steps'] * BATCH / 60000:.1f} | {'' if seconds is None else f'{seconds / 60:.1f}'} | {f0['fcd']:.1f} / {f1['fcd']:.1f} | "
+              f"**{mean:.1f}** | {f0['diversity']:.3f} |")
+    missing = [name for name in plan["runs"] if name not in {f"{r[1]['method']}" for r in rows} and not any(
+        run_name(r[1]["method"], r[1]["net"]) == name for r in rows)]
+    if missing:
+        print(f"\nNot scored yet: {', '.join(missing)}.")
     if a.curve and curves:
         import matplotlib
 
@@ -204,7 +213,7 @@ def report(a, plan: dict) -> None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, pts in sorted(curves.items()):
             ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if "tiny" in label else "-")
-        ax.set(xlabel="training minutes (one CPU thread)", ylabel="FCD (n = 500, seed 0; lower is better)", yscale="log",
+        ax.set(xlabel="training minutes (one CPU thread)", ylabel=f"FCD (n = {a.n_curve}, seed 0; lower is better)", yscale="log",
                title="Fashion-MNIST generators at an equal CPU budget")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
@@ -225,6 +234,7 @@ def main():
     ap.add_argument("--n-curve", type=int, default=250, help="images per FCD of the snapshots before it (the curve, one seed)")
     ap.add_argument("--calibrate-seconds", type=float, default=20.0)
     ap.add_argument("--curve", type=Path, help="write FCD vs training minutes here (PNG)")
+    ap.add_argument("--report", action="store_true", help="only print the table (and --curve) of what is scored so far")
     ap.add_argument("--score", help=argparse.SUPPRESS)  # internal: score one run in this process
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +243,8 @@ def main():
         name = a.score
         plan = json.loads((a.out / "plan.json").read_text())
         return score(a, a.out / name, METHODS[plan["runs"][name]["method"]][2])
+    if a.report:
+        return report(a, json.loads((a.out / "plan.json").read_text()))
     plan_file = a.out / "plan.json"
     if not plan_file.exists():  # calibrate, with the machine otherwise idle
         torch.set_num_threads(1)

@@ -300,3 +300,12 @@ def test_every_operator_file_is_one_line_of_the_registry():
     imported = imports_of(ROOT / "operators.py", {p.stem for p in PROJECT})
     assert registering and registering <= imported, registering - imported
     assert {cls.__module__ for cls in O.OPERATORS.values()} == registering
+
+
+def test_the_registry_lists_the_operators_in_the_order_of_its_import_lines():
+    """operators.py's import lines decide `colddiff ops`'s order (an import sorter must not reorder them)."""
+    import re
+
+    files = re.findall(r"^import (\w+)  # noqa: F401", (ROOT / "operators.py").read_text(), re.M)
+    by_file = [name for f in files for name, cls in O.OPERATORS.items() if cls.__module__ == f]
+    assert files[0] == "cold" and list(O.OPERATORS) == by_file

@@ -161,6 +161,11 @@ def test_outputs_too_large_for_their_format_are_refused_before_the_work(cli, tmp
     assert r.returncode == 1 and b"WebP holds at most 16383" in r.stderr and b"generating" not in r.stderr, r.stderr
 
 
+def test_ops_as_json_holds_both_tables(cli):
+    tables = json.loads(cli("ops", "--json").stdout)
+    assert [r["operator"] for r in tables["operators"]][:2] == ["blur", "blur"] and tables["samplers"][0]["sampler"] == "direct"
+
+
 def test_ops_lists_everything(cli):
     r = cli("ops", env={"COLUMNS": "200"})
     assert r.returncode == 0
@@ -170,16 +175,11 @@ def test_ops_lists_everything(cli):
         for preset in cls.PRESETS:
             assert preset in text
     assert "300" in text and "750" in text
-    assert {line.split("│")[4].strip() for line in text.splitlines() if line.startswith("│ blur ")} == {"32 px", "128 px"}
+    # piped: tab-separated rows, whole (no box cut to 80 columns)
+    assert {line.split("\t")[3] for line in text.splitlines() if line.startswith("blur\t")} == {"32 px", "128 px"}
     from samplers import SAMPLERS
 
-    rows: dict = {}  # sampler -> its cells, a wrapped cell's lines joined
-    for line in text.split("samplers (")[1].splitlines():
-        cells = [c.strip() for c in line.split("│")[1:5]]
-        if line.startswith("│ ") and cells[0]:
-            rows[cells[0]] = cells[1:]
-        elif line.startswith("│ "):
-            rows[list(rows)[-1]] = [f"{a} {b}".strip() for a, b in zip(rows[list(rows)[-1]], cells[1:])]
+    rows = {cells[0]: cells[1:] for line in text.split("# samplers (")[1].splitlines()[2:] for cells in [line.split("\t")]}
     assert list(rows) == list(SAMPLERS)  # every sampler, what it applies to, what it takes, what it does (its docstring's first sentence)
     assert rows["direct"][:2] == ["all", "-"] and rows["tacos"][:2] == ["all but blurdiff", "--steps, --step-noise"]
     assert rows["tacos"][2].startswith("Algorithm 2") and rows["tacos"][2].endswith("The default.")
@@ -192,7 +192,7 @@ def test_ops_lists_everything(cli):
     (["--op", "blur", "--preset", "imagenet"], "unknown preset 'imagenet'"),
     (["--op", "blur", "--t", "21"], "--t must be in 0..20"),
     (["--op", "blur", "--t", "-1"], "--t must be in 0..20"),
-    (["--op", "blur", "--param", "sigma=big"], "sigma must be a number"),
+    (["--op", "blur", "--param", "sigma=big"], "sigma must be a finite number"),
     (["--op", "animorph"], "--source"),
     (["--op", "mask", "--param", "std=0"], "std > 0"),
     (["--op", "blur", "--param", "sigma=0"], "sigmas must be positive"),

@@ -359,3 +359,51 @@ os.replace = replace
     r = subprocess.run(args + ["--skip-existing"], env=ENV, cwd=ROOT, capture_output=True, timeout=300)
     assert r.returncode == 0 and f"{len(written)} of the 900 outputs exist and are kept" in r.stderr.decode()
     assert len(list(out.iterdir())) == 900
+
+
+SLOW_THIRD_STEP = """
+import os, pathlib, time
+import train
+_make_step = train.make_step
+def make_step(*args, **kwargs):
+    step, n = _make_step(*args, **kwargs), [0]
+    def slow(data, rng):
+        n[0] += 1
+        if n[0] == 3:  # a step of minutes, as the paper network's on a CPU: Python runs handlers between the sleeps
+            pathlib.Path(os.environ["SLOW_MARK"]).write_text("in the slow step")
+            for _ in range(6000):
+                time.sleep(0.01)
+        return step(data, rng)
+    return slow
+train.make_step = make_step
+"""
+
+
+def test_ctrl_c_in_a_slow_training_step_is_answered_at_once_and_a_second_stops_at_once(fmnist_split, tmp_path):
+    """The first Ctrl-C says at once that the step will finish and be saved; a second stops the run at
+    once (the step would take a minute more), and the model saved before is whole."""
+    import queue
+    import signal
+    import threading
+    import time
+
+    mark, out = tmp_path / "slow", tmp_path / "m.safetensors"
+    env = {**with_hook(tmp_path, SLOW_THIRD_STEP), "SLOW_MARK": str(mark)}
+    proc = subprocess.Popen([sys.executable, "-m", "colddiff", "train", fmnist_split[0], "-o", out, "--steps", "5", "--save-every", "1",
+                             *TINY_TRAIN], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.decode()) for line in proc.stderr], daemon=True).start()
+    while not mark.exists():  # the known point: inside step 3, steps 1 and 2 saved
+        assert proc.poll() is None, "training ended before its slow step"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    said = time.monotonic()
+    while "stopping: this step finishes and is saved" not in (line := lines.get(timeout=30)):
+        pass
+    assert time.monotonic() - said < 1.0, line
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130  # the step had a minute to go
+    rest = "".join(lines.get(timeout=5) for _ in range(lines.qsize()))
+    assert "Traceback" not in rest, rest
+    assert checkpoint.load_model(out)[2]["step"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

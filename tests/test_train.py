@@ -263,10 +263,26 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path):
     assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)
 
 
-def test_non_finite_weights_are_never_written(cli, fmnist_split, tmp_path):
+def test_non_finite_weights_are_never_written(cli, fmnist_split, tmp_path, monkeypatch):
+    """Weights that turn NaN (an overflow an infinite --lr used to cause; --lr is refused now) stop the
+    run at the save, and nothing is written."""
+    real = T.make_step
+
+    def overflowing(model, opt, *args):
+        step = real(model, opt, *args)
+
+        def then_nan(data, rng):
+            loss = step(data, rng)
+            with torch.no_grad():
+                next(iter(model.parameters())).fill_(float("nan"))
+            return loss
+
+        return then_nan
+
+    monkeypatch.setattr(T, "make_step", overflowing)
     out = tmp_path / "m.safetensors"
     r = cli("train", fmnist_split[0], "-o", out, "--net", "tiny", "--steps", "3", "--batch", "4", "--accumulate", "1",
-            "--lr", "inf", "--save-every", "1", "--no-augment")
+            "--save-every", "1", "--no-augment")
     assert r.returncode == 1 and b"non-finite" in r.stderr and not out.exists()
 
 
