@@ -27,7 +27,7 @@ from outputs import Writer, check_writable, finish_later, folder_lock
 from progress import Progress
 from samplers import SAMPLERS
 from sampling import Choices, batches, open_model
-from strips import Strip
+from strips import Strip, check_strip
 from train_config import TrainConfig
 
 app = typer.Typer(
@@ -399,7 +399,7 @@ def restore(
     import restoring
 
     # parse
-    at_least(batch, "--batch"), Strip.asked(strip, frames, [], x0_hat_row)
+    at_least(batch, "--batch"), check_strip(strip, frames, x0_hat_row)
     if tile is not None and tile != 0 and tile < 32:
         raise UserError(f"--tile must be 0 (whole images only) or at least 32 px, got {tile}")
     seed = seed if seed is None else check_seed(seed)
@@ -525,7 +525,7 @@ def generate(
 
     # parse
     at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol")
-    Strip.asked(strip, frames, [], x0_hat_row)
+    check_strip(strip, frames, x0_hat_row)
     if model is None and not BUNDLED_MODEL.is_file():
         raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
     model = model or str(BUNDLED_MODEL)
