@@ -295,25 +295,45 @@ class Pixelate(Operator):
     back (nearest-exact), each step from the previous one as the released code does.
 
     That chain has no closed form, so all T <= log2(size) levels are computed for the whole
-    batch (T resizes, never a loop over images or over a per-image t) and gathered."""
+    batch (T resizes, never a loop over images or over a per-image t) and gathered. Fitted to a
+    photo (px_scale > 1), step i's image is size/(2^i px_scale): the same few blocks across as
+    the preset's images have."""
 
     name = "pixelate"
     DEFAULT_PRESET = "mnist"
     generation = "a low-resolution image from a Gaussian mixture over the downsampled images"
     prior = "downsampled"
     T: int = 3
+    px_scale: float = 1.0  # every level's pixels this many times larger (fit_to: photos larger than the preset's images)
 
     def min_size(self):
-        return 2**self.T  # T halvings
+        return math.ceil(2**self.T * self.px_scale)  # T halvings (of pixels px_scale wide)
+
+    def level_size(self, H: int, W: int, i: int) -> tuple[int, int]:
+        """(h, w) of step i's small image: the released H >> i, or fitted, H / (2^i px_scale)."""
+        if self.px_scale == 1.0:
+            return H >> i, W >> i
+        return int(H / (2**i * self.px_scale)), int(W / (2**i * self.px_scale))
+
+    def fit_to(self, c, h, w):
+        scale = self.fit_scale(h, w)
+        if scale is None or scale < 1:  # smaller images: the released halvings already leave few blocks
+            return self, None
+        fitted = self.refit(px_scale=self.px_scale * scale)
+        (h0, w0), (h1, w1) = self.level_size(h, w, self.T), fitted.level_size(h, w, self.T)
+        return fitted, (f"pixelate {self.preset} on {w}x{h}: pixels x{scale:.3g} (at t = T {w0}x{h0} -> {w1}x{h1} blocks; the preset "
+                        f"is for {self.NATIVE[self.preset]} px images; --no-fit keeps its values)")
 
     def chain(self, x: torch.Tensor, t_max: int):
         """The released chain x_0 .. x_{t_max} (all at full size) and the last step's small image."""
         H, W = x.shape[-2:]
-        if H >> self.T < 1 or W >> self.T < 1:
-            raise UserError(f"pixelate with T={self.T} needs images of at least {2**self.T} px, got {W}x{H}")
+        if min(self.level_size(H, W, self.T)) < 1:
+            raise UserError(f"pixelate with T={self.T} needs images of at least {self.min_size()} px, got {W}x{H}")
+        # fitted, a step shrinks by 2 px_scale or more: without antialias bicubic would sample 4 of every so many pixels
+        antialias = self.px_scale != 1.0
         levels, small = [x], None
         for i in range(1, t_max + 1):
-            small = F.interpolate(levels[-1], size=(H >> i, W >> i), mode="bicubic", align_corners=False, antialias=False)
+            small = F.interpolate(levels[-1], size=self.level_size(H, W, i), mode="bicubic", align_corners=False, antialias=antialias)
             levels.append(F.interpolate(small, size=(H, W), mode="nearest-exact"))
         return levels, small
 
@@ -327,12 +347,12 @@ class Pixelate(Operator):
         return out.to(x0.dtype)
 
     def prior_features(self, x0):
-        # the chain's real last small image, (H >> T) x (W >> T) whatever H and W are
+        # the chain's real last small image, level_size(H, W, T) whatever H and W are
         return self.chain(x0.float(), self.T)[1].flatten(1)
 
     def start(self, shape, generator, features=None, break_noise=0.0):
         C, H, W = shape[1:]
-        small = features.view(1, C, H >> self.T, W >> self.T)
+        small = features.view(1, C, *self.level_size(H, W, self.T))
         return F.interpolate(small, size=(H, W), mode="nearest-exact"), None  # D's own last upsample
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 from click.core import ParameterSource
 
+import bundled
 import notes
 from errors import Stop, Terminated, UserError, at_least, check_seed
 from folders import attach_source, load_folder
@@ -36,7 +37,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Cold diffusion: degrade, restore, train and generate images with deterministic transforms.",
 )
-BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "fmnist-blur-gen.safetensors"
 
 
 def fail_cleanly(fn):
@@ -132,7 +132,7 @@ SkipExistingOpt = typer.Option(False, "--skip-existing", help=(
     "an output whose note says other settings is an error."
 ))
 SourceOpt = typer.Option(None, "--source", help="animorph: the folder of z images (the second image set).")
-ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`.")
+ModelOpt = typer.Option(..., "--model", "-m", help="Model file (.safetensors) written by `colddiff train`, or a bundled model's name (`colddiff ops`).")
 SamplerOpt = typer.Option(None, "--sampler", help=(
     f"One of {', '.join(SAMPLERS)} (those whose network output fits the model's operator; `colddiff ops` "
     "says what each does); default: the operator's."
@@ -183,8 +183,8 @@ def main_options(
 
 
 @command()
-def ops(as_json: bool = typer.Option(False, "--json", help="The two tables as one JSON object (lists of rows by column name).")):
-    """List the operators, their presets, T, the image size each preset was made for, and parameters; and the samplers.
+def ops(as_json: bool = typer.Option(False, "--json", help="The tables as one JSON object (lists of rows by column name).")):
+    """List the operators, their presets, T, the image size each preset was made for, and parameters; the samplers; the bundled models.
 
     On a terminal as tables; piped, as tab-separated lines (a header, then a row a line), whole."""
     import describe
@@ -228,7 +228,7 @@ def degrade(
     force: bool = ForceOpt,
     skip_existing: bool = SkipExistingOpt,
     fit: bool = typer.Option(True, "--fit/--no-fit", help=(
-        "Scale the parameters that are lengths in pixels (blur kernels, mask and colour widths, snow flakes) "
+        "Scale the parameters that are lengths in pixels (blur kernels, mask and colour widths, snow flakes, pixelate's blocks) "
         "from the preset's image size to each image's, where they differ more than 2x."
     )),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=(
@@ -245,6 +245,7 @@ def degrade(
 
     # parse: the operator (--op's, or the model's), t, the strip's frames
     typed = [f"--{'no-fit' if name == 'fit' and not fit else name}" for name in ("op", "preset", "param", "fit") if typed_here(ctx, name)]
+    model = model and bundled.model_path(model)
     operator, channels, refit = degrading.operator_for(op, preset, param, model, typed)
     fit, t, seed = fit and refit, degrading.checked_step(operator, t), check_seed(seed)
     shown = Strip.asked(strip, frames, list(range(operator.T + 1)))
@@ -333,8 +334,10 @@ def train(
 
     # parse: the run, as the options and a resumed run's state resolve it
     run = training.resolve(dict(ctx.params), {name for name in ctx.params if typed_here(ctx, name)})
-    # one writer per model file (under torchrun, rank 0 holds it for all)
-    with checkpoint.train_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+    # one writer per model file, and one voice (under torchrun, rank 0 holds and speaks for all)
+    first = os.environ.get("RANK", "0") == "0"
+    quiet = quiet or not first  # another rank's lines would repeat rank 0's (its errors still say)
+    with checkpoint.train_lock(out) if first else contextlib.nullcontext():
         run.saved = training.check_output(out, resume, force)  # again: a run that just ended may have written it
         training.check_operator(run.saved, run.op, out)
         size, channels = training.resumed_shape(run.saved, out, size, channels)
@@ -402,7 +405,7 @@ def restore(
     at_least(batch, "--batch"), check_strip(strip, frames, x0_hat_row)
     if tile is not None and tile != 0 and tile < 32:
         raise UserError(f"--tile must be 0 (whole images only) or at least 32 px, got {tile}")
-    seed = seed if seed is None else check_seed(seed)
+    seed, model = seed if seed is None else check_seed(seed), bundled.model_path(model)
     # open the model
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, Choices(sampler, steps, z, eta, t, source, compile))
@@ -456,7 +459,7 @@ def evaluate(
 
     # parse
     at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed)
-    dests = metrics.plan_outputs(out, force)
+    dests, model = metrics.plan_outputs(out, force), bundled.model_path(model)
     # open the model
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, Choices(sampler, steps, z, eta, None, source, compile))
@@ -482,7 +485,7 @@ def evaluate(
 
 @command()
 def generate(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file (default: the bundled Fashion-MNIST blur model)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file, or a bundled model's name (`colddiff ops`; default: the bundled default)."),
     n: int = typer.Option(64, "--n", help="How many images."),
     symmetry: str = typer.Option("broken", "--symmetry", help="broken (the model's way of breaking the symmetry of a flat x_T) or perfect (no noise)."),
     break_noise: Optional[float] = typer.Option(None, "--break-noise", metavar="STD", help=(
@@ -526,9 +529,7 @@ def generate(
     # parse
     at_least(n, "--n"), at_least(batch, "--batch"), check_seed(seed), ncol is None or at_least(ncol, "--ncol")
     check_strip(strip, frames, x0_hat_row)
-    if model is None and not BUNDLED_MODEL.is_file():
-        raise UserError(f"no --model given and the bundled model {BUNDLED_MODEL} is missing")
-    model = model or str(BUNDLED_MODEL)
+    model = bundled.model_path(model)
     # open the model
     dev = pick_device(device, threads)
     sampling = open_model(model, dev, Choices(sampler, steps, z, eta, None, source, compile))
@@ -599,6 +600,7 @@ def fit_prior(
 
     # parse
     at_least(gmm_components, "--gmm-components")
+    model = bundled.model_path(model)
     net, op, meta = checkpoint.load_model(model, "cpu")
     dest = checkpoint.check_model_name(out or model)
     if Path(dest).exists() and not force:

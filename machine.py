@@ -126,6 +126,23 @@ def versions(device=None) -> dict:
     return {"colddiff": own, "torch": torch.__version__, "device": name}
 
 
+# network FLOPs a second: a training step on one CPU thread measured 24-64 G (small net, 28 px; 64 in both
+# 2-thread bundled-model runs) as the shared machine's load varied; a forward is as fast per FLOP
+CPU_FLOPS_PER_THREAD = 50e9
+CUDA_FLOPS = 100e12  # a guess for a recent GPU in bf16, until benchmarks/train.py measures one
+
+
+def rough_seconds(flops: float, device) -> tuple[float, str]:
+    """(seconds, on what) of `flops` of network work on `device` at the assumed rate: an estimate to say
+    before a long run, within a factor of two or so."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return flops / CUDA_FLOPS, "a GPU"
+    n = torch.get_num_threads()
+    return flops / (CPU_FLOPS_PER_THREAD * n), f"{n} CPU thread{'s' if n != 1 else ''}"
+
+
 def bf16(device):
     """bf16 autocast on CUDA; elsewhere nothing (the CPU computes in float32)."""
     import contextlib

@@ -29,6 +29,8 @@ class Planner:
         self.strip_at = strip_at  # (sampling, t) -> the Strip of an image restored from t
         self.at_t: dict = {}  # t -> (sampling from t, its strip): each checked once, before any work
         self.unsaid, self.tiled, self.shrunk = 0, None, None
+        self.flops, self.calls, self.largest = 0, 0, (0, 0)  # the network work planned (said() estimates its time)
+        self.call_flops: dict = {}  # (h, w) -> FLOPs of one forward of one image (or tile)
 
     def __call__(self, src, u8, n: int):
         import notes
@@ -53,14 +55,42 @@ class Planner:
         at, strip = self.at_t[t]
         if strip and strip.frame_size(h, w)[1] != w and not self.shrunk:
             self.shrunk = shrunk_line(name, strip.frames, h, w)
+        self.add_work(h, w, at.calls(t), tile_px)
         return Plan(t, seed, tile_px, at, strip), strip.out_size(h, w)
+
+    def add_work(self, h: int, w: int, calls: int, tile_px: int | None) -> None:
+        """Count an h x w image's network calls and their FLOPs (in tiles: each tile's)."""
+        import unet
+        from tiles import tile_count
+
+        tiles, size = (tile_count(h, w, tile_px), (min(h, tile_px), min(w, tile_px))) if tile_px else (1, (h, w))
+        if size not in self.call_flops:
+            self.call_flops[size] = unet.forward_flops(self.sampling.meta["network"], *size)
+        self.flops += calls * tiles * self.call_flops[size]
+        self.calls += calls
+        self.largest = max(self.largest, (h, w), key=lambda s: s[0] * s[1])
 
     def said(self, n: int) -> list[str]:
         """The lines worth saying once every input is planned (after every check: an error stays the only line)."""
         which = "" if self.unsaid == n else f" the {self.unsaid} images that carry no colddiff note"
         unsaid = (f"restoring{which} as if degraded to t = T = {self.sampling.op.T}; pass --t if the images were degraded less"
                   if self.unsaid else None)
-        return [line for line in (unsaid, self.tiled, self.shrunk) if line]
+        return [line for line in (unsaid, self.tiled, self.shrunk, self.estimate(n)) if line]
+
+    def estimate(self, n: int) -> str | None:
+        """A rough time for a restore long enough to wait for (a minute or more), as train says its own."""
+        from machine import rough_seconds
+        from progress import duration
+
+        seconds, where = rough_seconds(self.flops, self.device)
+        if seconds < LONG:
+            return None
+        (h, w), images = self.largest, f"{n:,} image{'s' * (n != 1)}"
+        return (f"restoring {images} ({self.calls:,} passes through the network, on images of up to {w}x{h}): roughly "
+                f"{duration(seconds)} on {where}")
+
+
+LONG = 60  # seconds of an estimate worth saying
 
 
 class Input(NamedTuple):

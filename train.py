@@ -20,7 +20,7 @@ import checkpoint
 import unet
 from errors import Stop, UserError
 from generative import fit_prior, symmetry_defaults
-from machine import bf16, to_device, versions
+from machine import bf16, rough_seconds, to_device, versions
 from outputs import check_writable
 from progress import Progress, duration
 from train_config import TrainConfig
@@ -191,20 +191,13 @@ def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
     return op.loss(pred.float(), x0, hidden)
 
 
-# a training step on one CPU thread: measured 24-64 G (small net, 28 px; 64 in both 2-thread bundled-model runs) as the
-# shared machine's load varied
-CPU_FLOPS_PER_THREAD = 50e9
-CUDA_FLOPS = 100e12  # a guess for a recent GPU in bf16, until benchmarks/train.py measures one
-
-
-def estimate(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, device) -> tuple[float, str]:
+def estimate(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, device, backend=None) -> tuple[float, str]:
     """(seconds, one line) of a rough time estimate: 3 forwards' FLOPs per image (forward and
-    backward) at an assumed rate for the device."""
+    backward) at machine.rough_seconds' assumed rate; under torchrun, the processes and backend."""
     flops = 3 * unet.forward_flops(net.config, H, W) * cfg.batch * cfg.accumulate * steps_left
-    rate = CUDA_FLOPS if device.type == "cuda" else CPU_FLOPS_PER_THREAD * torch.get_num_threads()
-    seconds = flops / rate / world
-    n = torch.get_num_threads()
-    where = "a GPU" if device.type == "cuda" else f"{n} CPU thread{'s' if n != 1 else ''}"
+    seconds, where = rough_seconds(flops / world, device)
+    if backend:
+        where += f" in each of {world} processes ({backend})"
     return seconds, (f"{steps_left:,} steps x {cfg.batch * cfg.accumulate * world} images of {W}x{H} through a "
                      f"{unet.count_parameters(net) / 1e6:.1f} M-parameter network: roughly {duration(seconds)} on {where}")
 
@@ -228,7 +221,7 @@ def train(data: torch.Tensor, op, net_preset: str, out: str, cfg: TrainConfig, d
     saver = Saver(out, net, ema, opt, rng, meta, rank)
     step = saver.resume(cfg, log) if resume and checkpoint.state_path(out).exists() else 0
     if rank == 0:
-        announce(net, cfg, H, W, cfg.steps - step, world, device, log)
+        announce(net, cfg, H, W, cfg.steps - step, world, backend, device, log)
     # keep the data on the GPU as uint8 when it fits easily (a quarter of free memory)
     if cuda and data.numel() < torch.cuda.mem_get_info(device)[0] // 4:
         data = data.to(device)
@@ -287,9 +280,9 @@ def run_meta(op, net, net_preset: str, data: torch.Tensor, cfg: TrainConfig, wor
     }
 
 
-def announce(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, device, log) -> None:
+def announce(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, backend, device, log) -> None:
     """The run's estimated time, and warnings about its length and its EMA."""
-    seconds, line = estimate(net, cfg, H, W, steps_left, world, device)
+    seconds, line = estimate(net, cfg, H, W, steps_left, world, device, backend)
     log(line)
     if seconds > 86400:
         log(f"warning: that is {duration(seconds)}: use a GPU, a smaller --net (small, tiny), fewer --steps or a smaller --size")
@@ -440,6 +433,9 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
             loss = loss_fn(model, op, x0, rng, cfg.train_noise) / cfg.accumulate
             loss.backward()
             total += loss.detach()
+        if torch.distributed.is_initialized():  # the mean over ranks: every rank logs it, and skips a step or not, alike
+            torch.distributed.all_reduce(total)
+            total /= torch.distributed.get_world_size()
         total = float(total)
         if math.isfinite(total):
             opt.step()

@@ -1,7 +1,8 @@
 """Write docs/cli.md, the command reference, from the code: every command's help and options as
-`colddiff COMMAND --help` has them (tests/test_docs.py fails when it is stale).
+`colddiff COMMAND --help` has them; and the table of training defaults in docs/training.md, from
+TrainConfig and each method's own settings (tests/test_docs.py fails when either is stale).
 
-    python docs/make_cli.py          # rewrite docs/cli.md
+    python docs/make_cli.py          # rewrite docs/cli.md and the table in docs/training.md
 """
 import sys
 from pathlib import Path
@@ -37,6 +38,41 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- defaults: written by docs/make_cli.py -->", "<!-- end of defaults -->"
+
+
+def training_defaults() -> str:
+    """| option | cold diffusion | blurdiff | what it does | of every training setting, from the code."""
+    import dataclasses
+
+    import typer.main
+
+    import colddiff
+    import operators
+    import train
+    from train_config import TrainConfig
+
+    options = {p.name: p for p in typer.main.get_command(colddiff.app).commands["train"].params}
+    blurdiff = operators.make_operator("blurdiff").train_defaults
+    rows = [("net", f"`{train.NET_DEFAULT}` (cifar10 presets: `{train.PRESET_NETS['cifar10']}`)", blurdiff.get("net"))]
+    rows += [(f.name, f.default, blurdiff.get(f.name)) for f in dataclasses.fields(TrainConfig) if f.name in options]
+    lines = [BEGIN, "| option | cold diffusion | blurdiff | what it does |", "|---|---|---|---|"]
+    for name, cold, lee in rows:
+        p = options[name]
+        flag = p.opts[0] if not p.secondary_opts or cold is not False else p.secondary_opts[0]
+        shown = cold if isinstance(cold, str) and cold.startswith("`") else f"`{cold}`"
+        lines.append(f"| `{flag}` | {shown} | {'' if lee is None else f'`{lee}`'} | {(p.help or '').replace('|', chr(92) + '|')} |")
+    return "\n".join([*lines, END])
+
+
+def with_defaults(text: str) -> str:
+    """docs/training.md's text with its table of defaults made anew."""
+    head, rest = text.split(BEGIN)
+    return head + training_defaults() + rest.split(END, 1)[1]
+
+
 if __name__ == "__main__":
     (ROOT / "docs" / "cli.md").write_text(reference())
-    print(f"wrote {ROOT / 'docs' / 'cli.md'}")
+    page = ROOT / "docs" / "training.md"
+    page.write_text(with_defaults(page.read_text()))
+    print(f"wrote {ROOT / 'docs' / 'cli.md'} and the defaults in {page}")

@@ -179,7 +179,8 @@ def test_ops_lists_everything(cli):
     assert {line.split("\t")[3] for line in text.splitlines() if line.startswith("blur\t")} == {"32 px", "128 px"}
     from samplers import SAMPLERS
 
-    rows = {cells[0]: cells[1:] for line in text.split("# samplers (")[1].splitlines()[2:] for cells in [line.split("\t")]}
+    samplers = text.split("# samplers (")[1].split("\n# ")[0]
+    rows = {cells[0]: cells[1:] for line in samplers.splitlines()[2:] for cells in [line.split("\t")]}
     assert list(rows) == list(SAMPLERS)  # every sampler, what it applies to, what it takes, what it does (its docstring's first sentence)
     assert rows["direct"][:2] == ["all", "-"] and rows["tacos"][:2] == ["all but blurdiff", "--steps, --step-noise"]
     assert rows["tacos"][2].startswith("Algorithm 2") and rows["tacos"][2].endswith("The default.")
@@ -335,6 +336,22 @@ def test_blur_fits_its_kernels_to_the_image(cli, tmp_path):
     assert spread(fitted, 512) == pytest.approx(4 * spread(op, 128), rel=0.05)
     r = cli("degrade", PHOTO, "--op", "blur", "--preset", "mnist", "--t", "3", "-o", tmp_path / "b.png")
     assert r.returncode == 0 and r.stderr.decode().count("blur mnist on ") == 1, r.stderr
+
+
+def test_pixelate_fits_its_blocks_to_the_image(cli, tmp_path):
+    """A 512 px photo with the mnist preset (made for 32 px): at t = T it is 4x4 blocks as a 32 px image
+    is, said once; --no-fit keeps the released halvings (64x64 blocks, so little changes); the
+    note records the fitted scale."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    r = cli("degrade", tmp_path / "p.png", "--op", "pixelate", "-o", tmp_path / "fit.png")
+    assert r.returncode == 0 and r.stderr.decode().count("pixelate mnist on 512x512: pixels x16 (at t = T 64x64 -> 4x4 blocks") == 1, r.stderr
+    r = cli("degrade", tmp_path / "p.png", "--op", "pixelate", "--no-fit", "-o", tmp_path / "raw.png")
+    assert r.returncode == 0 and r.stderr == b""
+    blocks = lambda f: len(np.unique(np.asarray(Image.open(tmp_path / f)).reshape(-1, 3), axis=0))  # noqa: E731
+    assert blocks("fit.png") <= 16 < 64 * 64 * 0.9 < blocks("raw.png")
+    note = read_note(tmp_path / "fit.png")
+    assert note["params"] == {"T": 3, "px_scale": 16.0} and note["t"] == 3
 
 
 def test_snow_fits_its_flakes_to_the_image():

@@ -544,3 +544,33 @@ def test_restore_keeps_a_sixteen_bit_grey_image_sixteen_bit(cli, blur_model, tmp
             x = x - op.degrade(x0_hat, torch.full((1,), s)) + op.degrade(x0_hat, torch.full((1,), s_next))
     expected = to_pixels(x, 16)[0, 0].numpy().astype(int)
     assert np.abs(a.astype(int) - expected).max() <= 1 and len(np.unique(a % 257)) > 50  # 16-bit levels, not 8-bit ones x 257
+
+
+def test_a_long_restore_says_its_estimate_first_and_a_short_one_does_not(blur_model, tmp_path):
+    """Planned before any work: each image's passes through the network times one forward's FLOPs
+    (unet.forward_flops) at machine.rough_seconds' rate; said at a minute or more."""
+    import torch
+
+    import restoring
+    import unet
+    from machine import rough_seconds
+    from sampling import Choices, open_model
+    from strips import Strip
+
+    sampling = open_model(str(blur_model), torch.device("cpu"), Choices(None, None, None, None, None, None, False))
+    Image.new("L", (2000, 1500)).save(tmp_path / "big.png")
+    Image.new("L", (28, 28)).save(tmp_path / "small.png")
+
+    def said(*names):
+        planner = restoring.Planner(sampling, str(blur_model), None, None, None, None, 16, torch.device("cpu"), lambda at, t: Strip())
+        for name in names:
+            w, h = Image.open(tmp_path / name).size
+            planner(tmp_path / name, torch.zeros(1, h, w, dtype=torch.uint8), len(names))
+        return planner, planner.said(len(names))
+
+    calls = sampling.at(sampling.op.T).calls(sampling.op.T)
+    planner, lines = said("big.png", "small.png")
+    flops = calls * (unet.forward_flops(sampling.meta["network"], 1500, 2000) + unet.forward_flops(sampling.meta["network"], 28, 28))
+    assert planner.flops == flops and rough_seconds(flops, "cpu")[0] >= restoring.LONG
+    assert f"restoring 2 images ({2 * calls:,} passes through the network, on images of up to 2000x1500): roughly" in lines[-1]
+    assert not any("roughly" in line for line in said("small.png")[1])

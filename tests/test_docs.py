@@ -5,10 +5,14 @@ import runpy
 from conftest import ROOT
 
 
-def test_the_command_reference_is_not_stale():
-    """docs/cli.md is what docs/make_cli.py writes from the code today: run it after changing an option."""
-    made = runpy.run_path(str(ROOT / "docs" / "make_cli.py"))["reference"]()
-    assert (ROOT / "docs" / "cli.md").read_text() == made, "docs/cli.md is stale: run python docs/make_cli.py"
+def test_the_command_reference_and_the_training_defaults_are_not_stale():
+    """docs/cli.md, and the table of defaults in docs/training.md, are what docs/make_cli.py writes
+    from the code today: run it after changing an option or a default."""
+    made = runpy.run_path(str(ROOT / "docs" / "make_cli.py"))
+    assert (ROOT / "docs" / "cli.md").read_text() == made["reference"](), "docs/cli.md is stale: run python docs/make_cli.py"
+    page = (ROOT / "docs" / "training.md").read_text()
+    assert page == made["with_defaults"](page), "docs/training.md's defaults are stale: run python docs/make_cli.py"
+    assert "| `--lr` | `2e-05` | `5e-05` |" in page  # the table is there, with the papers' values
 
 
 def anchors(path) -> set:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import png
+from conftest import FMNIST, png
 
 import checkpoint
 import generative as G
@@ -13,6 +13,7 @@ import operators as O
 import samplers as S
 import sampling
 from errors import UserError
+from image_io import read_note
 
 
 def test_gmm_recovers_a_known_mixture():
@@ -276,3 +277,28 @@ def test_fit_prior_command(cli, gen_model, fmnist_split, tmp_path):
     assert r.returncode == 1 and b"--force" in r.stderr
     r = cli("fit-prior", fmnist_split[0], "--model", gen_model, "-o", tmp_path / "refit.png")  # a model is never written as an image's name
     assert r.returncode == 1 and r.stderr.decode().endswith("refit.png: model files end in .safetensors\n") and not (tmp_path / "refit.png").exists()
+
+
+def test_bundled_models_are_picked_by_name_listed_by_ops_and_a_file_wins(cli, tmp_path, monkeypatch):
+    """`--model NAME` is models/NAME.safetensors unless a file of that name is in the way; ops lists
+    every bundled model and marks generate's default; an unknown name is one line naming the bundled."""
+    import bundled
+
+    names = bundled.names()
+    assert bundled.DEFAULT in names and "fmnist-blur-gen" in names
+    rows = cli("ops").stdout.decode().split("# bundled models")[1].splitlines()[2:]
+    assert [r.split("\t")[0].removesuffix(" (default)") for r in rows] == names and f"{bundled.DEFAULT} (default)\t" in "\n".join(rows)
+    r = cli("generate", "--model", "fmnist-blur-gen", "--n", "2", "--steps", "5", "-o", tmp_path / "g.png")
+    assert r.returncode == 0 and read_note(tmp_path / "g.png")["model"] == "fmnist-blur-gen.safetensors", r.stderr
+    r = cli("degrade", sorted(FMNIST.iterdir())[0], "--model", "fmnist-blur-gen", "--t", "100", "-o", tmp_path / "d.png")
+    assert r.returncode == 0 and read_note(tmp_path / "d.png")["params"]["T"] == 300, r.stderr
+    r = cli("restore", tmp_path / "d.png", "--model", "fmnist-blur-gen", "--steps", "5", "-o", tmp_path / "r.png")
+    assert r.returncode == 0 and read_note(tmp_path / "r.png")["t"] == 100, r.stderr
+    r = cli("generate", "--model", "fmnist-blue-gen", "-o", tmp_path / "x.png")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "fmnist-blue-gen: no such model file, nor a bundled model" in err
+    assert bundled.model_path("fmnist-blur-gen") == str(bundled.MODELS / "fmnist-blur-gen.safetensors")
+    assert bundled.model_path("./fmnist-blur-gen") == "./fmnist-blur-gen"  # a path: opened (and refused) as a file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist-blur-gen").write_text("mine")
+    assert bundled.model_path("fmnist-blur-gen") == "fmnist-blur-gen"

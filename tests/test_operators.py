@@ -1,6 +1,8 @@
 """Every operator against a slow, obvious reference, plus its defining property."""
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,6 +272,27 @@ def test_pixelate_reference_and_final_resolution(preset, size):
     blocks = xT.unfold(-2, size // final, size // final).unfold(-2, size // final, size // final)
     assert blocks.shape[2:4] == (final, final)
     assert (blocks - blocks[..., :1, :1]).abs().max() == 0  # constant inside each block
+
+
+def test_pixelate_fitted_to_a_photo_matches_pils_antialiased_chain():
+    """Fitted (a photo 6x the preset's 32 px), step i has int(size / (2^i 6)) blocks across, each made
+    from the previous step as the released chain is, but with antialias: PIL's BICUBIC reduce, per
+    image and channel, is the slow reference."""
+    from PIL import Image
+
+    x = rand_images(2, 3, 192, 256)
+    fitted, note = O.make_operator("pixelate", "mnist").fit_to(3, 192, 256)
+    assert fitted.px_scale == 6 and fitted.T == 3 and "32x24 -> 5x4 blocks" in note
+    for t in range(fitted.T + 1):
+        want = x.clone()
+        for b, c in itertools.product(range(2), range(3)):
+            im = Image.fromarray(x[b, c].numpy(), mode="F")
+            for i in range(1, t + 1):
+                w, h = 256 // (6 * 2**i), 192 // (6 * 2**i)
+                im = im.resize((w, h), Image.BICUBIC).resize((256, 192), Image.NEAREST)
+            want[b, c] = torch.from_numpy(np.array(im))
+        torch.testing.assert_close(fitted.apply(x, torch.full((2,), t)), want, atol=1e-5, rtol=0)
+    assert O.make_operator("pixelate", "mnist").fit_to(3, 48, 48) == (O.make_operator("pixelate", "mnist"), None)  # within 2x
 
 
 def test_pixelate_too_small():

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,9 +238,13 @@ import train as T, operators
 from folders import load_folder
 data = load_folder(os.path.join(sys.argv[1], "tests", "data", "fmnist"), 16, None)[:32]
 cfg = T.TrainConfig(steps=4, batch=4, accumulate=1, lr=1e-3, ema_start=2, ema_every=1, save_every=100, sample_every=100, compile=False)
+own, loss_fn = [], T.loss_fn
+T.loss_fn = lambda *a: own.append(float(loss := loss_fn(*a))) or loss  # this rank's own loss of each step
 run = T.train(data, operators.make_operator("blur"), "tiny", sys.argv[2], cfg, torch.device("cpu"), resume=False, log=lambda m: None)
 from safetensors.torch import save_file
 save_file({k: v.contiguous() for k, v in run.net.state_dict().items()}, sys.argv[2] + f".rank{os.environ['RANK']}")
+import json
+open(sys.argv[2] + f".rank{os.environ['RANK']}.json", "w").write(json.dumps({"own": own, "logged": run.losses}))
 """
 
 
@@ -259,8 +264,25 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path):
     # the ranks saw different data, and the model moved from its initialisation
     _, _, meta = checkpoint.load_model(out)
     assert meta["train"]["world_size"] == 2 and meta["step"] == 4
+    # every rank logs the mean of the ranks' losses, not its own half batch's
+    r0, r1 = (json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["logged"] == r1["logged"] and r0["own"] != r1["own"]
+    assert r0["logged"] == pytest.approx([(a + b) / 2 for a, b in zip(r0["own"], r1["own"])], rel=1e-6)
     fresh = unet.build(1, "tiny")
     assert any(not torch.equal(fresh.state_dict()[k], w0[k]) for k in w0)
+
+
+def test_torchrun_train_speaks_once_and_names_its_processes(fmnist_split, tmp_path):
+    """Under torchrun only rank 0 prints: the estimate names the processes and the backend, and the
+    model is said to be written once."""
+    out = tmp_path / "m.safetensors"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+                        str(ROOT / "colddiff.py"), "train", str(fmnist_split[0]), "-o", str(out), "--net", "tiny", "--steps", "2",
+                        "--batch", "4", "--accumulate", "1", "--size", "16", "--threads", "1"], capture_output=True, timeout=300)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err[-3000:]
+    assert err.count(f"wrote {out}") == 1 and err.count("images of 16x16") == 1, err
+    assert "x 8 images of 16x16" in err and "on 1 CPU thread in each of 2 processes (gloo)" in err, err
 
 
 def test_non_finite_weights_are_never_written(cli, fmnist_split, tmp_path, monkeypatch):
