@@ -395,10 +395,8 @@ def restore(
     Inputs: image files, folders (recursive) or - for stdin. Example:
     colddiff restore blurry/ --model faces.safetensors --sampler tacos -o restored/
 
-    Operators with hidden randomness (snow's pattern, mask's random centre, noise's z) redraw it
-    from --seed inside naive/tacos sampling, to reproduce the exact degradation. An image (not a BMP) written by
-    `colddiff degrade` says its operator, t and seed, so none of them need be given; --t and --seed
-    override it. direct needs no seed."""
+    An image `colddiff degrade` wrote says its operator, t and seed, so none need be given; --t and
+    --seed override it. Seeds, notes and tiles: docs/files.md, docs/large-images.md."""
     import restoring
 
     # parse
@@ -516,13 +514,10 @@ def generate(
 ):
     """Generate images from nothing but a model: x_T from the model's prior, then --sampler.
 
-    Example: colddiff generate --n 64 -o grid.png   (the bundled Fashion-MNIST model)
+    Example: colddiff generate --n 64 -o grid.png   (the bundled default model)
 
-    x_T: blur (generation preset) a colour from the stored Gaussian mixture; pixelate a low-res image
-    from its mixture; colour a random colour; noise z ~ N(0, I); animorph an image of --source.
-    Broken symmetry (blur's flat x_T): N(0, DELTA^2) after every step, DELTA 0.025 (1.25 SIGMA for a
-    model trained with --train-noise SIGMA); the released code's N(0, 0.002^2) once on x_T is
-    --step-noise 0 --break-noise 0.002."""
+    x_T comes from each operator's prior (`colddiff ops`); blur's flat x_T needs its symmetry broken
+    (--step-noise). How each is drawn: docs/methods.md, "Generation"."""
     import generative
     from generated import Generated
 

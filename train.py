@@ -161,7 +161,8 @@ def resumed_line(step: int, saved: dict, meta: dict) -> str:
     return f"resuming from step {step}" + (f", with other images or settings than its last run: {', '.join(changed)}" if changed else "")
 
 
-UNSEEN = {"compile", "save_every", "sample_every"}  # settings that change no step of a resumed run
+SAMPLING = ("sampling_steps", "step_noise")  # the model's sampling defaults: a finished run may change them
+UNSEEN = {"compile", "save_every", "sample_every", *SAMPLING}  # settings that change no step of a resumed run
 
 
 def _dist(device):
@@ -303,10 +304,25 @@ class Saver:
         """The step of the state resumed (its weights, optimizer and random state loaded)."""
         step = checkpoint.load_training_state(self.out, self.net, self.ema, self.opt, self.rng)
         if step >= cfg.steps:
-            raise Stop(0, f"{self.out} is at step {step} already, not below --steps {cfg.steps}: nothing to do (raise --steps to train on)")
+            stored = self.restate(cfg)
+            raise Stop(0, f"{self.out} is at step {step} already, not below --steps {cfg.steps}: "
+                          + (f"stored {stored} in it, nothing to train" if stored else "nothing to do (raise --steps to train on)"))
         log(resumed_line(step, checkpoint.saved_run(self.out), self.meta))
         self.step = step or None
         return step
+
+    def restate(self, cfg: TrainConfig) -> str | None:
+        """A finished run resumed with other sampling defaults (--sampling-steps, --step-noise): they
+        change no weight, so the model file takes them as they are; what was stored, or None."""
+        net, _, meta = checkpoint.load_model(self.out)
+        changed = {k: getattr(cfg, k) for k in SAMPLING if meta["train"].get(k) != getattr(cfg, k)}
+        if not changed:
+            return None
+        meta["train"] |= changed
+        meta["symmetry"] = self.meta["symmetry"]
+        if self.rank == 0:
+            checkpoint.save_model(self.out, net, meta)
+        return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
 
     def save(self, step: int) -> None:
         kept = f"{self.out} keeps step {self.step}" if self.step is not None else f"nothing was saved to {self.out}"

@@ -57,5 +57,6 @@ class TrainConfig:
             if not 0 <= self.step_noise < 1:
                 raise UserError(f"--step-noise must be in [0, 1), got {self.step_noise}")
             if not op.flat_start:
-                raise UserError(f"--step-noise breaks the symmetry of a flat x_T (blur's generation preset); {op.name} ({op.preset}) has none")
+                which = f"{op.name} ({op.preset})" if op.preset else op.name
+                raise UserError(f"--step-noise breaks the symmetry of a flat x_T (blur's generation preset); {which} has none")
 

@@ -134,11 +134,25 @@ class Net(nn.Module):
 # ----------------------------------------------------------------------------- convnext (cold diffusion)
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """ConvNeXt's 7x7 depthwise convolution, run in channels_last on the CPU: oneDNN's depthwise
+    backward is about 4x faster in that layout (44 -> 12 ms for a 32x16x28x28 batch on one thread),
+    the same sums in another order. The output keeps the input's layout. `channels_last = False`
+    runs it as a plain Conv2d (benchmarks/train.py's before)."""
+
+    channels_last = True
+
+    def forward(self, x):
+        if not self.channels_last or x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 class ConvNextBlock(nn.Module):
     def __init__(self, dim: int, dim_out: int, time_dim: int | None, mult: int = 2, norm: bool = True, mid_norm: bool = False):
         super().__init__()
         self.time = nn.Sequential(nn.GELU(), nn.Linear(time_dim, dim)) if time_dim else None
-        self.ds_conv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.ds_conv = DepthwiseConv2d(dim, dim, 7, padding=3, groups=dim)
         self.net = nn.Sequential(
             ChannelNorm(dim) if norm else nn.Identity(),
             nn.Conv2d(dim, dim_out * mult, 3, padding=1),

@@ -2,12 +2,15 @@
 
     python benchmarks/train.py                         # on CUDA: paper net, 128 px celeba + 32 px mnist blur
     python benchmarks/train.py --device cpu --net tiny --batch 16 --cases mnist
+    python benchmarks/train.py --device cpu --net tiny --batch 32 --cases noise --threads 1 --variants before,after
 
 Times the same step `colddiff train` runs (train.make_step: degrade, augment, bf16 autocast,
 channels_last, fused Adam, torch.compile on CUDA), with the EMA update as the loop makes it
 after --ema-start (every 10 steps). FLOPs of one forward come from
 unet.forward_flops (torch.utils.flop_counter on the meta device), times 3 for forward and backward;
-MFU divides the achieved rate by --peak-tflops (H100 SXM dense bf16: 989).
+MFU divides the achieved rate by --peak-tflops (H100 SXM dense bf16: 989). On the CPU the rate is
+read against this machine's own 1024^2 fp32 matmul, measured in the same run. --variants before,after
+times the step with and without the CPU speed-ups (unet.DepthwiseConv2d in channels_last), alternately.
 """
 import argparse
 import sys
@@ -21,13 +24,17 @@ import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
 
-CASES = {"celeba": ("celeba", 128, 3), "mnist": ("mnist", 32, 1), "bundled": ("generation", 28, 1)}  # bundled: the bundled model's recipe
+# case: (operator, preset, px, channels); bundled: the first bundled model's recipe; noise: the default generator's
+CASES = {"celeba": ("blur", "celeba", 128, 3), "mnist": ("blur", "mnist", 32, 1), "bundled": ("blur", "generation", 28, 1),
+         "noise": ("noise", "default", 28, 1)}
+VARIANTS = {"before": False, "after": True}  # unet.DepthwiseConv2d.channels_last
 
 
-def bench(case, args, device):
-    preset, size, channels = CASES[case]
+def bench(case, args, device, variant="after"):
+    name, preset, size, channels = CASES[case]
+    unet.DepthwiseConv2d.channels_last = VARIANTS[variant]
     cuda = device.type == "cuda"
-    op = operators.make_operator("blur", preset)
+    op = operators.make_operator(name, preset)
     net = unet.build(channels, args.net).to(device)
     ema = unet.build(channels, args.net).to(device).requires_grad_(False)
     flops = 3 * unet.forward_flops(net.config, size, size)  # forward + backward (twice the forward's work)
@@ -54,7 +61,8 @@ def bench(case, args, device):
     rate = args.steps * args.batch / elapsed
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     mfu = rate * flops / (args.peak_tflops * 1e12) if cuda else float("nan")
-    return dict(case=f"{case} blur T={op.T}", size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
+    label = f"{case} {name} T={op.T}" + (f", {variant}" if len(args.variants.split(",")) > 1 else "")
+    return dict(case=label, size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
                 gflop=flops / 1e9, first=first, run=lambda: step(data, rng))
 
 
@@ -82,10 +90,15 @@ def main():
     ap.add_argument("--cases", default="celeba,mnist")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    ap.add_argument("--variants", default="after", help="before,after: without and with the CPU speed-ups, alternately")
+    ap.add_argument("--rounds", type=int, default=1, help="times each case is measured (alternating the variants)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    rows = [bench(c, a, device) for c in a.cases.split(",")]
+    rows = [bench(c, a, device, v) for c in a.cases.split(",") for _ in range(a.rounds) for v in a.variants.split(",")]
     matmul = matmul_gflops(device)  # in the same run: the rows' share of what this machine does now
     print(f"\ntraining step, net={a.net}, {name}, torch {torch.__version__}, compile={device.type == 'cuda' and not a.no_compile}; "
           f"1024^2 fp32 matmul {matmul:,.1f} GFLOP/s")

@@ -15,6 +15,18 @@ sys.path.insert(0, str(ROOT))
 import operators as O  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker (and every process its tests start) gets its share of the cores:
+    two workers' OpenMP threads waiting for each other's busy cores make a step ten times slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        import torch
+
+        torch.set_num_threads(share)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` run under `python -m pytest -m cuda` on a GPU and are skipped without one."""
     import torch

@@ -316,6 +316,17 @@ def test_resume_past_steps_says_there_is_nothing_to_do(cli, fmnist_split, tmp_pa
     r = cli(*args, "--steps", "3", "--resume")
     assert r.returncode == 0 and b"nothing to do" in r.stderr and b"wrote" not in r.stderr
     assert out.read_bytes() == before
+    # a finished run takes other sampling defaults, which change no weight, into its model file
+    r = cli("train", fmnist_split[0], "-o", out, "--resume", "--sampling-steps", "7")
+    assert r.returncode == 0 and b"stored --sampling-steps 7 in it, nothing to train" in r.stderr, r.stderr
+    _, _, meta = checkpoint.load_model(out)
+    assert meta["train"]["sampling_steps"] == 7 and meta["step"] == 4
+    from safetensors.torch import load
+
+    old, new = load(before), load(out.read_bytes())
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    r = cli("train", fmnist_split[0], "-o", out, "--resume", "--sampling-steps", "7")
+    assert r.returncode == 0 and b"nothing to do" in r.stderr
 
 
 def test_train_noise_is_added_to_what_the_network_sees():

@@ -127,3 +127,23 @@ def test_blurdiff_trains_with_lee_et_al_settings_unless_told_otherwise():
     for name in ("blur", "mask", "pixelate", "snow"):  # the released code's CIFAR-10 runs used the DDPM UNet
         assert train.method_defaults(operators.make_operator(name, "cifar10"), unset)["net"] == "ddpm"
     assert train.method_defaults(operators.make_operator("blur", "cifar10"), {**unset, "net": "small"})["net"] == "small"
+
+
+def test_the_depthwise_convolution_in_channels_last_is_the_plain_one():
+    """ConvNeXt's depthwise 7x7 runs in channels_last on the CPU for speed: the same output (in the
+    input's layout) and the same gradients as nn.Conv2d's, to float32 rounding."""
+    fast = unet.DepthwiseConv2d(16, 16, 7, padding=3, groups=16)
+    plain = torch.nn.Conv2d(16, 16, 7, padding=3, groups=16)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 16, 13, 10, generator=torch.Generator().manual_seed(0))
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    ys = [fast(xs[0]), plain(xs[1])]
+    assert ys[0].is_contiguous() and not ys[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ys[0], ys[1], atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ys[0])
+    for y in ys:
+        y.backward(g)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast.bias.grad, plain.bias.grad, atol=1e-4, rtol=1e-5)
+    assert isinstance(unet.build(1, "tiny").downs[0][0].ds_conv, unet.DepthwiseConv2d)
