@@ -124,7 +124,9 @@ PresetOpt = typer.Option(None, "--preset", help="Operator preset (default: the o
 ParamOpt = typer.Option(None, "--param", help="Override an operator parameter, KEY=VALUE (repeatable).")
 SeedOpt = typer.Option(0, "--seed", help="Seed of every random draw (snow pattern, mask centre, noise).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (default: the cores other processes are not using, read from /proc/stat).")
+ThreadsOpt = typer.Option(None, "--threads", help=(
+    "CPU threads (default: OMP_NUM_THREADS where set, else the cores other processes are not using, read from /proc/stat)."
+))
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress on stderr (errors still are).")
 ForceOpt = typer.Option(False, "--force", help="Overwrite outputs that exist.")
 SkipExistingOpt = typer.Option(False, "--skip-existing", help=(

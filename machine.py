@@ -21,11 +21,15 @@ def out_of_memory(e: BaseException) -> bool:
 
 
 def default_threads() -> int:
-    """The CPU cores other processes are not using right now (/proc/stat over 0.1 s). On a shared
-    machine OpenMP threads that wait for a core another process holds slow every step down
-    (RESULTS.md, "Threads on a shared CPU"); alone, every core."""
+    """OMP_NUM_THREADS where it is set (the user's, or a scheduler's, choice); else the CPU cores
+    other processes are not using right now (/proc/stat over 0.1 s). On a shared machine OpenMP
+    threads that wait for a core another process holds slow every step down (RESULTS.md, "Threads
+    on a shared CPU"); alone, every core."""
     import time
 
+    told = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if told.isdigit() and int(told) > 0:
+        return int(told)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     def ticks():

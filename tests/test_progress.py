@@ -109,8 +109,12 @@ def test_a_run_too_short_for_its_ema_is_warned_of_with_the_share_the_ema_really_
     assert "the saved model will be 89% the weights of step 0" in r.stderr.decode()
 
 
-def test_threads_option_and_default(cli, tmp_path):
+def test_threads_option_and_default(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert 1 <= machine.default_threads() <= (os.cpu_count() or 1)
+    for told, threads in (("3", 3), ("1", 1), ("", None), ("x", None), ("0", None)):  # set: it wins over the probe
+        monkeypatch.setenv("OMP_NUM_THREADS", told)
+        assert machine.default_threads() == threads or threads is None and 1 <= machine.default_threads() <= (os.cpu_count() or 1)
     before = torch.get_num_threads()
     try:
         from PIL import Image
