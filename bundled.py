@@ -17,6 +17,8 @@ def names() -> list[str]:
 def model_path(model: str | None) -> str:
     """--model as given: a path (checked where it is opened), or the name of a bundled model; None
     is the default. A file of that name in the working folder wins over the bundled one."""
+    if model is not None and not model.strip():
+        raise UserError("--model is empty: give a model file or a bundled model's name (colddiff ops lists them)")
     name = DEFAULT if model is None else model
     if model is not None and (Path(model).exists() or "/" in model or model.endswith(".safetensors")):
         return model

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import spectral
 from errors import UserError
 from machine import to_device
-from operator_base import Operator, _float, _per_image, register, scaled_taps
+from operator_base import Operator, _float, _per_image, check_px_scale, register, scaled_taps
 from spectral import AxisBlur, gaussian_kernel1d
 
 # ----------------------------------------------------------------------------- blur
@@ -63,8 +63,7 @@ class Blur(Operator):
             raise UserError(f"blur padding must be circular or reflect, got {self.padding!r}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise UserError(f"blur kernel_size must be odd and positive, got {self.kernel_size}")
-        if not 0 < self.px_scale <= 1000:
-            raise UserError(f"blur px_scale must be in (0, 1000], got {self.px_scale}")
+        check_px_scale(self)
         sigmas = blur_sigmas(self.schedule, self.sigma, self.T)
         if min(sigmas) <= 0:
             raise UserError(f"blur sigmas must be positive; {self.schedule} with sigma={self.sigma} gives {min(sigmas)}")
@@ -305,6 +304,9 @@ class Pixelate(Operator):
     prior = "downsampled"
     T: int = 3
     px_scale: float = 1.0  # every level's pixels this many times larger (fit_to: photos larger than the preset's images)
+
+    def __post_init__(self):
+        check_px_scale(self)
 
     def min_size(self):
         return math.ceil(2**self.T * self.px_scale)  # T halvings (of pixels px_scale wide)

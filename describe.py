@@ -118,7 +118,8 @@ def settings(d: dict) -> str:
 
 
 def ops_tables() -> dict:
-    """`colddiff ops`: {"operators": (title, columns, rows), "samplers": (...)}."""
+    """`colddiff ops`: {"operators": (title, columns, rows), "samplers": (...), "models": (...)}."""
+    import bundled
     import operators
     from samplers import SAMPLERS
 
@@ -141,8 +142,6 @@ def ops_tables() -> dict:
         if default:
             does += " The default." if len(default) > 1 else f" The default for {default[0]}."
         samplers.append((name, applies, ", ".join(takes) or "-", does))
-    import bundled
-
     return {"operators": ("colddiff operators", ("operator", "preset", "T", "images", "parameters"), rows),
             "samplers": ("samplers (restore, eval, generate --sampler)", ("sampler", "operators", "options", "what it does"), samplers),
             "models": bundled.table()}

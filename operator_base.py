@@ -184,6 +184,12 @@ def _per_image(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
+def check_px_scale(op) -> None:
+    """fit_to's scale of an operator's lengths in pixels (blur, snow, pixelate): positive, and not absurd."""
+    if not 0 < op.px_scale <= 1000:
+        raise UserError(f"{op.name} px_scale must be in (0, 1000], got {op.px_scale}")
+
+
 def scaled_taps(k: int, scale: float) -> int:
     """An odd kernel length k with its reach (k - 1) / 2 scaled by `scale` (rounded up; k itself at 1)."""
     return k if scale == 1 else 2 * math.ceil((k - 1) / 2 * scale) + 1

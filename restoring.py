@@ -59,7 +59,7 @@ class Planner:
         return Plan(t, seed, tile_px, at, strip), strip.out_size(h, w)
 
     def add_work(self, h: int, w: int, calls: int, tile_px: int | None) -> None:
-        """Count an h x w image's network calls and their FLOPs (in tiles: each tile's)."""
+        """Count an h x w image's passes through the network and their FLOPs (in tiles: each tile's)."""
         import unet
         from tiles import tile_count
 
@@ -67,7 +67,7 @@ class Planner:
         if size not in self.call_flops:
             self.call_flops[size] = unet.forward_flops(self.sampling.meta["network"], *size)
         self.flops += calls * tiles * self.call_flops[size]
-        self.calls += calls
+        self.calls += calls * tiles
         self.largest = max(self.largest, (h, w), key=lambda s: s[0] * s[1])
 
     def said(self, n: int) -> list[str]:

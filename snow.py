@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from errors import UserError
 from machine import to_device
-from operator_base import Operator, _float, _per_image, register, scaled_taps
+from operator_base import Operator, _float, _per_image, check_px_scale, register, scaled_taps
 
 SNOW_LEVELS = {
     # c0, c1, c2 (zoom), c4 (motion kernel length), threshold start -> end, motion sigma start -> end
@@ -66,8 +66,7 @@ class Snow(Operator):
     def __post_init__(self):
         if self.level not in SNOW_LEVELS:
             raise UserError(f"snow level must be one of 1..4, got {self.level}")
-        if not 0 < self.px_scale <= 1000:
-            raise UserError(f"snow px_scale must be in (0, 1000], got {self.px_scale}")
+        check_px_scale(self)
 
     @property
     def taps(self) -> int:

@@ -298,6 +298,8 @@ def test_bundled_models_are_picked_by_name_listed_by_ops_and_a_file_wins(cli, tm
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "fmnist-blue-gen: no such model file, nor a bundled model" in err
     assert bundled.model_path("fmnist-blur-gen") == str(bundled.MODELS / "fmnist-blur-gen.safetensors")
+    with pytest.raises(UserError, match="--model is empty"):
+        bundled.model_path(" ")
     assert bundled.model_path("./fmnist-blur-gen") == "./fmnist-blur-gen"  # a path: opened (and refused) as a file
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fmnist-blur-gen").write_text("mine")

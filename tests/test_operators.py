@@ -295,6 +295,13 @@ def test_pixelate_fitted_to_a_photo_matches_pils_antialiased_chain():
     assert O.make_operator("pixelate", "mnist").fit_to(3, 48, 48) == (O.make_operator("pixelate", "mnist"), None)  # within 2x
 
 
+@pytest.mark.parametrize("name", ["blur", "snow", "pixelate"])
+@pytest.mark.parametrize("scale", [-2, 0, 1001])
+def test_a_px_scale_that_is_not_a_size_is_refused(name, scale):
+    with pytest.raises(UserError, match=f"{name} px_scale must be in \\(0, 1000\\], got"):
+        O.make_operator(name, None, px_scale=scale)
+
+
 def test_pixelate_too_small():
     with pytest.raises(UserError, match="at least 16"):
         O.make_operator("pixelate", "celeba").apply(rand_images(1, 1, 8, 8), torch.tensor([1]))
