@@ -400,6 +400,9 @@ def cosine_alpha_bar(T: int, s: float = 0.008) -> torch.Tensor:
     return (f / f[0]).clamp(0, 1)
 
 
+LOSS_NORMS = ("l1", "l2")
+
+
 @register
 @dataclass
 class Noise(Operator):
@@ -412,9 +415,24 @@ class Noise(Operator):
     generation = "z ~ N(0, I)"
     T: int = 200
     cosine_s: float = 0.008
+    # l1: the papers' |R - x0|, whose minimiser is the posterior's per-pixel median; l2: the squared
+    # error, whose minimiser is the posterior mean E[x0 | x_t] that DDIM's estimated z assumes
+    loss_norm: str = "l1"
 
     def __post_init__(self):
         self._abar: dict = {}
+        if self.loss_norm not in LOSS_NORMS:
+            raise UserError(f"{self.name} parameter loss_norm must be {' or '.join(LOSS_NORMS)}, got {self.loss_norm!r}")
+
+    def params(self):
+        p = super().params()
+        if p["loss_norm"] == "l1":  # stored as models trained before the choice existed store them
+            p.pop("loss_norm")
+        return p
+
+    def loss(self, pred, x0, hidden):
+        """L1 on x0 (the papers'), or with loss_norm=l2 the squared error."""
+        return (pred - x0).abs().mean() if self.loss_norm == "l1" else (pred - x0).pow(2).mean()
 
     def coefficients(self, t, x0, hidden=None):
         """(a, b) with D = a x0 + b z, for the samplers' estimated-z update."""

@@ -3,6 +3,9 @@
     python benchmarks/reproduce.py                     # the stated GPU budget: paper network
     python benchmarks/reproduce.py --net tiny --steps 1000 --batch 32 --lr 2e-3 \\
         --n 500 --gen-n 500 --blurdiff-n 200 --gen-steps 50    # what fits a 2-core CPU
+    python benchmarks/reproduce.py --section generation --only blur-gen,noise,colour,blurdiff,ddpm \\
+        --net tiny --size 28 --steps 2000 --batch 32 --lr 2e-3 --lr-schedule cosine --ema study \\
+        --gen-n 500 --blurdiff-n 200 --gen-steps 50    # generation with the study's recipe (issue #42)
 
 1. data: the full train/test splits, written by shared/tools/fashion_mnist.py (or --data DIR
    holding train/ and test/ folders of NNNNN_LABEL.png);
@@ -46,6 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 import generation as G  # noqa: E402
+import study  # noqa: E402
 
 import checkpoint  # noqa: E402
 import metrics  # noqa: E402
@@ -112,13 +116,19 @@ def prepare_data(a, out):
     return data / "train", data / "test"
 
 
-def train_args(a):
-    """One budget for every model, the EMA included: blurdiff's own (0.9999 every step from step 0)
-    would leave a short run's model mostly its untrained network (train.ema_warning)."""
+def ema_args(a) -> list:
+    """One EMA for every model: blurdiff's own (0.9999 every step from step 0) would leave a short
+    run's model mostly its untrained network (train.ema_warning). --ema study: the generator study's."""
     c = T.TrainConfig
+    if a.ema == "study":
+        return study.ema_args(a.steps)
+    return ["--ema-decay", c.ema_decay, "--ema-every", c.ema_every, "--ema-start", c.ema_start]
+
+
+def train_args(a):
+    """One budget for every model, the EMA included."""
     return ["--net", a.net, "--size", a.size, "--steps", a.steps, "--batch", a.batch, "--accumulate", a.accumulate,
-            "--lr", a.lr, "--lr-schedule", a.lr_schedule, "--ema-decay", c.ema_decay, "--ema-every", c.ema_every,
-            "--ema-start", c.ema_start, "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps,
+            "--lr", a.lr, "--lr-schedule", a.lr_schedule, *ema_args(a), "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps,
             *([] if getattr(a, "compile", True) else ["--no-compile"])]
 
 
@@ -229,7 +239,8 @@ def device_name(device):
         return torch.cuda.get_device_name(device)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor()) \
         if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"CPU: {cpu}, {n} thread{'s' * (n != 1)}"
 
 
 def generation_report(a, log, grids: str) -> list[str]:
@@ -264,15 +275,12 @@ def generation_report(a, log, grids: str) -> list[str]:
     return lines
 
 
-def report(a, log):
-    """The generated section of RESULTS.md: every number below comes from results.json."""
+def restoration_report(log, grids: str) -> list[str]:
+    """The restoration table and its findings, where results.json has them."""
     f3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    grids = Path(os.path.relpath(a.results, a.results_md.parent)).as_posix()
-    lines = [f"Run: `python benchmarks/reproduce.py {shlex.join(log['argv'])}`  ",
-             f"Device: {log['device']}; torch {log['torch']}; {log['date']}.  ",
-             f"Budget per model: {a.steps} steps × batch {a.batch} × {a.accumulate} accumulation, `{a.net}` network "
-             f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr} ({a.lr_schedule}), {a.size}×{a.size} px.",
-             "", "### Restoration (Fashion-MNIST test split; the papers: MNIST, App. C of the report)", "",
+    if not log["eval"]:
+        return []
+    lines = ["", "### Restoration (Fashion-MNIST test split; the papers: MNIST, App. C of the report)", "",
              "| operator | n | source | degraded FID | SSIM | RMSE | Algorithm 2 FID | SSIM | RMSE | direct FID | SSIM | RMSE "
              "| direct/degraded SSIM | train s | eval s | grid |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -300,8 +308,20 @@ def report(a, log):
             lines.append(f"- {name}: Algorithm 2 {verdict} direct restoration: {d:+.3f} SSIM ({margin}; "
                          f"RMSE {t['sampled']['rmse']:.3f} vs {t['direct']['rmse']:.3f}); both beat the degraded input: "
                          f"{'yes' if min(t['sampled']['ssim'], t['direct']['ssim']) > t['degraded']['ssim'] else 'no'}.")
+    return lines
+
+
+def report(a, log):
+    """The generated section of RESULTS.md: every number below comes from results.json."""
+    grids = Path(os.path.relpath(a.results, a.results_md.parent)).as_posix()
+    lines = [f"Run: `python benchmarks/reproduce.py {shlex.join(log['argv'])}`  ",
+             f"Device: {log['device']}; torch {log['torch']}; {log['date']}.  ",
+             f"Budget per model: {a.steps} steps × batch {a.batch} × {a.accumulate} accumulation, `{a.net}` network "
+             f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr} ({a.lr_schedule}), "
+             f"EMA {' '.join(map(str, ema_args(a)))}, {a.size}×{a.size} px."]
+    lines += restoration_report(log, grids)
     lines += generation_report(a, log, grids)
-    lines += ["", "Training commands (data = the train split at 32 px):", "", "```sh"]
+    lines += ["", f"Training commands (data = the train split at {a.size} px):", "", "```sh"]
     lines += [log["train"][k]["command"] for k in log["train"]] + ["```"]
     return "\n".join(lines)
 
@@ -333,6 +353,8 @@ def main(argv=None):
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="constant (the papers) or cosine (decays to 0 at --steps)")
+    ap.add_argument("--ema", default="train", choices=("train", "study"), help="train: colddiff train's EMA defaults; "
+                    "study: benchmarks/study.py's (0.999 every step from a fifth of --steps)")
     ap.add_argument("--n", type=int, default=10000, help="test images for the restoration table")
     ap.add_argument("--gen-n", type=int, default=10000, help="generated images per variant")
     ap.add_argument("--blurdiff-n", type=int, default=10000, help="generated images for blurdiff/DDPM (1000 steps each)")

@@ -93,8 +93,9 @@ def test_a_folder_that_may_not_be_listed_says_so_not_that_it_holds_no_images(cli
 @pytest.mark.parametrize("args,words", [
     (["degrade", IMG, "--op", "blur", "--param", "sigma=nan"], "must be a finite number"),
     (["degrade", IMG, "--op", "mask", "--param", "std=inf"], "must be a finite number"),
+    (["degrade", IMG, "--op", "noise", "--param", "loss_norm=l3"], "loss_norm must be l1 or l2"),
 ])
-def test_a_parameter_that_is_not_a_finite_number_is_refused(cli, tmp_path, args, words):
+def test_a_parameter_out_of_its_range_is_refused(cli, tmp_path, args, words):
     error_line(cli(*args, "-o", tmp_path / "o.png"), words)
     assert not (tmp_path / "o.png").exists()
 

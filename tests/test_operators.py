@@ -391,6 +391,22 @@ def test_noise_moments_and_formula():
     torch.testing.assert_close(y, a.sqrt() * x + (1 - a).sqrt() * z)
 
 
+def test_noise_loss_is_the_papers_l1_unless_loss_norm_l2():
+    """loss_norm=l2 (R learns E[x0 | x_t], what estimated z assumes) is stored in the model; the
+    papers' l1 is stored as before it existed, so older models and their outputs are unchanged."""
+    pred, x0 = torch.randn(4, 1, 8, 8, generator=gen(0)), torch.randn(4, 1, 8, 8, generator=gen(1))
+    l1 = sum(abs(float(p) - float(q)) for p, q in zip(pred.flatten(), x0.flatten())) / pred.numel()
+    l2 = sum((float(p) - float(q)) ** 2 for p, q in zip(pred.flatten(), x0.flatten())) / pred.numel()
+    paper, squared = O.make_operator("noise"), O.make_operator("noise", loss_norm="l2")
+    assert float(paper.loss(pred, x0, None)) == pytest.approx(l1)
+    assert float(squared.loss(pred, x0, None)) == pytest.approx(l2)
+    assert "loss_norm" not in paper.params() and squared.params()["loss_norm"] == "l2"
+    assert O.operator_from_params("noise", squared.params()).loss_norm == "l2"
+    assert O.operator_from_params("noise", paper.params()).loss_norm == "l1"
+    with pytest.raises(O.UserError, match="loss_norm must be l1 or l2"):
+        O.make_operator("noise", loss_norm="l3")
+
+
 def test_animorph_reaches_a_source_image():
     op = make("animorph")
     x = rand_images(3, 3, 20, 24)

@@ -27,13 +27,18 @@ def test_every_model_trains_with_one_ema_and_the_cpu_budget_is_not_warned_of():
     """blurdiff's EMA is not the cold models': reproduce gives them all one, fit for its budgets."""
     import train
 
-    for steps in (1000, 20000):
-        a = argparse.Namespace(net="tiny", size=32, steps=steps, batch=32, accumulate=1, lr=2e-3, lr_schedule="constant")
+    for steps, mode in ((1000, "train"), (20000, "train"), (2000, "study"), (20000, "study")):
+        a = argparse.Namespace(net="tiny", size=32, steps=steps, batch=32, accumulate=1, lr=2e-3, lr_schedule="constant", ema=mode)
         args = [str(x) for x in reproduce.train_args(a)]
         ema = {k: float(args[args.index(k) + 1]) for k in ("--ema-decay", "--ema-every", "--ema-start")}
         cfg = train.TrainConfig(steps=steps, ema_decay=ema["--ema-decay"], ema_every=int(ema["--ema-every"]),
                                 ema_start=int(ema["--ema-start"]))
         assert train.ema_warning(cfg) is None
+        if mode == "study":  # the generator study's EMA: every step from a fifth of the run
+            assert (ema["--ema-decay"], ema["--ema-every"], ema["--ema-start"]) == (0.999, 1, steps // 5)
+        else:
+            assert (ema["--ema-decay"], ema["--ema-every"], ema["--ema-start"]) == (
+                train.TrainConfig.ema_decay, train.TrainConfig.ema_every, train.TrainConfig.ema_start)
 
 
 def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
@@ -91,7 +96,8 @@ def test_deadline_starts_no_stage_after_it_and_still_reports(fmnist_split, tmp_p
     reproduce.main([str(a) for a in args])
     assert "--deadline reached, training blur left out" in capsys.readouterr().err
     assert not (out / "models").exists() and reproduce.markers()[0] in md.read_text()
+    assert "### Restoration" not in md.read_text()  # no table without rows
     log = json.loads((out / "results.json").read_text())
     assert log["train"] == {} and log["eval"] == {} and log["generation"] == {}
-    a = argparse.Namespace(net="tiny", size=32, steps=2, batch=4, accumulate=1, lr=1e-3, lr_schedule="constant", compile=False)
+    a = argparse.Namespace(net="tiny", size=32, steps=2, batch=4, accumulate=1, lr=1e-3, lr_schedule="constant", compile=False, ema="train")
     assert "--no-compile" in [str(x) for x in reproduce.train_args(a)]
