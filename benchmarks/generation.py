@@ -14,6 +14,8 @@ N(0, 0.002^2) on x_T, `MODEL:step_noise=D` / `MODEL:break_noise=B` with those no
 the model stores), `MODEL:fixed` with fixed z, `MODEL:steps=K` with K sampling steps,
 `MODEL:sampler=NAME` and `MODEL:eta=E` choose the sampler, `MODEL:seed=S` the generation seed;
 options combine (`m.safetensors:perfect:steps=50`, `bd.safetensors:sampler=ddim:steps=20`).
+--classes adds how the classifier labels each set: images per class, its mean top probability, and
+the part of the FCD that the distance between the feature means makes alone.
 """
 import argparse
 import sys
@@ -83,6 +85,15 @@ def features(net, images):
     return torch.cat([net.features(x) for x in images.split(500)])
 
 
+def class_balance(clf, images, ref):
+    """How the classifier labels `images`: images per class, its mean top probability, and
+    |mu - mu_ref|^2, the part of the Frechet distance that the feature means make alone."""
+    with torch.no_grad():
+        p = torch.cat([clf(x) for x in images.split(500)]).softmax(1)
+        mean_term = float((features(clf, images).mean(0) - ref.mean(0)).pow(2).sum())
+    return torch.bincount(p.argmax(1), minlength=10).tolist(), float(p.max(1).values.mean()), mean_term
+
+
 def generate(spec, n, device):
     """n images of `colddiff generate --seed S` (default 0) with the options of `spec` (MODEL:opt:opt...)."""
     path, *opts = spec.split(":")
@@ -105,6 +116,20 @@ def generate(spec, n, device):
     return (torch.cat(out).clamp(-1, 1) + 1) / 2, sampling.meta
 
 
+def print_tables(a, rows, labelled, clf, ref, device):
+    """The FCD table, and with --classes how the classifier labels each set."""
+    print(f"\n{a.n} images each, torch {torch.__version__}, {device}")
+    print("| images | FCD (lower is better) | diversity (pixel std) | shape diversity | generation s |")
+    print("|---|---|---|---|---|")
+    for name, fcd, div, shape, secs in rows:
+        print(f"| {name} | {fcd:.2f} | {div:.3f} | {shape:.3f} | {secs:.0f} |")
+    if a.classes:
+        print("\n| images | images per class (0-9) | mean top probability | FCD from the means alone |\n|---|---|---|---|")
+        for name, x in labelled:
+            counts, top, mean_term = class_balance(clf, x, ref)
+            print(f"| {name} | {' '.join(map(str, counts))} | {top:.3f} | {mean_term:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True)
@@ -116,6 +141,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--classifier", help="a .safetensors file: load the classifier from it, or train it and save it there")
     ap.add_argument("--grids", help="a folder: write each model's first 64 images there as a grid")
+    ap.add_argument("--classes", action="store_true", help="also print how the classifier labels each set: images per "
+                    "class, its mean top probability, and the FCD's share from the feature means alone")
     a = ap.parse_args()
     device = torch.device(a.device)
     t0 = time.time()
@@ -139,6 +166,7 @@ def main():
     how = f"loaded from {a.classifier}" if cached else f"{a.epochs} epochs on {len(tr_x)} images"
     print(f"classifier: {how}, test accuracy {acc:.3f} ({time.time() - t0:.0f} s)")
     rows = [("test split vs train split (floor)", floor, *diversity(te_x[: a.n]), 0.0)]
+    labelled = [("test split", te_x[: a.n])]
     for spec in a.model:
         t1 = time.time()
         images, meta = generate(spec, a.n, device)
@@ -148,12 +176,8 @@ def main():
             Path(a.grids).mkdir(parents=True, exist_ok=True)
             Path(a.grids, f"{name}.png").write_bytes(encode_image(to_pixels(grid_image(images[:64] * 2 - 1, ncol=8))))
         rows.append((spec, fcd, *diversity(images), time.time() - t1))
-    print(f"\n{a.n} images each, torch {torch.__version__}, {device}")
-    print("| images | FCD (lower is better) | diversity (pixel std) | shape diversity | generation s |")
-    print("|---|---|---|---|---|")
-    for name, fcd, div, shape, secs in rows:
-        print(f"| {name} | {fcd:.2f} | {div:.3f} | {shape:.3f} | {secs:.0f} |")
-
+        labelled.append((spec, images.float()))
+    print_tables(a, rows, labelled, clf, ref, device)
 
 if __name__ == "__main__":
     main()

@@ -19,3 +19,26 @@ def test_train_benchmark_prints_both_variants_and_the_matmul_rate():
     for row in rows:  # GFLOP/img is printed to 2 decimals: 0.36 stands for 0.355-0.365
         rate, gflop, gflops, share = float(row[3].replace(",", "")), float(row[4]), float(row[5].replace(",", "")), row[6]
         assert abs(rate * gflop - gflops) <= 0.02 * gflops + 0.1 and abs(int(share.rstrip("%")) - 100 * gflops / matmul) <= 1
+
+
+def test_generation_class_balance_against_a_per_image_reference():
+    """generation.py --classes: images per predicted class, the mean top probability and the
+    feature means' part of the FCD, each against a slow per-image computation."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import generation
+
+    torch.manual_seed(0)
+    clf = generation.Classifier(28).eval()
+    images, ref_images = torch.rand(37, 1, 28, 28) * 2 - 1, torch.rand(23, 1, 28, 28) * 2 - 1
+    ref = generation.features(clf, ref_images)
+    counts, top, mean_term = generation.class_balance(clf, images, ref)
+    with torch.no_grad():
+        probs = [clf(x[None]).softmax(1)[0] for x in images]
+        feats = torch.stack([clf.features(x[None])[0] for x in images])
+    want = [sum(int(p.argmax()) == c for p in probs) for c in range(10)]
+    assert counts == want and sum(counts) == 37
+    assert abs(top - sum(float(p.max()) for p in probs) / 37) < 1e-5
+    assert abs(mean_term - sum(float(v) ** 2 for v in feats.mean(0) - ref.mean(0))) < 1e-4 * max(1.0, mean_term)
+    assert generation.class_balance(clf, ref_images, ref)[2] < 1e-8  # a set against itself: no distance in the means
