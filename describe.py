@@ -1,6 +1,7 @@
 """`colddiff info` (describe a file): what a model file or an image says of how colddiff made it, in words or JSON."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def ops_tables() -> dict:
     rows = []
     for name, cls in operators.OPERATORS.items():
         for preset in cls.PRESETS:
-            p = operators.make_operator(name, preset).params()
+            op = operators.make_operator(name, preset)
+            # every parameter --param takes, those that params() leaves out at their default too
+            p = {f.name: getattr(op, f.name) for f in dataclasses.fields(op) if f.init and f.name != "source"}
             T = p.pop("T")
             default = " (default)" if preset == cls.DEFAULT_PRESET else ""
             size = f"{cls.NATIVE[preset]} px" if preset in cls.NATIVE else "any"

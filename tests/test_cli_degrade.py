@@ -1,4 +1,5 @@
 """`colddiff degrade` and `colddiff ops` as a user runs them: files, folders, pipes, bad input."""
+import dataclasses
 import io
 import json
 import shutil
@@ -175,6 +176,13 @@ def test_ops_lists_everything(cli):
         for preset in cls.PRESETS:
             assert preset in text
     assert "300" in text and "750" in text
+    # every parameter that --param takes is named, those left out of a model's params() at their default too
+    for line in text.split("# samplers (")[0].splitlines():
+        cells = line.split("\t")
+        if cells[0] in operators.OPERATORS:
+            fields = {f.name for f in dataclasses.fields(operators.OPERATORS[cells[0]]) if f.init} - {"T", "source"}
+            assert {kv.split("=")[0] for kv in cells[4].split(", ") if kv} == fields, line
+    assert "loss_norm=l1" in text and "px_scale=1.0" in text
     # piped: tab-separated rows, whole (no box cut to 80 columns)
     assert {line.split("\t")[3] for line in text.splitlines() if line.startswith("blur\t")} == {"32 px", "128 px"}
     from samplers import SAMPLERS
