@@ -424,15 +424,9 @@ class Noise(Operator):
         if self.loss_norm not in LOSS_NORMS:
             raise UserError(f"{self.name} parameter loss_norm must be {' or '.join(LOSS_NORMS)}, got {self.loss_norm!r}")
 
-    def params(self):
-        p = super().params()
-        if p["loss_norm"] == "l1":  # stored as models trained before the choice existed store them
-            p.pop("loss_norm")
-        return p
-
     def loss(self, pred, x0, hidden):
         """L1 on x0 (the papers'), or with loss_norm=l2 the squared error."""
-        return (pred - x0).abs().mean() if self.loss_norm == "l1" else (pred - x0).pow(2).mean()
+        return super().loss(pred, x0, hidden) if self.loss_norm == "l1" else (pred - x0).pow(2).mean()
 
     def coefficients(self, t, x0, hidden=None):
         """(a, b) with D = a x0 + b z, for the samplers' estimated-z update."""

@@ -71,11 +71,13 @@ class Operator:
     preset: ClassVar[str | None] = None  # set by make_operator; not a parameter (checkpoints keep the values)
     T: int = 1
 
+    # parameters added after models were first saved: left out at these values, so that an older
+    # model's metadata and the notes in its outputs stay as they were
+    LATER_PARAMS: ClassVar[dict] = {"px_scale": 1.0, "loss_norm": "l1"}
+
     def params(self) -> dict:
         p = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        if p.get("px_scale") == 1.0:  # stored as models trained before fitting existed store them
-            p.pop("px_scale")
-        return p
+        return {k: v for k, v in p.items() if k not in self.LATER_PARAMS or v != self.LATER_PARAMS[k]}
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> Hidden:
         return None

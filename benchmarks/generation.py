@@ -179,5 +179,6 @@ def main():
         labelled.append((spec, images.float()))
     print_tables(a, rows, labelled, clf, ref, device)
 
+
 if __name__ == "__main__":
     main()
