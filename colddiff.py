@@ -287,7 +287,7 @@ def train(
     )),
     net_param: Optional[list[str]] = typer.Option(None, "--net-param", help=(
         "Override a network preset's setting, KEY=VALUE (repeatable): dim=48, mults=1,2,4,8, heads, dim_head; "
-        "ddpm/adm also blocks, attn_levels, dropout."
+        "ddpm/adm also blocks, attn_levels, dropout, patch (run on PxP blocks of pixels)."
     )),
     size: Optional[int] = typer.Option(None, "--size", help="Resize (short side) and centre-crop images to SIZE."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: from the data)."),

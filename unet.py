@@ -118,13 +118,14 @@ class PreNormResidual(nn.Module):
 
 
 class Net(nn.Module):
-    """What every network shares: pad to a multiple of 2^(levels-1), run, crop back."""
+    """What every network shares: pad to a multiple of patch x 2^(levels-1), run, crop back."""
 
     levels = 1
+    patch = 1
 
     def forward(self, x, t):
         H, W = x.shape[-2:]
-        m = 2 ** (self.levels - 1)
+        m = self.patch * 2 ** (self.levels - 1)
         ph, pw = (-H) % m, (-W) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
@@ -313,10 +314,13 @@ class ResidualUNet(Net):
     optionally BigGAN-style resampling residual blocks, `resblock_updown`)."""
 
     def __init__(self, channels=3, dim=128, mults=(1, 2, 2, 2), blocks=2, attn_levels=(1,), dropout=0.0, heads=1, arch="ddpm",
-                 resblock_updown=False):
+                 resblock_updown=False, patch=1):
         super().__init__()
         self.config = dict(arch=arch, channels=channels, dim=dim, mults=list(mults), blocks=blocks, attn_levels=list(attn_levels),
                            dropout=dropout, heads=heads, resblock_updown=resblock_updown)
+        if patch != 1:  # left out at 1, so that the metadata of networks saved before it stays as it was
+            self.config["patch"] = patch
+        self.patch = patch
         adm = arch == "adm"
         updown = adm and resblock_updown
         eps = 1e-5 if adm else 1e-6
@@ -331,7 +335,9 @@ class ResidualUNet(Net):
             return PreNormResidual(c, Attention(c, heads, zero_out=adm), GroupNorm32(c, eps))
 
         ch = dim * mults[0]
-        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
+        # patch p: the network runs on p x p blocks of pixels as channels (pixel unshuffle), so its
+        # widths cost 1/p^2 of the FLOPs, and its convolutions are wide enough to run near the matmul rate
+        self.conv_in = nn.Conv2d(channels * patch**2, ch, 3, padding=1)
         self.downs, skip_chans = nn.ModuleList(), [ch]
         for level, mult in enumerate(mults):
             for _ in range(blocks):
@@ -352,7 +358,7 @@ class ResidualUNet(Net):
                 if level and i == blocks:
                     layers.append(res(ch, ch, "up") if updown else Upsample(ch))
                 self.ups.append(nn.ModuleList(layers))
-        self.norm_out, self.conv_out = GroupNorm32(ch, eps), nn.Conv2d(ch, channels, 3, padding=1)
+        self.norm_out, self.conv_out = GroupNorm32(ch, eps), nn.Conv2d(ch, channels * patch**2, 3, padding=1)
         if adm:
             nn.init.zeros_(self.conv_out.weight), nn.init.zeros_(self.conv_out.bias)
 
@@ -364,7 +370,7 @@ class ResidualUNet(Net):
 
     def body(self, x, t):
         temb = self.time_mlp(t)
-        x = self.conv_in(x)
+        x = self.conv_in(F.pixel_unshuffle(x, self.patch))
         skips = [x]
         for layers in self.downs:
             x = self._run(layers, x, temb)
@@ -372,7 +378,7 @@ class ResidualUNet(Net):
         x = self._run(self.mid, x, temb)
         for layers in self.ups:
             x = self._run(layers, torch.cat([x, skips.pop()], dim=1), temb)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(x))), self.patch)
 
 
 # ----------------------------------------------------------------------------- building

@@ -3,6 +3,7 @@
     python benchmarks/train.py                         # on CUDA: paper net, 128 px celeba + 32 px mnist blur
     python benchmarks/train.py --device cpu --net tiny --batch 16 --cases mnist
     python benchmarks/train.py --device cpu --net tiny --batch 32 --cases noise --threads 1 --variants before,after
+    python benchmarks/train.py --device cpu --net adm-small --net-param dim=64 --batch 32 --cases noise --threads 1
 
 Times the same step `colddiff train` runs (train.make_step: degrade, augment, bf16 autocast,
 channels_last, fused Adam, torch.compile on CUDA), with the EMA update as the loop makes it
@@ -35,8 +36,9 @@ def bench(case, args, device, variant="after"):
     unet.DepthwiseConv2d.channels_last = VARIANTS[variant]
     cuda = device.type == "cuda"
     op = operators.make_operator(name, preset)
-    net = unet.build(channels, args.net).to(device)
-    ema = unet.build(channels, args.net).to(device).requires_grad_(False)
+    overrides = unet.parse_overrides(args.net, args.net_param or [])
+    net = unet.build(channels, args.net, **overrides).to(device)
+    ema = unet.build(channels, args.net, **overrides).to(device).requires_grad_(False)
     flops = 3 * unet.forward_flops(net.config, size, size)  # forward + backward (twice the forward's work)
     if cuda:
         net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
@@ -84,6 +86,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--net", default="paper")
+    ap.add_argument("--net-param", action="append", metavar="KEY=VALUE", help="an override of --net's preset, as colddiff train takes it")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
@@ -100,7 +103,8 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = [bench(c, a, device, v) for c in a.cases.split(",") for _ in range(a.rounds) for v in a.variants.split(",")]
     matmul = matmul_gflops(device)  # in the same run: the rows' share of what this machine does now
-    print(f"\ntraining step, net={a.net}, {name}, torch {torch.__version__}, compile={device.type == 'cuda' and not a.no_compile}; "
+    net = " ".join([a.net, *(a.net_param or [])])
+    print(f"\ntraining step, net={net}, {name}, torch {torch.__version__}, compile={device.type == 'cuda' and not a.no_compile}; "
           f"1024^2 fp32 matmul {matmul:,.1f} GFLOP/s")
     print("| case | px | batch | img/s | GFLOP/img (fwd+bwd) | GFLOP/s | of the matmul rate | MFU | peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -21,6 +21,22 @@ def test_train_benchmark_prints_both_variants_and_the_matmul_rate():
         assert abs(rate * gflop - gflops) <= 0.02 * gflops + 0.1 and abs(int(share.rstrip("%")) - 100 * gflops / matmul) <= 1
 
 
+def test_train_benchmark_times_the_network_that_net_param_describes():
+    """--net-param overrides the preset as colddiff train's does: the FLOPs per image are the
+    overridden network's, not the preset's."""
+    sys.path.insert(0, str(ROOT))
+    import unet
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--device", "cpu", "--net", "tiny", "--net-param", "dim=32",
+                        "--batch", "2", "--cases", "noise", "--threads", "1", "--steps", "1", "--warmup", "1"], capture_output=True, timeout=300)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert "net=tiny dim=32," in out
+    gflop = float(next(line for line in out.splitlines() if line.startswith("| noise noise T=200")).split(" | ")[4])
+    want, preset = (3 * unet.forward_flops(unet.build(1, "tiny", **kw).config, 28, 28) / 1e9 for kw in ({"dim": 32}, {}))
+    assert abs(gflop - want) <= 0.006 and abs(gflop - preset) > 0.1
+
+
 def test_generation_class_balance_against_a_per_image_reference():
     """generation.py --classes: images per predicted class, the mean top probability and the
     feature means' part of the FCD, each against a slow per-image computation."""

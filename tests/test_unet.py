@@ -10,7 +10,7 @@ import unet
 
 # small widths of each architecture: the same blocks as the presets, fast on a CPU
 SMALL = {"convnext": ("tiny", {}), "colddiff1": ("tiny", {"variant": "colddiff1"}), "ddpm": ("ddpm", {"dim": 32, "mults": (1, 2)}),
-         "adm": ("adm-small", {})}
+         "adm": ("adm-small", {}), "adm-patch": ("adm-small", {"patch": 2})}
 
 
 @pytest.mark.parametrize("preset,variant,channels,count", [
@@ -84,7 +84,7 @@ def test_any_size_forward_backward_and_bf16(arch, shape):
 def test_time_conditioning_matters(arch):
     preset, kw = SMALL[arch]
     net = unet.build(1, preset, **kw)
-    if arch == "adm":  # zero-initialised output layers: give them weights first
+    if arch.startswith("adm"):  # zero-initialised output layers: give them weights first
         for p in net.parameters():
             torch.nn.init.normal_(p, std=0.05)
     x = torch.randn(1, 1, 16, 16)
@@ -109,11 +109,28 @@ def test_old_checkpoints_rebuild_their_network(tmp_path):
     net, _, _ = checkpoint.load_model(tmp_path / "old.safetensors")
     x, t = torch.randn(2, 1, 20, 20), torch.tensor([3, 9])
     assert net.config["variant"] == "colddiff1" and torch.equal(net(x, t), old(x, t))
-    for preset in ("ddpm", "adm-small"):  # the new ones round-trip through their metadata too
-        net = unet.build(1, preset, **({"dim": 32} if preset == "ddpm" else {})).eval()
+    for preset, kw in (("ddpm", {"dim": 32}), ("adm-small", {}), ("adm-small", {"patch": 2})):  # the new ones round-trip too
+        net = unet.build(1, preset, **kw).eval()
         checkpoint.save_model(tmp_path / "n.safetensors", net, {**meta, "network": net.config})
         again = checkpoint.load_model(tmp_path / "n.safetensors")[0]
         assert torch.equal(again(x, t), net(x, t))
+
+
+def test_a_patch_network_is_the_plain_network_on_blocks_of_pixels():
+    """patch=2 is, exactly, the patch-1 network with the same weights run on each 2x2 block of
+    pixels as 4 channels (pixel unshuffle) and put back (pixel shuffle); at patch 1 the metadata
+    has no `patch`, as networks saved before it had none."""
+    patched = unet.build(1, "adm-small", patch=2).eval()
+    plain = unet.build(4, "adm-small").eval()
+    for p in patched.parameters():  # zero-initialised output layers: give them weights first
+        torch.nn.init.normal_(p, std=0.05)
+    plain.load_state_dict(patched.state_dict())
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 40])
+    with torch.no_grad():
+        want = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), t), 2)
+        assert torch.allclose(patched(x, t), want, atol=1e-5)
+    assert patched.config["patch"] == 2 and "patch" not in plain.config
+    assert unet.forward_flops(patched.config, 32, 32) < unet.forward_flops(unet.build(1, "adm-small").config, 32, 32) / 3
 
 
 def test_blurdiff_trains_with_lee_et_al_settings_unless_told_otherwise():
