@@ -336,7 +336,7 @@ class ResidualUNet(Net):
 
         ch = dim * mults[0]
         # patch p: the network runs on p x p blocks of pixels as channels (pixel unshuffle), so its
-        # widths cost 1/p^2 of the FLOPs, and its convolutions are wide enough to run near the matmul rate
+        # widths cost 1/p^2 of the FLOPs, and a CPU can afford widths whose convolutions run nearer its matmul rate
         self.conv_in = nn.Conv2d(channels * patch**2, ch, 3, padding=1)
         self.downs, skip_chans = nn.ModuleList(), [ch]
         for level, mult in enumerate(mults):
@@ -370,7 +370,7 @@ class ResidualUNet(Net):
 
     def body(self, x, t):
         temb = self.time_mlp(t)
-        x = self.conv_in(F.pixel_unshuffle(x, self.patch))
+        x = self.conv_in(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)  # at 1 it would copy the image
         skips = [x]
         for layers in self.downs:
             x = self._run(layers, x, temb)
@@ -378,7 +378,8 @@ class ResidualUNet(Net):
         x = self._run(self.mid, x, temb)
         for layers in self.ups:
             x = self._run(layers, torch.cat([x, skips.pop()], dim=1), temb)
-        return F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(x))), self.patch)
+        x = self.conv_out(F.silu(self.norm_out(x)))
+        return F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
 
 
 # ----------------------------------------------------------------------------- building
