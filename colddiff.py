@@ -301,7 +301,8 @@ def train(
     ema_start: Optional[int] = typer.Option(None, "--ema-start", help="EMA copies the model until this step (default 2000; blurdiff 0)."),
     save_every: int = typer.Option(CFG.save_every, "--save-every", help="Save the model and its training state every N steps (and at the end, and on Ctrl-C)."),
     sample_every: int = typer.Option(CFG.sample_every, "--sample-every", help="Write a sample grid and a metrics.jsonl line."),
-    augment: bool = typer.Option(CFG.augment, "--augment/--no-augment", help="Resize 1.12x + random crop + flip."),
+    augment: bool = typer.Option(CFG.augment, "--augment/--no-augment", help="Resize 1.12x + random crop + flip (the papers'). "
+                                 "A generator of images that face one way (Fashion-MNIST) learns the flips and zooms too: --no-augment."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,

@@ -12,6 +12,12 @@ features of its classifier; the final models at --n on two generation seeds, the
 them at --n-curve on seed 0 (a curve's points at fewer images, to keep its cost down).
 Every network samples with 50 network calls (its method's default sampler).
 
+--no-augment trains every run without the papers' augmentation (resize 1.12x, random crop, flip),
+which on Fashion-MNIST moves the training images themselves to FCD 76-78 from the test split
+(benchmarks/generation.py's second reference row). --methods and --nets choose the runs of the
+plan that this call trains and scores, in that order (the plan itself is made once, for the
+first call's choice).
+
 Phases run in order and skip what is done, so the same command continues an interrupted study:
 calibrate (plan.json), train (RUN/model.safetensors, RUN/step-K.safetensors), score
 (RUN/score.json), report (the table in Markdown, and --curve PNG).
@@ -61,13 +67,13 @@ def run_name(method: str, net: str) -> str:
     return f"{op}-{preset}-{net}"
 
 
-def calibrate(method: str, net_name: str, seconds: float) -> float:
+def calibrate(method: str, net_name: str, seconds: float, augment: bool = True) -> float:
     """img/s of this run's own training step (degrade, augment, forward, backward, Adam, EMA) on one thread."""
     op_name, preset, _ = METHODS[method]
     op = operators.make_operator(op_name, preset)
     net, ema = unet.build(1, net_name), unet.build(1, net_name).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    cfg = T.TrainConfig(batch=BATCH, accumulate=1, ema_every=1, ema_start=0, ema_decay=0.999)
+    cfg = T.TrainConfig(batch=BATCH, accumulate=1, ema_every=1, ema_start=0, ema_decay=0.999, augment=augment)
     step = T.make_step(net, opt, op, cfg, torch.device("cpu"))
     data = torch.randint(0, 256, (1024, 1, SIZE, SIZE), dtype=torch.uint8)
     rng = torch.Generator().manual_seed(0)
@@ -95,12 +101,12 @@ def ema_args(steps: int) -> list[str]:
     return ["--ema-decay", "0.999", "--ema-every", "1", "--ema-start", str(steps // 5)]
 
 
-def train_command(a, method: str, net: str, steps: int, out: Path) -> list[str]:
+def train_command(a, method: str, net: str, steps: int, out: Path, augment: bool = True) -> list[str]:
     op, preset, _ = METHODS[method]
     return [sys.executable, str(ROOT / "colddiff.py"), "train", a.train, "-o", str(out), "--op", op, "--preset", preset,
             "--net", net, "--size", str(SIZE), "--steps", str(steps), "--batch", str(BATCH), "--accumulate", "1",
             "--lr", str(LR[net]), "--lr-schedule", "cosine", *ema_args(steps), "--save-every", str(max(1, steps // SNAPSHOTS)), "--sample-every", str(steps),
-            "--threads", "1", "--seed", "0", "--quiet"]
+            "--threads", "1", "--seed", "0", "--quiet", *([] if augment else ["--no-augment"])]
 
 
 def keep_snapshot(model: Path, run: Path) -> None:
@@ -197,7 +203,8 @@ def report(a, plan: dict) -> None:
         rows.append((mean, p, f0, f1, cpu.get(name)))
         curves[f"{LABELS[p['method']]}, {p['net']}"] = sorted((v["step"] / p["steps"] * plan["minutes"], v["fcd"]) for v in s.values()
                                                               if v["seed"] == 0 and v.get("n") == a.n_curve)
-    print(f"Budget per run: {plan['minutes']:g} minutes of one CPU thread; {plan['machine']}; n = {a.n}, FCD seeds 0 / 1.\n")
+    how = "with the papers' augmentation" if plan.get("augment", True) else "without augmentation (--no-augment)"
+    print(f"Budget per run: {plan['minutes']:g} minutes of one CPU thread; {plan['machine']}; trained {how}; n = {a.n}, FCD seeds 0 / 1.\n")
     print("| method | network | params | img/s (1 thread) | steps x 32 | epochs | CPU min (whole run) | FCD seed 0 / 1 | mean | diversity |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mean, p, f0, f1, seconds in sorted(rows, key=lambda r: r[0]):
@@ -225,14 +232,30 @@ def report(a, plan: dict) -> None:
         fig.savefig(a.curve, dpi=110)
 
 
+def make_plan(a) -> dict:
+    """Each run's img/s on one thread (calibrate) and its steps for the budget."""
+    torch.set_num_threads(1)
+    runs = {}
+    for method in a.methods.split(","):
+        for net in a.nets.split(","):
+            rate = calibrate(method, net, a.calibrate_seconds, not a.no_augment)
+            runs[run_name(method, net)] = {"method": method, "net": net, "img_per_s": rate,
+                                           "params": unet.count_parameters(unet.build(1, net))}
+            print(f"{run_name(method, net)}: {rate:.0f} img/s", flush=True)
+    set_steps(runs, a.minutes)
+    return {"minutes": a.minutes, "augment": not a.no_augment, "runs": runs, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True)
     ap.add_argument("--test", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=15.0, help="each run's budget of one CPU thread")
-    ap.add_argument("--nets", default="tiny,adm-small")
+    ap.add_argument("--nets", default="tiny,adm-small", help="comma-separated networks")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated names of METHODS")
+    ap.add_argument("--no-augment", action="store_true", help="train without the papers' augmentation (resize 1.12x, crop, flip)")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--n", type=int, default=500, help="images per FCD of a final model (two seeds)")
     ap.add_argument("--n-curve", type=int, default=250, help="images per FCD of the snapshots before it (the curve, one seed)")
@@ -251,36 +274,29 @@ def main():
         return report(a, json.loads((a.out / "plan.json").read_text()))
     plan_file = a.out / "plan.json"
     if not plan_file.exists():  # calibrate, with the machine otherwise idle
-        torch.set_num_threads(1)
-        runs = {}
-        for method in a.methods.split(","):
-            for net in a.nets.split(","):
-                rate = calibrate(method, net, a.calibrate_seconds)
-                runs[run_name(method, net)] = {"method": method, "net": net, "img_per_s": rate,
-                                               "params": unet.count_parameters(unet.build(1, net))}
-                print(f"{run_name(method, net)}: {rate:.0f} img/s", flush=True)
-        set_steps(runs, a.minutes)
-        plan = {"minutes": a.minutes, "runs": runs, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-        plan_file.write_text(json.dumps(plan, indent=1))
+        plan_file.write_text(json.dumps(make_plan(a), indent=1))
     plan = json.loads(plan_file.read_text())
+    if plan.get("augment", True) == a.no_augment:
+        sys.exit(f"study.py: error: {plan_file} was planned {'with' if plan.get('augment', True) else 'without'} the augmentation; "
+                 f"{'drop' if a.no_augment else 'add'} --no-augment, or start another --out")
+    chosen = [name for m in a.methods.split(",") for n in a.nets.split(",") if (name := run_name(m, n)) in plan["runs"]]
     if not Path(a.classifier).exists():
         subprocess.run([sys.executable, str(ROOT / "benchmarks/generation.py"), "--train", a.train, "--test", a.test, "--n", str(a.n),
                         "--classifier", a.classifier], check=True)
     jobs = []
-    for name, p in plan["runs"].items():
-        run, model = a.out / name, a.out / name / "model.safetensors"
+    for name in chosen:
+        p, run, model = plan["runs"][name], a.out / name, a.out / name / "model.safetensors"
         run.mkdir(exist_ok=True)
         if (run / f"step-{p['steps']}.safetensors").exists():
             continue
-        argv = train_command(a, p["method"], p["net"], p["steps"], model)
+        argv = train_command(a, p["method"], p["net"], p["steps"], model, plan.get("augment", True))
         jobs.append((name, argv + (["--resume"] if checkpoint.state_path(str(model)).exists() else []), run / "train.log"))
     run_jobs(jobs, a.parallel, poll=lambda name: keep_snapshot(a.out / name / "model.safetensors", a.out / name),
              cpu_log=a.out / "cpu_seconds.json")
-    for name in plan["runs"]:
+    for name in chosen:
         keep_snapshot(a.out / name / "model.safetensors", a.out / name)
     jobs = [(f"score {name}", [sys.executable, __file__, "--train", a.train, "--test", a.test, "--out", str(a.out), "--n", str(a.n),
-                               "--score", name], a.out / name / "score.log") for name in plan["runs"]]
+                               "--score", name], a.out / name / "score.log") for name in chosen]
     run_jobs(jobs, a.parallel)
     report(a, plan)
 

@@ -58,3 +58,17 @@ def test_generation_class_balance_against_a_per_image_reference():
     assert abs(top - sum(float(p.max()) for p in probs) / 37) < 1e-5
     assert abs(mean_term - sum(float(v) ** 2 for v in feats.mean(0) - ref.mean(0))) < 1e-4 * max(1.0, mean_term)
     assert generation.class_balance(clf, ref_images, ref)[2] < 1e-8  # a set against itself: no distance in the means
+
+
+def test_generation_scores_a_model_against_both_reference_rows(fmnist_split, gen_model):
+    """generation.py end to end: the floor (train against test), the train split as --augment shows it
+    to the network (farther from the test split than the plain train split: garments face one way), and
+    the model's row, each an FCD and diversity."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--train", str(fmnist_split[0]), "--test",
+                        str(fmnist_split[1]), "--model", f"{gen_model}:steps=5", "--n", "50", "--epochs", "3", "--device", "cpu"],
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in r.stdout.decode().splitlines() if line.startswith("| ")}
+    floor, augmented = (float(rows[k][1]) for k in ("test split vs train split (floor)", "train split with --augment (resize 1.12x, crop, flip)"))
+    model = float(rows[f"{gen_model}:steps=5"][1])
+    assert 0 < floor < augmented and model > floor
