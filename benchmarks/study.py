@@ -225,7 +225,7 @@ def report(a, plan: dict) -> None:
         for label, pts in sorted(curves.items()):
             ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if "tiny" in label else "-")
         ax.set(xlabel="training minutes (one CPU thread)", ylabel=f"FCD (n = {a.n_curve}, seed 0; lower is better)", yscale="log",
-               title="Fashion-MNIST generators at an equal CPU budget")
+               title="Fashion-MNIST generators at an equal CPU budget" + ("" if plan.get("augment", True) else ", --no-augment"))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
