@@ -7,7 +7,7 @@ from pathlib import Path
 from errors import UserError
 
 MODELS = Path(__file__).resolve().parent / "models"
-DEFAULT = "fmnist-noise-gen"  # what `colddiff generate` uses without --model
+DEFAULT = "fmnist-blurdiff-gen"  # what `colddiff generate` uses without --model
 
 
 def names() -> list[str]:

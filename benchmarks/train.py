@@ -25,9 +25,10 @@ import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
 
-# case: (operator, preset, px, channels); bundled: the first bundled model's recipe; noise: the default generator's
+# case: (operator, preset, px, channels); bundled: the first bundled model's recipe; noise: fmnist-noise-gen's;
+# blurdiff: the default generator's (fmnist-blurdiff-gen)
 CASES = {"celeba": ("blur", "celeba", 128, 3), "mnist": ("blur", "mnist", 32, 1), "bundled": ("blur", "generation", 28, 1),
-         "noise": ("noise", "default", 28, 1)}
+         "noise": ("noise", "default", 28, 1), "blurdiff": ("blurdiff", "quartic", 28, 1)}
 VARIANTS = {"before": False, "after": True}  # unet.DepthwiseConv2d.channels_last
 
 
