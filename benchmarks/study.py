@@ -109,6 +109,11 @@ def train_command(a, method: str, net: str, steps: int, out: Path, augment: bool
             "--threads", "1", "--seed", "0", "--quiet", *([] if augment else ["--no-augment"])]
 
 
+def augmented(plan: dict) -> bool:
+    """Whether the plan's runs train with the papers' augmentation (plans made before --no-augment did)."""
+    return plan.get("augment", True)
+
+
 def keep_snapshot(model: Path, run: Path) -> None:
     """Copy the model file to RUN/step-K.safetensors when it holds a step not kept yet (it is written atomically)."""
     if model.exists():
@@ -203,7 +208,7 @@ def report(a, plan: dict) -> None:
         rows.append((mean, p, f0, f1, cpu.get(name)))
         curves[f"{LABELS[p['method']]}, {p['net']}"] = sorted((v["step"] / p["steps"] * plan["minutes"], v["fcd"]) for v in s.values()
                                                               if v["seed"] == 0 and v.get("n") == a.n_curve)
-    how = "with the papers' augmentation" if plan.get("augment", True) else "without augmentation (--no-augment)"
+    how = "with the papers' augmentation" if augmented(plan) else "without augmentation (--no-augment)"
     print(f"Budget per run: {plan['minutes']:g} minutes of one CPU thread; {plan['machine']}; trained {how}; n = {a.n}, FCD seeds 0 / 1.\n")
     print("| method | network | params | img/s (1 thread) | steps x 32 | epochs | CPU min (whole run) | FCD seed 0 / 1 | mean | diversity |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -225,7 +230,7 @@ def report(a, plan: dict) -> None:
         for label, pts in sorted(curves.items()):
             ax.plot(*zip(*pts), marker="o", label=label, linestyle="--" if "tiny" in label else "-")
         ax.set(xlabel="training minutes (one CPU thread)", ylabel=f"FCD (n = {a.n_curve}, seed 0; lower is better)", yscale="log",
-               title="Fashion-MNIST generators at an equal CPU budget" + ("" if plan.get("augment", True) else ", --no-augment"))
+               title="Fashion-MNIST generators at an equal CPU budget" + ("" if augmented(plan) else ", --no-augment"))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -276,8 +281,8 @@ def main():
     if not plan_file.exists():  # calibrate, with the machine otherwise idle
         plan_file.write_text(json.dumps(make_plan(a), indent=1))
     plan = json.loads(plan_file.read_text())
-    if plan.get("augment", True) == a.no_augment:
-        sys.exit(f"study.py: error: {plan_file} was planned {'with' if plan.get('augment', True) else 'without'} the augmentation; "
+    if augmented(plan) == a.no_augment:
+        sys.exit(f"study.py: error: {plan_file} was planned {'with' if augmented(plan) else 'without'} the augmentation; "
                  f"{'drop' if a.no_augment else 'add'} --no-augment, or start another --out")
     chosen = [name for m in a.methods.split(",") for n in a.nets.split(",") if (name := run_name(m, n)) in plan["runs"]]
     if not Path(a.classifier).exists():
@@ -289,7 +294,7 @@ def main():
         run.mkdir(exist_ok=True)
         if (run / f"step-{p['steps']}.safetensors").exists():
             continue
-        argv = train_command(a, p["method"], p["net"], p["steps"], model, plan.get("augment", True))
+        argv = train_command(a, p["method"], p["net"], p["steps"], model, augmented(plan))
         jobs.append((name, argv + (["--resume"] if checkpoint.state_path(str(model)).exists() else []), run / "train.log"))
     run_jobs(jobs, a.parallel, poll=lambda name: keep_snapshot(a.out / name / "model.safetensors", a.out / name),
              cpu_log=a.out / "cpu_seconds.json")
