@@ -269,6 +269,9 @@ def main():
     ap.add_argument("--report", action="store_true", help="only print the table (and --curve) of what is scored so far")
     ap.add_argument("--score", help=argparse.SUPPRESS)  # internal: score one run in this process
     a = ap.parse_args()
+    for what, names, known in (("method", a.methods, METHODS), ("network", a.nets, unet.PRESETS)):
+        if unknown := [n for n in names.split(",") if n not in known]:
+            sys.exit(f"study.py: error: unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
     a.out.mkdir(parents=True, exist_ok=True)
     a.classifier = str(a.out / "classifier.safetensors")
     if a.score:
@@ -285,6 +288,8 @@ def main():
         sys.exit(f"study.py: error: {plan_file} was planned {'with' if augmented(plan) else 'without'} the augmentation; "
                  f"{'drop' if a.no_augment else 'add'} --no-augment, or start another --out")
     chosen = [name for m in a.methods.split(",") for n in a.nets.split(",") if (name := run_name(m, n)) in plan["runs"]]
+    if not chosen:
+        sys.exit(f"study.py: error: {plan_file} has no run of --methods {a.methods} on --nets {a.nets}; it has {', '.join(plan['runs'])}")
     if not Path(a.classifier).exists():
         subprocess.run([sys.executable, str(ROOT / "benchmarks/generation.py"), "--train", a.train, "--test", a.test, "--n", str(a.n),
                         "--classifier", a.classifier], check=True)
