@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
+import typer.core
 from click.core import ParameterSource
 
 import bundled
@@ -31,7 +33,31 @@ from sampling import Choices, batches, open_model
 from strips import Strip, check_strip
 from train_config import TrainConfig
 
+
+class Commands(typer.core.TyperGroup):
+    """The app's commands; a usage error (an unknown option, a value of the wrong type) is one
+    `colddiff: error:` line and exit 2, as a UserError is one line and exit 1, not click's framed box."""
+
+    def main(self, *args, standalone_mode=True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            path = " ".join(["colddiff", *(e.ctx.command_path.split()[1:] if e.ctx else [])])  # as typed, however started
+            typer.echo(f"colddiff: error: {one_line(e.format_message())} (`{path} --help` lists the options)", err=True)
+            raise SystemExit(e.exit_code) from None
+        except click.ClickException as e:
+            typer.echo(f"colddiff: error: {one_line(e.format_message())}", err=True)
+            raise SystemExit(e.exit_code) from None
+        except click.Abort:  # Ctrl-C while click reads the command line
+            typer.echo("colddiff: interrupted", err=True)
+            raise SystemExit(130) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=Commands,
     add_completion=False,
     suggest_commands=False,  # click suggests already: one "Did you mean", not two
     pretty_exceptions_enable=False,

@@ -4,8 +4,8 @@
     python benchmarks/reproduce.py --net tiny --steps 1000 --batch 32 --lr 2e-3 \\
         --n 500 --gen-n 500 --blurdiff-n 200 --gen-steps 50    # what fits a 2-core CPU
     python benchmarks/reproduce.py --section generation --only blur-gen,noise,colour,blurdiff,ddpm \\
-        --net tiny --size 28 --steps 2000 --batch 32 --lr 2e-3 --lr-schedule cosine --ema study \\
-        --gen-n 500 --blurdiff-n 200 --gen-steps 50    # generation with the study's recipe (issue #42)
+        --net adm-small --size 28 --steps 2000 --batch 32 --lr 1e-3 --lr-schedule cosine --ema study --no-augment \\
+        --gen-n 500 --blurdiff-n 200 --gen-steps 50 --parallel 2   # generation with the study's recipe (issue #42)
 
 1. data: the full train/test splits, written by shared/tools/fashion_mnist.py (or --data DIR
    holding train/ and test/ folders of NNNNN_LABEL.png);
@@ -83,6 +83,9 @@ VARIANTS = [
     ("pixelate", "pixelate", "", "(figures only)"),
     ("blurdiff quartic f_N=0.14", "blurdiff", "", "7.86 (LSUN bedroom 64 px, FID-10K)"),
     ("DDPM (blurdiff, f = 0)", "ddpm", "", "9.24"),
+    # colddiff's default sampler for both (DPM-Solver++(2M), eta 1) at the bundled generator's 20 steps
+    ("blurdiff quartic, DPM-Solver++(2M)", "blurdiff", "steps=20", "(colddiff's sampler)"),
+    ("DDPM, DPM-Solver++(2M)", "ddpm", "steps=20", "(colddiff's sampler)"),
 ]
 
 
@@ -129,7 +132,7 @@ def train_args(a):
     """One budget for every model, the EMA included."""
     return ["--net", a.net, "--size", a.size, "--steps", a.steps, "--batch", a.batch, "--accumulate", a.accumulate,
             "--lr", a.lr, "--lr-schedule", a.lr_schedule, *ema_args(a), "--seed", 0, "--save-every", max(a.steps // 4, 1), "--sample-every", a.steps,
-            *([] if getattr(a, "compile", True) else ["--no-compile"])]
+            *([] if getattr(a, "compile", True) else ["--no-compile"]), *([] if getattr(a, "augment", True) else ["--no-augment"])]
 
 
 def out_of_time(a, what: str) -> bool:
@@ -141,29 +144,55 @@ def out_of_time(a, what: str) -> bool:
 
 
 def train_all(a, out, train_dir, log):
-    """Every experiment's model, at one budget; wall time is summed over resumed runs."""
+    """Every experiment's model, at one budget; wall time is summed over resumed runs. --parallel N
+    trains N at a time on one thread each (two runs side by side use a 2-core CPU fully)."""
+    todo = []
     for name, (op, preset) in {**RESTORATION, **GENERATION}.items():
-        if name not in a.only:
-            continue
+        model = out / "models" / f"{name}.safetensors"
+        if name in a.only and not (model.exists() and checkpoint.load_model(str(model), "cpu")[2]["step"] >= a.steps):
+            args = ["train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model, *(["--resume"] if model.exists() else [])]
+            todo.append((name, model, args))
+    if getattr(a, "parallel", 1) > 1 and todo and not out_of_time(a, "training"):
+        return train_side_by_side(a, out, log, todo)
+    for name, model, args in todo:
         if out_of_time(a, f"training {name}"):
             break
-        model = out / "models" / f"{name}.safetensors"
-        done = log["train"].get(name, {"seconds": 0.0})
-        if model.exists() and checkpoint.load_model(str(model), "cpu")[2]["step"] >= a.steps:
-            continue
         model.parent.mkdir(parents=True, exist_ok=True)
-        args = ["train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model]
-        shown = " ".join(["colddiff", *map(str, args)]).replace(str(model), f"{name}.safetensors").replace(str(train_dir), "fmnist-train")
         t0 = time.time()
         try:
-            colddiff(*args, *(["--resume"] if model.exists() else []))
+            colddiff(*args)
         finally:  # an interrupted run's time counts too: the next call resumes it
-            log["train"][name] = {"command": shown, "seconds": done["seconds"] + time.time() - t0}
-            log["eval"].pop(name, None)  # the model changed: its results are stale
-            for variant, model_name, *_ in VARIANTS:
-                if model_name == name:
-                    log["generation"].pop(variant, None)
-            save_log(out, log)
+            trained(out, log, name, args, time.time() - t0)
+
+
+def train_side_by_side(a, out, log, todo):
+    """--parallel: the runs a.parallel at a time, each on one thread; its seconds are its CPU seconds."""
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    cpu_log = out / "models" / "cpu_seconds.json"
+    before = json.loads(cpu_log.read_text()) if cpu_log.exists() else {}
+    try:
+        study.run_jobs([(name, [sys.executable, str(ROOT / "colddiff.py"), *map(str, args), "--threads", "1"], model.with_suffix(".log"))
+                        for name, model, args in todo], a.parallel, cpu_log=cpu_log)
+    finally:
+        spent = json.loads(cpu_log.read_text()) if cpu_log.exists() else {}
+        for name, _, args in todo:
+            trained(out, log, name, args, spent.get(name, 0) - before.get(name, 0))
+    short = [name for name, model, _ in todo if not model.exists() or checkpoint.load_model(str(model), "cpu")[2]["step"] < a.steps]
+    if short:
+        sys.exit(f"reproduce.py: error: training {', '.join(short)} stopped short of {a.steps} steps; its log is beside the model in {out / 'models'}")
+
+
+def trained(out, log, name, args, seconds):
+    """Record a (resumed) training run: its command as shown, its seconds added; its results go stale."""
+    model, train_dir = Path(args[args.index("-o") + 1]), args[1]
+    shown = " ".join(["colddiff", *map(str, [x for x in args if x != "--resume"])])
+    shown = shown.replace(str(model), f"{name}.safetensors").replace(str(train_dir), "fmnist-train")
+    log["train"][name] = {"command": shown, "seconds": log["train"].get(name, {"seconds": 0.0})["seconds"] + seconds}
+    log["eval"].pop(name, None)  # the model changed: its results are stale
+    for variant, model_name, *_ in VARIANTS:
+        if model_name == name:
+            log["generation"].pop(variant, None)
+    save_log(out, log)
 
 
 def eval_all(a, out, test_dir, log):
@@ -213,19 +242,27 @@ def generation_all(a, out, train_dir, test_dir, log):
         if out_of_time(a, f"generating {variant}"):
             break
         op_name, preset = {**RESTORATION, **GENERATION}[name]
-        op = operators.make_operator(op_name, preset)
-        every_step = not SAMPLERS[op.released_sampler].steps  # Lee et al.'s sampler: all T steps
-        n, steps = (a.blurdiff_n, op.T) if every_step else (a.gen_n, min(a.gen_steps, op.T))
-        spec = ":".join([str(out / "models" / f"{name}.safetensors")] + ([option] if option else [])
-                        + ([f"sampler={op.released_sampler}"] if every_step else [f"steps={steps}"] if steps else []))
+        n, steps, spec = sampling(a, operators.make_operator(op_name, preset), option)
+        spec = ":".join([str(out / "models" / f"{name}.safetensors"), *spec])
         t1 = time.time()
         images, _ = G.generate(spec, n, device)
         fcd = metrics.frechet_distance(G.features(clf, images.float()), ref[:n])
-        grid = a.results / f"generate_{name}{'_' + option if option else ''}.png"
+        grid = a.results / f"generate_{name}{'_' + option.replace('=', '') if option else ''}.png"
         grid.write_bytes(encode_image(to_pixels(grid_image(images[:64] * 2 - 1, ncol=8))))
         log["generation"][variant] = {"fcd": fcd, "diversity": float(images.std(0).mean()), "n": n, "seconds": time.time() - t1,
                                       "steps": steps, "grid": grid.name}
         save_log(out, log)
+
+
+def sampling(a, op, option: str):
+    """(n, steps, spec options) of a variant: Lee et al.'s released sampler runs all T steps on
+    --blurdiff-n images; cold samplers jump --gen-steps; `steps=K` is colddiff's default sampler at K."""
+    if option.startswith("steps="):
+        return a.gen_n, int(option.removeprefix("steps=")), [option]
+    if not SAMPLERS[op.released_sampler].steps:
+        return a.blurdiff_n, op.T, [*filter(None, [option]), f"sampler={op.released_sampler}"]
+    steps = min(a.gen_steps, op.T) if a.gen_steps else None
+    return a.gen_n, steps, [*filter(None, [option]), *([f"steps={steps}"] if steps else [])]
 
 
 def save_log(out, log):
@@ -262,6 +299,7 @@ def generation_report(a, log, grids: str) -> list[str]:
     pairs = [("blur, broken symmetry", "blur, perfect symmetry", "breaking symmetry"),
              ("blur, released nudge of x_T", "blur, perfect symmetry", "the released nudge"), ("noise, estimated z", "noise, fixed z", "estimated z"),
              ("blurdiff quartic f_N=0.14", "DDPM (blurdiff, f = 0)", "blur diffusion"),
+             ("blurdiff quartic, DPM-Solver++(2M)", "DDPM, DPM-Solver++(2M)", "blur diffusion, at colddiff's sampler"),
              ("blur, broken symmetry", "noise, estimated z", "cold (blur) generation")]
     lines += ["", f"Findings, computed from the table above (FCDs within {FCD_SAME:.0%} of each other are called the same: "
               "two seeds of one model scored up to 5.6 % apart, RESULTS.md, \"The bundled model\"):", ""]
@@ -318,7 +356,8 @@ def report(a, log):
              f"Device: {log['device']}; torch {log['torch']}; {log['date']}.  ",
              f"Budget per model: {a.steps} steps × batch {a.batch} × {a.accumulate} accumulation, `{a.net}` network "
              f"({unet.count_parameters(unet.build(1, a.net)) / 1e6:.2f} M parameters), lr {a.lr} ({a.lr_schedule}), "
-             f"EMA {' '.join(map(str, ema_args(a)))}, {a.size}×{a.size} px."]
+             f"EMA {' '.join(map(str, ema_args(a)))}, {a.size}×{a.size} px, "
+             + ("the papers' augmentation." if a.augment else "no augmentation (--no-augment).")]
     lines += restoration_report(log, grids)
     lines += generation_report(a, log, grids)
     lines += ["", f"Training commands (data = the train split at {a.size} px):", "", "```sh"]
@@ -337,7 +376,7 @@ def write_results(path, body, section=""):
     tmp.replace(path)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce", help="models, eval outputs, results.json")
     ap.add_argument("--results", type=Path, default=ROOT / "results", help="folder for the committed grids")
@@ -363,13 +402,21 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="train and eval without torch.compile (CUDA): "
                     "its minutes of compiling per model do not pay at a short budget")
+    ap.add_argument("--parallel", type=int, default=1, help="train this many models at a time, one thread each (CPU)")
+    ap.add_argument("--no-augment", dest="augment", action="store_false", help="train without the papers' augmentation "
+                    "(the generator study's finding: it alone puts real Fashion-MNIST at FCD 74-81)")
     ap.add_argument("--deadline", type=float, default=None, help="seconds: start no stage after this (the report holds what finished)")
     a = ap.parse_args(argv)
-    a.stop_at = time.monotonic() + a.deadline if a.deadline is not None else float("inf")
     a.only = set(a.only.split(","))
     unknown = a.only - {*RESTORATION, *GENERATION}
     if unknown:
         ap.error(f"unknown experiments: {', '.join(sorted(unknown))}")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    a.stop_at = time.monotonic() + a.deadline if a.deadline is not None else float("inf")
     a.out.mkdir(parents=True, exist_ok=True)
     a.results.mkdir(parents=True, exist_ok=True)
     log_path = a.out / "results.json"

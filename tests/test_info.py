@@ -108,3 +108,15 @@ def test_info_of_anything_else_is_one_line(cli, tmp_path):
         r = cli("info", path)
         err = r.stderr.decode()
         assert r.returncode == 1 and message in err and err.count("\n") == 1 and r.stdout == b"", (path, err)
+
+
+def test_a_usage_error_is_one_error_line_naming_the_help_to_read(cli, cli_process):
+    """An unknown option or command, a missing argument, a value of the wrong type: one `colddiff: error:`
+    line and exit 2 (a usage error, as click's), not click's framed box of five lines."""
+    for argv, said in [(["info", "--model", "x"], "No such option '--model'"), (["bogus"], "No such command 'bogus'"),
+                       (["degrade"], "Missing argument"), (["restore", "x.png", "--steps", "many"], "'many' is not a valid integer")]:
+        r = (cli_process if argv[0] == "info" else cli)(*argv)  # `python -m colddiff` too, whose program name is colddiff.py
+        err = r.stderr.decode()
+        assert r.returncode == 2 and r.stdout == b"", (argv, err)
+        assert err.count("\n") == 1 and err.startswith("colddiff: error: ") and said in err, (argv, err)
+        assert f"`colddiff{' ' + argv[0] if argv[0] != 'bogus' else ''} --help` lists the options" in err

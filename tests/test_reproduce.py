@@ -70,14 +70,17 @@ def test_reproduce_end_to_end_tables_come_from_the_runs(fmnist_split, tmp_path):
     reproduce.main([str(a) for a in args])
     assert (out / "models" / "blur.safetensors").stat().st_mtime_ns == before
     assert json.loads((out / "results.json").read_text())["eval"] == log["eval"]
-    # A longer budget and one more experiment: the retrained models are scored again, by the same
-    # classifier (same floor), and the new model's variants join the table.
+    # A longer budget and one more experiment, trained two at a time: the retrained models are scored
+    # again, by the same classifier (same floor), and the new model's variants join the table.
     clf = (out / "classifier.safetensors").stat().st_mtime_ns
     evaluated = (out / "eval" / "blur" / "eval.json").stat().st_mtime_ns
     args[args.index("--steps") + 1] = "3"
     args[args.index("--only") + 1] = "blur,blur-gen,noise"
-    reproduce.main([str(a) for a in args])
+    reproduce.main([str(a) for a in args + ["--parallel", "2"]])
     longer = json.loads((out / "results.json").read_text())
+    for name in ("blur", "blur-gen", "noise"):  # resumed or new, each on its own thread, its log beside it
+        assert reproduce.checkpoint.load_model(str(out / "models" / f"{name}.safetensors"), "cpu")[2]["step"] == 3
+        assert "training: done" in (out / "models" / f"{name}.log").read_text()
     assert (out / "classifier.safetensors").stat().st_mtime_ns == clf
     assert longer["generation"]["floor"] == log["generation"]["floor"]
     assert {"noise, estimated z", "noise, fixed z", "blur, broken symmetry"} <= set(longer["generation"])
@@ -101,3 +104,21 @@ def test_deadline_starts_no_stage_after_it_and_still_reports(fmnist_split, tmp_p
     assert log["train"] == {} and log["eval"] == {} and log["generation"] == {}
     a = argparse.Namespace(net="tiny", size=32, steps=2, batch=4, accumulate=1, lr=1e-3, lr_schedule="constant", compile=False, ema="train")
     assert "--no-compile" in [str(x) for x in reproduce.train_args(a)]
+    assert "--no-augment" not in [str(x) for x in reproduce.train_args(a)]
+    a.augment = False  # the generator study's finding: the papers' augmentation alone puts real images at FCD 74-81
+    assert "--no-augment" in [str(x) for x in reproduce.train_args(a)]
+
+
+def test_each_generation_variant_samples_as_its_row_says():
+    """Lee et al.'s released sampler takes all T steps on --blurdiff-n images; cold samplers jump --gen-steps
+    (all T without it); a `steps=K` row is colddiff's own default sampler at K steps on --gen-n images."""
+    a = argparse.Namespace(gen_n=500, blurdiff_n=200, gen_steps=50)
+    blurdiff, blur = reproduce.operators.make_operator("blurdiff", "quartic"), reproduce.operators.make_operator("blur", "generation")
+    assert reproduce.sampling(a, blurdiff, "") == (200, 1000, [f"sampler={blurdiff.released_sampler}"])
+    assert not reproduce.SAMPLERS[blurdiff.released_sampler].steps and blurdiff.default_sampler == "dpmpp_2m"  # the rows' name
+    assert reproduce.sampling(a, blurdiff, "steps=20") == (500, 20, ["steps=20"])
+    assert reproduce.sampling(a, blur, "perfect") == (500, 50, ["perfect", "steps=50"])
+    a.gen_steps = None
+    assert reproduce.sampling(a, blur, "") == (500, None, [])
+    rows = {variant: (model, option) for variant, model, option, _ in reproduce.VARIANTS}
+    assert rows["blurdiff quartic, DPM-Solver++(2M)"] == ("blurdiff", "steps=20") and rows["DDPM, DPM-Solver++(2M)"] == ("ddpm", "steps=20")
