@@ -41,9 +41,17 @@ def state_path(model_path: str | Path) -> Path:
 
 
 def save_model(path, net, meta: dict) -> None:
+    """The weights in float32, or in float16 when the run says `weights: fp16` (half the file: loading
+    copies them into the float32 network); a weight beyond float16's range is refused, not made infinite."""
     from safetensors.torch import save
 
+    half = meta.get("train", {}).get("weights") == "fp16"
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
+    if half:
+        big = next((k for k, v in tensors.items() if v.numel() and float(v.abs().max()) > torch.finfo(torch.float16).max), None)
+        if big:
+            raise UserError(f"{path}: weight {big} exceeds float16's range ({torch.finfo(torch.float16).max:g}); save it with --weights fp32")
+        tensors = {k: v.half() for k, v in tensors.items()}
     _atomic_bytes(Path(path), save(tensors, metadata={"format": FORMAT, "colddiff": json.dumps(meta)}))
 
 

@@ -352,6 +352,10 @@ def train(
         "The model's default generate --step-noise (default 0.025, or 1.25 x --train-noise); set it to what "
         "measures best for this model."
     )),
+    weights: str = typer.Option(CFG.weights, "--weights", help=(
+        "The model file's weights: fp32, or fp16 (half the size; they are read back into float32). A finished "
+        "run takes it with --resume."
+    )),
 ):
     """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
 

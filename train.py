@@ -161,7 +161,7 @@ def resumed_line(step: int, saved: dict, meta: dict) -> str:
     return f"resuming from step {step}" + (f", with other images or settings than its last run: {', '.join(changed)}" if changed else "")
 
 
-SAMPLING = ("sampling_steps", "step_noise")  # the model's sampling defaults: a finished run may change them
+SAMPLING = ("sampling_steps", "step_noise", "weights")  # what only the model file holds: a finished run may change them
 UNSEEN = {"compile", "save_every", "sample_every", *SAMPLING}  # settings that change no step of a resumed run
 
 
@@ -312,8 +312,8 @@ class Saver:
         return step
 
     def restate(self, cfg: TrainConfig) -> str | None:
-        """A finished run resumed with other sampling defaults (--sampling-steps, --step-noise): they
-        change no weight, so the model file takes them as they are; what was stored, or None."""
+        """A finished run resumed with other sampling defaults (--sampling-steps, --step-noise) or another
+        --weights: they change no training step, so the model file takes them as they are; what was stored, or None."""
         net, _, meta = checkpoint.load_model(self.out)
         changed = {k: getattr(cfg, k) for k in SAMPLING if meta["train"].get(k) != getattr(cfg, k)}
         if not changed:

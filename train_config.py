@@ -12,6 +12,7 @@ import math
 from errors import UserError
 
 LR_SCHEDULES = ("constant", "cosine")
+WEIGHTS = ("fp32", "fp16")  # the model file's weights; the training state and every computation stay float32
 
 
 @dataclasses.dataclass
@@ -36,12 +37,15 @@ class TrainConfig:
     sampling_steps: int | None = None  # the model's default sampling steps (None: all T)
     train_noise: float = 0.0  # sigma of N(0, sigma^2) added to every x_t (inverse heat dissipation's)
     step_noise: float | None = None  # the model's default generate --step-noise (None: symmetry_defaults')
+    weights: str = "fp32"  # fp16: a model file of half the size (bundled models), read back into float32
 
     def check(self, op):
         if not 0 < self.lr < math.inf:
             raise UserError(f"--lr must be positive (and a finite number), got {self.lr}")
         if not 0 <= self.ema_decay <= 1:  # outside, the EMA weights grow without bound (restores are black)
             raise UserError(f"--ema-decay must be in 0..1, got {self.ema_decay}")
+        if self.weights not in WEIGHTS:
+            raise UserError(f"unknown --weights {self.weights!r}; choose from {', '.join(WEIGHTS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"unknown --lr-schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         for name in ("gmm_components", "steps", "batch", "accumulate", "save_every", "sample_every", "ema_every"):

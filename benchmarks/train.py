@@ -4,6 +4,7 @@
     python benchmarks/train.py --device cpu --net tiny --batch 16 --cases mnist
     python benchmarks/train.py --device cpu --net tiny --batch 32 --cases noise --threads 1 --variants before,after
     python benchmarks/train.py --device cpu --net adm-small --net-param dim=64 --batch 32 --cases noise --threads 1
+    python benchmarks/train.py --device cpu --net tiny,adm-small --batch 32 --cases blurdiff --threads 1 --rounds 2
 
 Times the same step `colddiff train` runs (train.make_step: degrade, augment, bf16 autocast,
 channels_last, fused Adam, torch.compile on CUDA), with the EMA update as the loop makes it
@@ -32,14 +33,15 @@ CASES = {"celeba": ("blur", "celeba", 128, 3), "mnist": ("blur", "mnist", 32, 1)
 VARIANTS = {"before": False, "after": True}  # unet.DepthwiseConv2d.channels_last
 
 
-def bench(case, args, device, variant="after"):
+def bench(case, args, device, variant="after", net_name=None):
     name, preset, size, channels = CASES[case]
     unet.DepthwiseConv2d.channels_last = VARIANTS[variant]
     cuda = device.type == "cuda"
     op = operators.make_operator(name, preset)
-    overrides = unet.parse_overrides(args.net, args.net_param or [])
-    net = unet.build(channels, args.net, **overrides).to(device)
-    ema = unet.build(channels, args.net, **overrides).to(device).requires_grad_(False)
+    net_name = net_name or args.net
+    overrides = unet.parse_overrides(net_name, args.net_param or [])
+    net = unet.build(channels, net_name, **overrides).to(device)
+    ema = unet.build(channels, net_name, **overrides).to(device).requires_grad_(False)
     flops = 3 * unet.forward_flops(net.config, size, size)  # forward + backward (twice the forward's work)
     if cuda:
         net, ema = net.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
@@ -64,7 +66,8 @@ def bench(case, args, device, variant="after"):
     rate = args.steps * args.batch / elapsed
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     mfu = rate * flops / (args.peak_tflops * 1e12) if cuda else float("nan")
-    label = f"{case} {name} T={op.T}" + (f", {variant}" if len(args.variants.split(",")) > 1 else "")
+    label = (f"{case} {name} T={op.T}" + (f", {net_name}" if "," in args.net else "")
+             + (f", {variant}" if len(args.variants.split(",")) > 1 else ""))
     return dict(case=label, size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
                 gflop=flops / 1e9, first=first, run=lambda: step(data, rng))
 
@@ -86,7 +89,7 @@ def matmul_gflops(device, n: int = 1024, seconds: float = 2.0) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--net", default="paper")
+    ap.add_argument("--net", default="paper", help="a network preset, or several (adm-small,adm-cpu) timed alternately in one run")
     ap.add_argument("--net-param", action="append", metavar="KEY=VALUE", help="an override of --net's preset, as colddiff train takes it")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
@@ -102,7 +105,9 @@ def main():
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    rows = [bench(c, a, device, v) for c in a.cases.split(",") for _ in range(a.rounds) for v in a.variants.split(",")]
+    if "," in a.net and a.net_param:
+        ap.error("--net-param overrides one --net preset, not several")
+    rows = [bench(c, a, device, v, n) for c in a.cases.split(",") for _ in range(a.rounds) for n in a.net.split(",") for v in a.variants.split(",")]
     matmul = matmul_gflops(device)  # in the same run: the rows' share of what this machine does now
     net = " ".join([a.net, *(a.net_param or [])])
     print(f"\ntraining step, net={net}, {name}, torch {torch.__version__}, compile={device.type == 'cuda' and not a.no_compile}; "

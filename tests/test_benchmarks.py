@@ -37,6 +37,25 @@ def test_train_benchmark_times_the_network_that_net_param_describes():
     assert abs(gflop - want) <= 0.006 and abs(gflop - preset) > 0.1
 
 
+def test_train_benchmark_times_several_networks_alternately_in_one_run():
+    """--net A,B: a row per network and round, in turn, each with its own FLOPs, against the one matmul rate."""
+    sys.path.insert(0, str(ROOT))
+    import unet
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--device", "cpu", "--net", "tiny,adm-small", "--rounds", "2",
+                        "--batch", "2", "--cases", "noise", "--threads", "1", "--steps", "1", "--warmup", "1"], capture_output=True, timeout=300)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| noise noise T=200")]
+    assert [row[0].rsplit(", ", 1)[1] for row in rows] == ["tiny", "adm-small"] * 2
+    for row in rows:
+        want = 3 * unet.forward_flops(unet.build(1, row[0].rsplit(", ", 1)[1]).config, 28, 28) / 1e9
+        assert abs(float(row[4]) - want) <= 0.006
+    both = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--device", "cpu", "--net", "tiny,adm-small",
+                           "--net-param", "dim=8", "--cases", "noise"], capture_output=True, timeout=300)
+    assert both.returncode == 2 and b"--net-param overrides one --net preset" in both.stderr
+
+
 def test_generation_class_balance_against_a_per_image_reference():
     """generation.py --classes: images per predicted class, the mean top probability and the
     feature means' part of the FCD, each against a slow per-image computation."""

@@ -329,6 +329,48 @@ def test_resume_past_steps_says_there_is_nothing_to_do(cli, fmnist_split, tmp_pa
     assert r.returncode == 0 and b"nothing to do" in r.stderr
 
 
+def test_a_finished_run_stores_its_weights_in_fp16_and_they_load_back_into_float32(cli, fmnist_split, tmp_path):
+    """--weights fp16 (the bundled models'): half the file, each weight float32's rounded to float16, the
+    training state still float32, and the model samples as one made with those weights in float32."""
+    out = tmp_path / "m.safetensors"
+    args = ["train", fmnist_split[0], "-o", out, "--net", "tiny", "--batch", "4", "--accumulate", "1", "--steps", "3", "--no-augment"]
+    assert cli(*args).returncode == 0
+    full, state = out.read_bytes(), checkpoint.state_path(out).read_bytes()
+    r = cli("train", fmnist_split[0], "-o", out, "--resume", "--weights", "fp16")
+    assert r.returncode == 0 and b"stored --weights fp16 in it, nothing to train" in r.stderr, r.stderr
+    from safetensors.torch import load
+
+    old, new = load(full), load(out.read_bytes())
+    assert old.keys() == new.keys() and all(new[k].dtype == torch.float16 and torch.equal(new[k], old[k].half()) for k in old)
+    assert len(out.read_bytes()) < 0.55 * len(full) and checkpoint.state_path(out).read_bytes() == state
+    net, _, meta = checkpoint.load_model(out)
+    assert meta["train"]["weights"] == "fp16" and all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(torch.equal(p, old[k].half().float()) for k, p in net.state_dict().items())
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(out), "pt") as f:  # the same rounded weights, stored as float32
+        save_file({k: v.float() for k, v in new.items()}, str(tmp_path / "f32.safetensors"), metadata=f.metadata())
+    img = sorted(Path(fmnist_split[0]).rglob("*.png"))[0]
+    a, b = (cli("restore", img, "--model", m, "--t", "10", "-o", tmp_path / f"{m.stem}.png") for m in (out, tmp_path / "f32.safetensors"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr
+    from conftest import png
+
+    assert (png((tmp_path / "m.png").read_bytes()) == png((tmp_path / "f32.png").read_bytes())).all()
+    bad = cli("train", fmnist_split[0], "-o", out, "--resume", "--weights", "fp8")
+    assert bad.returncode == 1 and b"unknown --weights 'fp8'; choose from fp32, fp16" in bad.stderr
+
+
+def test_fp16_weights_beyond_its_range_are_refused_not_made_infinite(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight[0, 0] = 1e6
+    with pytest.raises(UserError, match="exceeds float16's range"):
+        checkpoint.save_model(tmp_path / "m.safetensors", net, {"train": {"weights": "fp16"}})
+    assert not (tmp_path / "m.safetensors").exists()
+    checkpoint.save_model(tmp_path / "m.safetensors", net, {"train": {"weights": "fp32"}})
+
+
 def test_train_noise_is_added_to_what_the_network_sees():
     """--train-noise sigma: R is trained on D(x0, t) + sigma eps, and the loss still targets x0."""
     op = operators.make_operator("blur", "generation", T=20)
