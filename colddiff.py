@@ -309,7 +309,8 @@ def train(
     param: Optional[list[str]] = ParamOpt,
     net: Optional[str] = typer.Option(None, "--net", help=(
         "Network preset: paper (the released ConvNeXt UNet, 56.6 M), small, tiny, ddpm (Ho et al., 35.7 M), "
-        "adm (Lee et al., 121 M), adm-small. Default: paper; cifar10 presets: ddpm; blurdiff: adm."
+        "adm (Lee et al., 121 M), adm-small, adm-cpu (on 2x2 patches, widths 96 and 192: near a CPU's matmul rate). "
+        "Default: paper; cifar10 presets: ddpm; blurdiff: adm."
     )),
     net_param: Optional[list[str]] = typer.Option(None, "--net-param", help=(
         "Override a network preset's setting, KEY=VALUE (repeatable): dim=48, mults=1,2,4,8, heads, dim_head; "

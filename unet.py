@@ -19,7 +19,8 @@
         blocks per level), 4 heads, attention at downsampling 4 and 8 (16 and 8 px for 64 px
         images), no BigGAN up/downsampling, dropout 0, scale-shift norms, zero-initialised output
         layers: 121,060,483 parameters for RGB, their "121M". (Two blocks per level, as SPEC's
-        summary has it, would give 92.0 M.)
+        summary has it, would give 92.0 M.) `adm-small` is width 32 for CPUs; `adm-cpu` runs on 2x2
+        patches of pixels at widths 96 and 192, where a CPU's convolutions near its matmul rate.
 
 Attention sits at levels (0 = full resolution), so any image size works: the input is padded
 (reflect) to a multiple of 2^(levels-1) and cropped back. Norms and softmaxes run in float32 so
@@ -41,6 +42,8 @@ PRESETS = {
     "ddpm": dict(arch="ddpm", dim=128, mults=(1, 2, 2, 2), blocks=2, attn_levels=(1,), dropout=0.1),
     "adm": dict(arch="adm", dim=128, mults=(1, 2, 3, 4), blocks=3, attn_levels=(2, 3), heads=4, resblock_updown=False),
     "adm-small": dict(arch="adm", dim=32, mults=(1, 2, 2), blocks=1, attn_levels=(2,), heads=1, resblock_updown=False),
+    # on 2x2 patches, widths 96 and 192: convolutions wide enough to run near a CPU's matmul rate (RESULTS.md, "Training throughput")
+    "adm-cpu": dict(arch="adm", dim=96, mults=(1, 2), blocks=2, attn_levels=(1,), heads=1, resblock_updown=False, patch=2),
 }
 
 

@@ -164,3 +164,13 @@ def test_the_depthwise_convolution_in_channels_last_is_the_plain_one():
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(fast.bias.grad, plain.bias.grad, atol=1e-4, rtol=1e-5)
     assert isinstance(unet.build(1, "tiny").downs[0][0].ds_conv, unet.DepthwiseConv2d)
+
+
+def test_the_adm_cpu_preset_is_the_network_the_throughput_table_measured():
+    """`adm-cpu` names `adm-small` with the overrides RESULTS.md timed (dim=96 patch=2 mults=1,2 blocks=2
+    attn_levels=1), so a model trained either way has the same metadata, weights and outputs."""
+    given = unet.parse_overrides("adm-small", ["dim=96", "patch=2", "mults=1,2", "blocks=2", "attn_levels=1"])
+    a, b = unet.build(1, "adm-cpu"), unet.build(1, "adm-small", **given)
+    assert a.config == b.config and a.config["patch"] == 2 and a.state_dict().keys() == b.state_dict().keys()
+    widths = {m.out_channels for m in a.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
+    assert a.conv_in.in_channels == 4 and widths == {4, 96, 192}  # conv_out gives back the 4 pixels of each patch
