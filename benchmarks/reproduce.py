@@ -149,7 +149,7 @@ def train_all(a, out, train_dir, log):
     todo = []
     for name, (op, preset) in {**RESTORATION, **GENERATION}.items():
         model = out / "models" / f"{name}.safetensors"
-        if name in a.only and not (model.exists() and checkpoint.load_model(str(model), "cpu")[2]["step"] >= a.steps):
+        if name in a.only and steps_trained(model) < a.steps:
             args = ["train", train_dir, "--op", op, "--preset", preset, *train_args(a), "-o", model, *(["--resume"] if model.exists() else [])]
             todo.append((name, model, args))
     if getattr(a, "parallel", 1) > 1 and todo and not out_of_time(a, "training"):
@@ -165,6 +165,11 @@ def train_all(a, out, train_dir, log):
             trained(out, log, name, args, time.time() - t0)
 
 
+def steps_trained(model: Path) -> int:
+    """The step a model file was saved at (its metadata alone), 0 before it exists."""
+    return checkpoint.model_meta(str(model))["step"] if model.exists() else 0
+
+
 def train_side_by_side(a, out, log, todo):
     """--parallel: the runs a.parallel at a time, each on one thread; its seconds are its CPU seconds."""
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -177,7 +182,7 @@ def train_side_by_side(a, out, log, todo):
         spent = json.loads(cpu_log.read_text()) if cpu_log.exists() else {}
         for name, _, args in todo:
             trained(out, log, name, args, spent.get(name, 0) - before.get(name, 0))
-    short = [name for name, model, _ in todo if not model.exists() or checkpoint.load_model(str(model), "cpu")[2]["step"] < a.steps]
+    short = [name for name, model, _ in todo if steps_trained(model) < a.steps]
     if short:
         sys.exit(f"reproduce.py: error: training {', '.join(short)} stopped short of {a.steps} steps; its log is beside the model in {out / 'models'}")
 
