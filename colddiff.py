@@ -357,8 +357,12 @@ def train(
         "The model file's weights: fp32, or fp16 (half the size; they are read back into float32). A finished "
         "run takes it with --resume."
     )),
+    precision: str = typer.Option(CFG.precision, "--precision", help=(
+        "R's arithmetic while training: auto (bf16 on CUDA, fp32 on the CPU), fp32, or bf16 (on a CPU with "
+        "AMX or AVX512-BF16, 1.5-2x faster steps; the weights and the optimizer stay float32)."
+    )),
 ):
-    """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA).
+    """Train the restoration network R(x_t, t) on a folder of images (L1 on x0, EMA, bf16 on CUDA or by --precision).
 
     Example: colddiff train data/faces --op blur --preset celeba --size 128 -o faces.safetensors
 

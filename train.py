@@ -1,7 +1,8 @@
 """Training R(x_t, t): the papers' loop (Adam, EMA, accumulation, augmentation), exact resume.
 
 The operator decides what R predicts and its loss (op.loss); checkpoints are checkpoint.py's.
-On CUDA: bf16 autocast, channels_last, fused Adam, torch.compile; DDP under torchrun.
+On CUDA: bf16 autocast, channels_last, fused Adam, torch.compile; DDP under torchrun. On the CPU,
+bf16 autocast by --precision bf16 (AMX makes it the faster arithmetic there).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import checkpoint
 import unet
 from errors import Stop, UserError
 from generative import fit_prior, symmetry_defaults
-from machine import bf16, rough_seconds, to_device, versions
+from machine import bf16, native_bf16, rough_seconds, to_device, versions
 from outputs import check_writable
 from progress import Progress, duration
 from train_config import TrainConfig
@@ -176,18 +177,18 @@ def _dist(device):
     return rank, world, int(os.environ.get("LOCAL_RANK", "0")), torch.distributed.get_backend()
 
 
-def loss_fn(net, op, x0, rng, train_noise: float = 0.0):
+def loss_fn(net, op, x0, rng, train_noise: float = 0.0, precision: str = "auto"):
     """op.loss of R's output on x_t = D(x0, t), t uniform in 1..T (L1 on x0 for cold diffusion);
     with train_noise sigma, on D(x0, t) + sigma eps, so that R meets the noise that sampling with
-    --step-noise adds (inverse heat dissipation, Rissanen et al.). Only R runs in bf16 on CUDA: D
-    and the loss stay float32 (under autocast blur's and blurdiff's matmuls would round x_t and the
-    eps target to bf16's 3 digits), as they are on the CPU and in sampling."""
+    --step-noise adds (inverse heat dissipation, Rissanen et al.). Only R runs in bf16 (on CUDA, or
+    --precision bf16): D and the loss stay float32 (under autocast blur's and blurdiff's matmuls would
+    round x_t and the eps target to bf16's 3 digits), as they are in float32 training and in sampling."""
     t = torch.randint(1, op.T + 1, (x0.shape[0],), generator=rng)  # checked on the CPU by apply, no wait for the GPU
     hidden = op.draw(x0, rng)
     x_t = op.apply(x0, t, hidden)
     if train_noise:
         x_t = x_t + train_noise * to_device(torch.randn(x_t.shape, generator=rng), x_t.device)
-    with bf16(x0.device):
+    with bf16(x0.device, precision):
         pred = net(x_t, to_device(t, x0.device))
     return op.loss(pred.float(), x0, hidden)
 
@@ -282,11 +283,13 @@ def run_meta(op, net, net_preset: str, data: torch.Tensor, cfg: TrainConfig, wor
 
 
 def announce(net, cfg: TrainConfig, H: int, W: int, steps_left: int, world: int, backend, device, log) -> None:
-    """The run's estimated time, and warnings about its length and its EMA."""
+    """The run's estimated time, and warnings about its length, its EMA and an emulated bf16."""
     seconds, line = estimate(net, cfg, H, W, steps_left, world, device, backend)
     log(line)
     if seconds > 86400:
         log(f"warning: that is {duration(seconds)}: use a GPU, a smaller --net (small, tiny), fewer --steps or a smaller --size")
+    if cfg.precision == "bf16" and device.type == "cpu" and not native_bf16():
+        log("warning: this CPU has no bf16 arithmetic (AMX or AVX512-BF16): --precision bf16 is emulated here, slower than fp32")
     warning = ema_warning(cfg)
     if warning:
         log(warning)
@@ -409,7 +412,7 @@ class RunLog:
         from image_io import encode_image, grid_image, to_pixels
         from outputs import atomic_write
 
-        with bf16(self.device):
+        with bf16(self.device, self.cfg.precision):
             pred = self.ema(self.xt, self.t).float()
         direct = self.op.x0_hat(self.xt, self.t, pred)  # blurdiff: x0 from eps, noisy at t = T (a sanity view)
         rmse_direct = float(((direct.clamp(-1, 1) - self.x0) / 2).pow(2).mean().sqrt())
@@ -446,7 +449,7 @@ def make_step(model, opt, op, cfg: TrainConfig, device):
                 x0 = augment(x0, rng)
             if cuda:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model, op, x0, rng, cfg.train_noise) / cfg.accumulate
+            loss = loss_fn(model, op, x0, rng, cfg.train_noise, cfg.precision) / cfg.accumulate
             loss.backward()
             total += loss.detach()
         if torch.distributed.is_initialized():  # the mean over ranks: every rank logs it, and skips a step or not, alike

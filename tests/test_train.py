@@ -1,4 +1,5 @@
 """Training: it learns, resumes exactly, survives kills and signals, refuses foreign files, runs DDP."""
+import functools
 import json
 import math
 import os
@@ -45,17 +46,19 @@ def small_cfg(**kw):
     return T.TrainConfig(**{**base, **kw})
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_resume_is_exact(tmp_path, precision):
     data = load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:40]
     op = operators.make_operator("snow", "cifar10")  # hidden randomness, augmentation: every RNG matters
-    straight = T.train(data, op, "tiny", str(tmp_path / "a.safetensors"), small_cfg(), torch.device("cpu"), resume=False, log=lambda m: None).losses
-    first = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), small_cfg(steps=4), torch.device("cpu"), resume=False, log=lambda m: None).losses
-    second = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), small_cfg(), torch.device("cpu"), resume=True, log=lambda m: None).losses
+    cfg = functools.partial(small_cfg, precision=precision)
+    straight = T.train(data, op, "tiny", str(tmp_path / "a.safetensors"), cfg(), torch.device("cpu"), resume=False, log=lambda m: None).losses
+    first = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), cfg(steps=4), torch.device("cpu"), resume=False, log=lambda m: None).losses
+    second = T.train(data, op, "tiny", str(tmp_path / "b.safetensors"), cfg(), torch.device("cpu"), resume=True, log=lambda m: None).losses
     assert len(first) == 4 and len(second) == 4
     assert first + second == pytest.approx(straight, rel=1e-5, abs=1e-6)
     a, _, meta_a = checkpoint.load_model(tmp_path / "a.safetensors")
     b, _, meta_b = checkpoint.load_model(tmp_path / "b.safetensors")
-    assert meta_a["step"] == meta_b["step"] == 8
+    assert meta_a["step"] == meta_b["step"] == 8 and meta_a["train"]["precision"] == meta_b["train"]["precision"] == precision
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
 
@@ -117,6 +120,7 @@ def test_existing_output_and_operator_mismatch(cli, blur_model, fmnist_split, tm
     (["--op", "pixelate", "--preset", "celeba", "--size", "8"], "pixelate celeba needs images of at least 16x16, these are 8x8: pass --size 16"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--lr-schedule", "linear"], "unknown --lr-schedule"),
+    (["--precision", "fp8"], "unknown --precision 'fp8'; choose from auto, fp32, bf16"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--channels", "2"], "--channels must be 1 or 3"),
     (["--net-param", "width=48"], "KEY one of dim, mults, heads, dim_head"),
@@ -406,11 +410,12 @@ def test_ema_is_the_papers_copy_then_decay():
             assert torch.equal(v, want), (step, k)
 
 
+@pytest.mark.parametrize("precision,autocast", [("bf16", True), ("auto", False), ("fp32", False)])
 @pytest.mark.parametrize("name,preset", [("blur", "mnist"), ("blurdiff", "quartic"), ("mask", "mnist")])
-def test_only_the_network_runs_in_bf16(monkeypatch, name, preset):
-    """A training step's bf16 autocast (CUDA's; the CPU's stands in here) covers R alone: x_t = D(x0, t)
-    and the loss are float32, exactly as without autocast (blur's and blurdiff's matmuls would round)."""
-    monkeypatch.setattr(T, "bf16", lambda device: torch.autocast("cpu", torch.bfloat16))
+def test_only_the_network_runs_in_bf16(name, preset, precision, autocast):
+    """A training step's bf16 autocast (CUDA's, or --precision bf16 on the CPU) covers R alone: x_t = D(x0, t)
+    and the loss are float32, exactly as without autocast (blur's and blurdiff's matmuls would round).
+    On the CPU, auto is float32."""
     op = operators.make_operator(name, preset)
     seen = {}
 
@@ -425,13 +430,13 @@ def test_only_the_network_runs_in_bf16(monkeypatch, name, preset):
 
     net = Spy()
     data = torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8)
-    cfg = T.TrainConfig(batch=4, accumulate=1, augment=False)
+    cfg = T.TrainConfig(batch=4, accumulate=1, augment=False, precision=precision)
     loss = T.make_step(net, torch.optim.Adam(net.parameters()), op, cfg, torch.device("cpu"))(data, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)  # the step's draws again, outside autocast: batch, t, hidden
     x0 = data[torch.randint(len(data), (4,), generator=g)].float() / 127.5 - 1
     t = torch.randint(1, op.T + 1, (4,), generator=g)
     exact = op.apply(x0, t, op.draw(x0, g))
-    assert seen["autocast"] and torch.equal(seen["t"], t)
+    assert seen["autocast"] == autocast and torch.equal(seen["t"], t)
     assert seen["x_t"].dtype == torch.float32 and torch.equal(seen["x_t"], exact)
     assert math.isfinite(loss)
 
@@ -528,3 +533,16 @@ def test_resume_alone_continues_the_run_as_it_was_and_reads_none_of_its_outputs(
     r = cli("train", data, "-o", data / "m.safetensors", "--resume", "--steps", "8", "--size", "28")
     assert r.returncode == 1 and "trains on 24x24 grey images" in r.stderr.decode(), r.stderr.decode()
     assert len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_bf16_on_a_cpu_without_it_warns_that_it_is_emulated(tmp_path, monkeypatch):
+    """--precision bf16 on a CPU with neither AMX nor AVX512-BF16 trains (emulated), and says it is slower."""
+    data = load_folder(str(ROOT / "tests" / "data" / "fmnist"), 16, None)[:8]
+    op = operators.make_operator("blur", "mnist")
+    for native, precision in [(False, "bf16"), (True, "bf16"), (False, "fp32")]:
+        monkeypatch.setattr(T, "native_bf16", lambda native=native: native)
+        lines = []
+        T.train(data, op, "tiny", str(tmp_path / f"{native}{precision}.safetensors"), small_cfg(steps=1, precision=precision),
+                torch.device("cpu"), resume=False, log=lines.append)
+        warned = [line for line in lines if "no bf16 arithmetic" in line]
+        assert len(warned) == (not native and precision == "bf16"), lines
