@@ -147,7 +147,7 @@ def rough_seconds(flops: float, device) -> tuple[float, str]:
     return flops / (CPU_FLOPS_PER_THREAD * n), f"{n} CPU thread{'s' if n != 1 else ''}"
 
 
-def bf16(device, precision: str = "auto"):
+def autocast(device, precision: str = "auto"):
     """bf16 autocast where `precision` asks for it: auto is bf16 on CUDA and float32 elsewhere; bf16
     (the CPU too: AMX multiplies bf16 at several times its float32 rate) or fp32 anywhere."""
     import contextlib

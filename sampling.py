@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import samplers
-from machine import bf16
+from machine import autocast
 
 
 def make_restorer(net, device, compile: bool = False):
@@ -27,7 +27,7 @@ def make_restorer(net, device, compile: bool = False):
 
     @torch.no_grad()
     def restore(x, s: int):
-        with bf16(device):
+        with autocast(device):
             out = model(x, samplers.step_tensor(x, s))
         # a copy: CUDA-graph replays overwrite their output buffer on the next call
         return out.to(torch.float32, copy=True)

@@ -21,7 +21,7 @@ import checkpoint
 import unet
 from errors import Stop, UserError
 from generative import fit_prior, symmetry_defaults
-from machine import bf16, native_bf16, rough_seconds, to_device, versions
+from machine import autocast, native_bf16, rough_seconds, to_device, versions
 from outputs import check_writable
 from progress import Progress, duration
 from train_config import TrainConfig
@@ -188,7 +188,7 @@ def loss_fn(net, op, x0, rng, train_noise: float = 0.0, precision: str = "auto")
     x_t = op.apply(x0, t, hidden)
     if train_noise:
         x_t = x_t + train_noise * to_device(torch.randn(x_t.shape, generator=rng), x_t.device)
-    with bf16(x0.device, precision):
+    with autocast(x0.device, precision):
         pred = net(x_t, to_device(t, x0.device))
     return op.loss(pred.float(), x0, hidden)
 
@@ -412,7 +412,7 @@ class RunLog:
         from image_io import encode_image, grid_image, to_pixels
         from outputs import atomic_write
 
-        with bf16(self.device, self.cfg.precision):
+        with autocast(self.device, self.cfg.precision):
             pred = self.ema(self.xt, self.t).float()
         direct = self.op.x0_hat(self.xt, self.t, pred)  # blurdiff: x0 from eps, noisy at t = T (a sanity view)
         rmse_direct = float(((direct.clamp(-1, 1) - self.x0) / 2).pow(2).mean().sqrt())
