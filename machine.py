@@ -155,8 +155,14 @@ def autocast(device, precision: str = "auto"):
     import torch
 
     device = torch.device(device)
-    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, torch.bfloat16) if on else contextlib.nullcontext()
+    return torch.autocast(device.type, torch.bfloat16) if uses_bf16(device, precision) else contextlib.nullcontext()
+
+
+def uses_bf16(device, precision: str = "auto") -> bool:
+    """Whether R computes in bf16 on `device` at `precision` (auto: on CUDA only)."""
+    import torch
+
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
 
 
 def native_bf16() -> bool:

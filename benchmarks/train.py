@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import machine  # noqa: E402
 import operators  # noqa: E402
 import train as T  # noqa: E402
 import unet  # noqa: E402
@@ -75,7 +76,7 @@ def bench(case, args, device, variant="after", net_name=None, precision="auto"):
     mfu = rate * flops / (args.peak_tflops * 1e12) if cuda else float("nan")
     label = (f"{case} {name} T={op.T}" + (f", {net_name}" if "," in args.net else "")
              + (f", {variant}" if len(args.variants.split(",")) > 1 else "") + (f", {precision}" if "," in args.precision else ""))
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    bf16 = machine.uses_bf16(device, precision)
     return dict(case=label, size=size, batch=args.batch, rate=rate, tflops=rate * flops / 1e12, mfu=mfu, peak=peak,
                 gflop=flops / 1e9, first=first, run=lambda: step(data, rng), matmul=matmul_gflops(device, seconds=1.0),
                 matmul_bf16=matmul_gflops(device, seconds=1.0, dtype=torch.bfloat16) if bf16 else None)
